@@ -1,0 +1,64 @@
+"""The `ledgerchat` command: one argparse tree that each package adds its subcommands to.
+
+`web` is the only package allowed to know about both `ledger` and `inference`, so the
+dispatcher lives here. Each package exposes `register(subparsers)` in its own `cli` module;
+a subcommand sets `handler` (a callable taking the parsed args and returning an exit code).
+Benchmarks share one `bench` group: a module may also expose `register_bench(bench_subparsers)`
+to add `ledgerchat bench <name>`.
+Exit codes: 0 success, 1 a finding (e.g. audit violations), 2 usage or environment errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import cast
+
+# Modules that contribute subcommands, in help order. A module that is not importable yet is
+# skipped so that the command keeps working while the packages grow.
+_COMMAND_MODULES = ("web.commands", "ledger.cli", "inference.cli", "web.bench_cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ledgerchat", description=__doc__.splitlines()[0] if __doc__ else None)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    bench = subparsers.add_parser("bench", help="run a benchmark and print its figures")
+    bench_subparsers = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    for module_name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(subparsers)
+        register_bench = getattr(module, "register_bench", None)
+        if register_bench is not None:
+            register_bench(bench_subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = cast("Handler | None", getattr(args, "handler", None))
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
