@@ -1,0 +1,100 @@
+"""Developer and CI sessions. `python3 dev.py <session>` runs one of these on a fresh machine.
+
+Every session installs the project with constraints.txt, which pins torch to the CPU wheel this
+machine kind keeps on disk. Virtual environments are reused between runs; pip then only checks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+PYTHON = "3.11"
+OFFLINE_ENV = {
+    # Nothing may download weights at run time; make the hub libraries fail fast instead of
+    # waiting on a network this machine does not have.
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+}
+
+
+def install_project(session: nox.Session) -> None:
+    session.install("-c", "constraints.txt", "-e", ".[dev]")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite: SQLite and PostgreSQL, the tiny model, the real 270M model, the browser."""
+    install_project(session)
+    session.run(
+        "pytest",
+        "--timeout=900",
+        "--durations=15",
+        *session.posargs,
+        env=OFFLINE_ENV,
+    )
+
+
+@nox.session(python=PYTHON)
+def props(session: nox.Session) -> None:
+    """The ledger's property-based state machine with many more examples than the default run.
+
+    The example count comes from LEDGERCHAT_PROPS_EXAMPLES (default here 2000).
+    """
+    install_project(session)
+    examples = os.environ.get("LEDGERCHAT_PROPS_EXAMPLES", "2000")
+    session.run(
+        "pytest",
+        "tests/ledger",
+        "-k",
+        "state_machine or property",
+        "-p",
+        "no:randomly",
+        *session.posargs,
+        env={**OFFLINE_ENV, "LEDGERCHAT_PROPS_EXAMPLES": examples},
+    )
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """Only the real-browser tests (Debian chromium driven by Playwright)."""
+    install_project(session)
+    session.run("pytest", "-m", "browser", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: lint rules and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "src", "tests", "noxfile.py", "dev.py")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "dev.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on src/."""
+    install_project(session)
+    session.run("mypy", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """All benchmarks, or one: `python3 dev.py bench ledger|inference|service`."""
+    install_project(session)
+    targets = session.posargs or ["ledger", "inference", "service"]
+    for target in targets:
+        session.run("ledgerchat", "bench", target, env=OFFLINE_ENV)
+
+
+@nox.session(python=PYTHON)
+def serve(session: nox.Session) -> None:
+    """Run the service on http://127.0.0.1:8000 with the bundled Gemma 3 270M and a SQLite file."""
+    install_project(session)
+    session.run("ledgerchat", "serve", *session.posargs, env=OFFLINE_ENV)
