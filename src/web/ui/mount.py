@@ -1,0 +1,121 @@
+"""Serving a Gradio `Blocks` at `/` inside the Litestar app, next to the API routes.
+
+Litestar's mount at `/` would swallow every route that has path parameters (its mount regex
+matches any path) and appends a trailing slash to the path it forwards, which breaks Gradio's
+static assets; that is the broken page measured in FACTS.md. So the UI is mounted at the
+exact top-level prefixes Gradio serves (plus a plain handler for `/` itself) and the original
+request path is restored before the call reaches Gradio. Gradio's queue is started on the
+first request, so the mount needs no hook in the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote
+
+import gradio as gr
+from gradio.routes import App
+from litestar.handlers import ASGIRouteHandler, asgi
+from litestar.types import Receive, Scope, Send
+
+# Top-level paths Gradio 6 answers on. Everything else stays with Litestar (`/api`, `/v1`,
+# `/schema`, `/health`, ...). Gradio's own `/openapi.json` and `/monitoring` are left out
+# on purpose: the service's OpenAPI document lives at `/schema`.
+GRADIO_PATH_PREFIXES: tuple[str, ...] = (
+    "/gradio_api",
+    "/config",
+    "/assets",
+    "/static",
+    "/svelte",
+    "/theme.css",
+    "/favicon.ico",
+    "/robots.txt",
+    "/pwa_icon",
+    "/manifest.json",
+)
+
+
+class GradioASGI:
+    """The ASGI app of one `Blocks`, started lazily and called with the request's real path."""
+
+    def __init__(self, blocks: gr.Blocks, *, css: str = "", head: str = "") -> None:
+        self._blocks = blocks
+        self._app = _create_gradio_app(blocks, css=css, head=head)
+        self._start_lock = asyncio.Lock()
+        self._started = False
+
+    @property
+    def blocks(self) -> gr.Blocks:
+        return self._blocks
+
+    async def _ensure_started(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            # What gradio's own lifespan does: start the event queue and its limiter.
+            blocks: Any = self._blocks  # gradio leaves these two untyped
+            blocks.run_startup_events()
+            await blocks.run_extra_startup_events()
+            self._started = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._ensure_started()
+        forwarded: dict[str, Any] = dict(scope)
+        # Litestar rewrote `path` to the part after the mount prefix; Gradio routes on the
+        # full path. `raw_path` is untouched, percent-encoded, without the query string.
+        raw_path = scope.get("raw_path")
+        if raw_path:
+            forwarded["path"] = unquote(raw_path.decode("latin-1"))
+        forwarded["root_path"] = ""
+        # Litestar keeps its own objects in the scope; Gradio's Starlette must not see them.
+        forwarded.pop("app", None)
+        forwarded.pop("router", None)
+        forwarded.pop("route_handler", None)
+        await self._app(forwarded, receive, send)  # type: ignore[arg-type]
+
+
+def _create_gradio_app(blocks: gr.Blocks, *, css: str, head: str) -> App:
+    """Prepare `blocks` the way `gradio.mount_gradio_app` does, minus the FastAPI parent."""
+    # Gradio types these launch-time attributes loosely (None defaults); set them untyped.
+    blocks_setup: Any = blocks
+    blocks_setup.dev_mode = False
+    blocks_setup.run_history = False
+    blocks_setup.footer_links = []
+    blocks_setup.max_file_size = None
+    blocks_setup.config = blocks.get_config_file()
+    blocks_setup.validate_queue_settings()
+    blocks_setup.custom_mount_path = "/"
+    blocks_setup.auth = None
+    blocks_setup.auth_message = None
+    blocks_setup.favicon_path = None
+    blocks_setup.allowed_paths = []
+    blocks_setup.blocked_paths = []
+    blocks_setup.show_error = True
+    blocks_setup.ssr_mode = False
+    blocks_setup.theme = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
+    blocks_setup.css = css
+    blocks_setup.js = ""
+    blocks_setup.head = head
+    blocks_setup.head_paths = []
+    blocks_setup.css_paths = []
+    blocks_setup._set_html_css_theme_variables()
+    blocks_setup.transpile_to_js()
+    return App.create_app(blocks, mcp_server=False)
+
+
+def ui_route_handlers(gradio_app: GradioASGI) -> Sequence[ASGIRouteHandler]:
+    """Litestar handlers that send `/` and Gradio's prefixes to `gradio_app`."""
+
+    @asgi(path=list(GRADIO_PATH_PREFIXES), is_mount=True, copy_scope=True)
+    async def gradio_resources(scope: Scope, receive: Receive, send: Send) -> None:
+        await gradio_app(scope, receive, send)
+
+    @asgi(path="/", copy_scope=True)
+    async def gradio_page(scope: Scope, receive: Receive, send: Send) -> None:
+        await gradio_app(scope, receive, send)
+
+    return (gradio_page, gradio_resources)
