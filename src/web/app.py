@@ -1,0 +1,109 @@
+"""`create_app(settings) -> Litestar`: the JSON API under /api, the OpenAI-compatible API under
+/v1, OpenAPI at /schema, probes and metrics, and the Gradio UI at / when `web.ui` is present.
+
+The application services are built here (`Services`), started in the app's lifespan and
+closed gracefully on shutdown; `app.state.services` is the one instance every handler and the
+UI share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from inference import Engine
+from web.auth import SECURITY_COMPONENTS, SERVICES_DEPENDENCY
+from web.domain.accounts.controllers import AuthController, MeController
+from web.domain.admin.controllers import AdminController
+from web.domain.billing.controllers import BillingController
+from web.domain.chat.controllers import ChatController, ConversationsController
+from web.domain.keys.controllers import ApiKeysController
+from web.domain.openai.controllers import OpenAIController
+from web.domain.system.controllers import health, metrics_endpoint, ready
+from web.exception_handlers import EXCEPTION_HANDLERS
+from web.logging import configure_logging, get_logger
+from web.middleware import RequestContextMiddleware
+from web.services import Services
+from web.settings import Settings, load_settings
+
+log = get_logger(__name__)
+API_VERSION = "0.1.0"
+
+
+def _ui_handlers(services: Services) -> Sequence[Any]:
+    """The UI's route handlers, or none when the UI package is not installed."""
+    try:
+        from web.ui import mount_ui  # type: ignore[attr-defined,unused-ignore]
+    except (ModuleNotFoundError, ImportError) as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name not in ("web.ui", "gradio"):
+            raise
+        log.info("ui_not_mounted", reason=str(exc))
+        return ()
+    mounted = mount_ui(services)
+    if isinstance(mounted, list | tuple):
+        return tuple(mounted)
+    return (mounted,)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    mount_ui: bool = True,
+    start_background_jobs: bool = True,
+    configure_logs: bool = True,
+) -> Litestar:
+    """Build the app. `engine` injects an already started inference engine (tests, bench)."""
+    settings = settings or load_settings()
+    if configure_logs:
+        configure_logging(settings.server.log_level)
+    services = Services(settings, engine=engine, start_background_jobs=start_background_jobs)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.close()
+
+    handlers: list[Any] = [
+        health,
+        ready,
+        metrics_endpoint,
+        AuthController,
+        MeController,
+        ApiKeysController,
+        BillingController,
+        ChatController,
+        ConversationsController,
+        AdminController,
+        OpenAIController,
+    ]
+    if mount_ui:
+        handlers.extend(_ui_handlers(services))
+    config = AppConfig(
+        route_handlers=handlers,
+        dependencies=SERVICES_DEPENDENCY,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[RequestContextMiddleware(services.address_limiter)],
+        lifespan=[lifespan],
+        state=State({"services": services}),
+        request_max_body_size=settings.server.max_request_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="ledgerchat",
+            version=API_VERSION,
+            path="/schema",
+            components=SECURITY_COMPONENTS,
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        debug=False,
+    )
+    return Litestar.from_config(config)

@@ -1,0 +1,81 @@
+"""Litestar dependencies that turn the Authorization header into an `Identity` (a JWT access
+token or an API key, both as `Bearer`), applying the per-user rate limit on the way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
+
+from web.domain.accounts.schemas import Identity
+from web.domain.accounts.tokens import API_KEY_PREFIX
+from web.errors import NotAuthenticated, PermissionDenied, RateLimited
+from web.middleware import client_address
+from web.services import Services
+
+MAX_AUTHORIZATION_CHARS = 4096
+SECURITY: list[SecurityRequirement] = [{"BearerAuth": []}]
+SECURITY_COMPONENTS = Components(
+    security_schemes={
+        "BearerAuth": SecurityScheme(
+            type="http",
+            scheme="bearer",
+            bearer_format="JWT access token or API key",
+            description="`Authorization: Bearer <access token from /api/auth/login or API key>`",
+        )
+    }
+)
+
+
+def provide_services(state: State) -> Services:
+    services: Services = state.services
+    return services
+
+
+def bearer_token(request: Request[Any, Any, Any]) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise NotAuthenticated("missing Authorization header")
+    if len(header) > MAX_AUTHORIZATION_CHARS:
+        raise NotAuthenticated("Authorization header is too long")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthenticated("Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+async def provide_identity(request: Request[Any, Any, Any], services: Services) -> Identity:
+    token = bearer_token(request)
+    if token.startswith(API_KEY_PREFIX):
+        identity = await services.api_keys.authenticate(token)
+    else:
+        identity = await services.accounts.identity_from_access_token(token)
+    retry_after = services.user_limiter.hit(f"user:{identity.user_id}")
+    if retry_after:
+        raise RateLimited("too many requests for this user", retry_after_s=retry_after)
+    request.state.identity = identity
+    return identity
+
+
+async def provide_admin(identity: Identity) -> Identity:
+    if not identity.is_admin:
+        raise PermissionDenied("this endpoint needs the admin role")
+    return identity
+
+
+def check_chat_rate(services: Services, identity: Identity) -> None:
+    retry_after = services.chat_limiter.hit(f"chat:{identity.user_id}")
+    if retry_after:
+        raise RateLimited("too many chat requests for this user", retry_after_s=retry_after)
+
+
+def client_of(request: Request[Any, Any, Any]) -> str:
+    return client_address(request.scope)
+
+
+SERVICES_DEPENDENCY = {"services": Provide(provide_services, sync_to_thread=False)}
+IDENTITY_DEPENDENCY = {"identity": Provide(provide_identity)}
+ADMIN_DEPENDENCY = {"identity": Provide(provide_identity), "admin": Provide(provide_admin)}

@@ -1,0 +1,64 @@
+"""Periodic jobs of the service process: the expired-hold sweeper and the retention job that
+clears old prompt and response text from model_interactions."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ledger import Ledger
+from web.ledger_calls import counted
+from web.logging import get_logger
+from web.metrics import HOLDS_SWEPT
+from web.tables import ModelInteractionRow, utc_now
+
+log = get_logger(__name__)
+
+
+async def sweep_expired_holds(ledger: Ledger) -> int:
+    async with counted("sweep_expired_holds"):
+        result = await ledger.sweep_expired_holds()
+    released = result if isinstance(result, int) else len(result) if result is not None else 0
+    if released:
+        HOLDS_SWEPT.inc(released)
+        log.info("expired_holds_released", count=released)
+    return released
+
+
+async def clear_old_interaction_text(
+    sessions: async_sessionmaker[AsyncSession], retention_days: int
+) -> int:
+    """Null the prompt/response text of interactions older than the retention period; the
+    token counts and credits stay (usage reports need them)."""
+    cutoff = utc_now() - dt.timedelta(days=retention_days)
+    async with sessions() as session:
+        result = await session.execute(
+            update(ModelInteractionRow)
+            .where(
+                ModelInteractionRow.created_at < cutoff,
+                ModelInteractionRow.text_cleared_at.is_(None),
+            )
+            .values(prompt=None, response=None, text_cleared_at=utc_now())
+        )
+        await session.commit()
+    cleared = int(getattr(result, "rowcount", 0) or 0)
+    if cleared:
+        log.info("interaction_text_cleared", count=cleared, retention_days=retention_days)
+    return cleared
+
+
+async def run_every(name: str, interval_s: float, job: Callable[[], Awaitable[object]]) -> None:
+    """Run `job` now and then every `interval_s` until cancelled; a failure is logged and the
+    next round still runs."""
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background_job_failed", job=name)
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,1 @@
+"""Users, passwords, access and refresh tokens, login lockout."""

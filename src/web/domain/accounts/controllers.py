@@ -1,0 +1,70 @@
+"""HTTP handlers of accounts: /api/auth/* and /api/me."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from web.auth import IDENTITY_DEPENDENCY, SECURITY, client_of
+from web.domain.accounts.schemas import (
+    Identity,
+    LoginRequest,
+    RefreshRequest,
+    RegisterRequest,
+    TokenPair,
+    UserView,
+)
+from web.services import Services
+
+
+class LogoutRequest(msgspec.Struct, forbid_unknown_fields=True):
+    refresh_token: str | None = None
+
+
+class AuthController(Controller):
+    path = "/api/auth"
+    tags = ("auth",)
+
+    @post("/register", status_code=HTTP_201_CREATED)
+    async def register(self, data: RegisterRequest, services: Services) -> UserView:
+        """Create an account; it starts with the signup grant."""
+        return await services.accounts.register(data.username, data.email, data.password)
+
+    @post("/login", status_code=HTTP_200_OK)
+    async def login(
+        self, data: LoginRequest, services: Services, request: Request[Any, Any, Any]
+    ) -> TokenPair:
+        """Exchange username (or email) and password for an access and a refresh token."""
+        return await services.accounts.login(data.username, data.password, client_of(request))
+
+    @post("/refresh", status_code=HTTP_200_OK)
+    async def refresh(self, data: RefreshRequest, services: Services) -> TokenPair:
+        """Rotate a refresh token; reusing a rotated one revokes the whole session."""
+        return await services.accounts.refresh(data.refresh_token)
+
+    @post(
+        "/logout",
+        status_code=HTTP_204_NO_CONTENT,
+        dependencies=IDENTITY_DEPENDENCY,
+        security=SECURITY,
+    )
+    async def logout(
+        self, identity: Identity, services: Services, data: LogoutRequest | None = None
+    ) -> None:
+        """Revoke the given session, or every session of the caller when none is given."""
+        await services.accounts.logout(identity, data.refresh_token if data else None)
+
+
+class MeController(Controller):
+    path = "/api/me"
+    tags = ("auth",)
+    dependencies = IDENTITY_DEPENDENCY
+    security = SECURITY
+
+    @get("/")
+    async def me(self, identity: Identity, services: Services) -> UserView:
+        """The calling user."""
+        return await services.accounts.get_user(identity.user_id)

@@ -1,0 +1,55 @@
+"""Wire types of accounts: request bodies validated by msgspec, views returned by services."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+
+Role = Literal["user", "admin"]
+
+
+class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):
+    username: Annotated[str, msgspec.Meta(min_length=3, max_length=50)]
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=320)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class UserView(msgspec.Struct):
+    id: int
+    username: str
+    email: str
+    role: Role
+    account_id: str
+    created_at: dt.datetime
+
+
+class TokenPair(msgspec.Struct):
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "bearer"
+
+
+class Identity(msgspec.Struct, frozen=True):
+    """Who is calling: resolved once per request from a JWT or an API key."""
+
+    user_id: int
+    username: str
+    role: Role
+    account_id: str
+    via: Literal["access_token", "api_key", "internal"]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"

@@ -1,0 +1,342 @@
+"""Accounts: registration (with the signup grant in the ledger), login with lockout, rotating
+refresh tokens with reuse detection, logout, and turning credentials into an Identity."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from typing import Any, cast
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ledger import Ledger
+from web.domain.accounts.passwords import PasswordHashing
+from web.domain.accounts.schemas import Identity, Role, TokenPair, UserView
+from web.domain.accounts.tokens import AccessTokens, InvalidToken, new_refresh_token, token_hash
+from web.errors import AlreadyExists, LoginLocked, NotAuthenticated, NotFound, ValidationFailed
+from web.ledger_calls import counted
+from web.logging import get_logger
+from web.settings import AuthSettings, BillingSettings
+from web.tables import LoginAttemptRow, RefreshSessionRow, UserRow, utc_now
+
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
+EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+MAX_EMAIL_CHARS = 320
+USER_LIST_LIMIT = 500
+
+log = get_logger(__name__)
+
+
+def check_username(username: str) -> None:
+    if not USERNAME_PATTERN.fullmatch(username):
+        raise ValidationFailed(
+            "username must be 3-50 characters of letters, digits, '_', '.' or '-'", field="username"
+        )
+
+
+def check_email(email: str) -> None:
+    if len(email) > MAX_EMAIL_CHARS or not EMAIL_PATTERN.fullmatch(email):
+        raise ValidationFailed("email is not a valid address", field="email")
+
+
+def check_password(password: str, username: str, settings: AuthSettings) -> None:
+    """Length bounds plus at least one letter and one non-letter, and not the username."""
+    if not settings.password_min_length <= len(password) <= settings.password_max_length:
+        raise ValidationFailed(
+            f"password must be {settings.password_min_length}-{settings.password_max_length} "
+            "characters",
+            field="password",
+        )
+    if not any(c.isalpha() for c in password) or all(c.isalpha() for c in password):
+        raise ValidationFailed(
+            "password needs at least one letter and one digit or symbol", field="password"
+        )
+    if username.lower() in password.lower():
+        raise ValidationFailed("password must not contain the username", field="password")
+
+
+def user_view(row: UserRow) -> UserView:
+    assert row.account_id is not None, "a user row always gets its ledger account"
+    return UserView(
+        id=row.id,
+        username=row.username,
+        email=row.email,
+        role=cast(Role, row.role),
+        account_id=row.account_id,
+        created_at=row.created_at,
+    )
+
+
+def identity_of(row: UserRow, via: Any) -> Identity:
+    assert row.account_id is not None
+    return Identity(
+        user_id=row.id,
+        username=row.username,
+        role=cast(Role, row.role),
+        account_id=row.account_id,
+        via=via,
+    )
+
+
+class AccountsService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        ledger: Ledger,
+        auth: AuthSettings,
+        billing: BillingSettings,
+    ) -> None:
+        self._sessions = sessions
+        self._ledger = ledger
+        self._auth = auth
+        self._billing = billing
+        self._passwords = PasswordHashing(auth)
+        self.access_tokens = AccessTokens(auth.jwt_secret, auth.access_token_ttl_s)
+
+    # -- registration -------------------------------------------------------------------
+    async def register(
+        self, username: str, email: str, password: str, *, role: Role = "user"
+    ) -> UserView:
+        """Create the user, open their ledger account and grant the signup credits."""
+        username = username.strip()
+        email = email.strip().lower()
+        check_username(username)
+        check_email(email)
+        check_password(password, username, self._auth)
+        password_hash = await self._passwords.hash(password)
+        async with self._sessions() as session:
+            taken = await session.scalar(
+                select(func.count())
+                .select_from(UserRow)
+                .where(
+                    (func.lower(UserRow.username) == username.lower()) | (UserRow.email == email)
+                )
+            )
+            if taken:
+                raise AlreadyExists("username or email is already registered")
+            row = UserRow(username=username, email=email, password_hash=password_hash, role=role)
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError as exc:
+                raise AlreadyExists("username or email is already registered") from exc
+        account_id = await self._open_account(row)
+        async with self._sessions() as session:
+            await session.execute(
+                update(UserRow).where(UserRow.id == row.id).values(account_id=account_id)
+            )
+            await session.commit()
+        row.account_id = account_id
+        log.info("user_registered", user_id=row.id, role=role)
+        return user_view(row)
+
+    async def _open_account(self, row: UserRow) -> str:
+        async with counted("open_account"):
+            account_id = str(await self._ledger.open_account(f"user:{row.id}"))
+        if self._billing.signup_grant_credits > 0:
+            async with counted("add_credits"):
+                await self._ledger.add_credits(
+                    account_id,
+                    self._billing.signup_grant_credits,
+                    source="signup_grant",
+                    note="signup grant",
+                    idempotency_key=f"signup-grant:{row.id}",
+                )
+        return account_id
+
+    async def get_user(self, user_id: int) -> UserView:
+        async with self._sessions() as session:
+            row = await session.get(UserRow, user_id)
+        if row is None or row.account_id is None:
+            raise NotFound(f"user {user_id} does not exist")
+        return user_view(row)
+
+    async def find_user(self, username: str) -> UserView:
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(UserRow).where(func.lower(UserRow.username) == username.strip().lower())
+            )
+        if row is None or row.account_id is None:
+            raise NotFound(f"user {username!r} does not exist")
+        return user_view(row)
+
+    async def list_users(self, *, limit: int = USER_LIST_LIMIT) -> list[UserView]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(UserRow)
+                .where(UserRow.account_id.is_not(None))
+                .order_by(UserRow.id)
+                .limit(min(limit, USER_LIST_LIMIT))
+            )
+            return [user_view(row) for row in rows]
+
+    # -- login, refresh, logout ---------------------------------------------------------
+    async def login(self, username: str, password: str, client_address: str) -> TokenPair:
+        """Check the password; 5 failures in the window lock this account for this client."""
+        name = username.strip().lower()[:MAX_EMAIL_CHARS]
+        async with self._sessions() as session:
+            await self._check_not_locked(session, name, client_address)
+            row = await session.scalar(
+                select(UserRow).where(
+                    (func.lower(UserRow.username) == name) | (UserRow.email == name)
+                )
+            )
+            ok = (
+                row is not None
+                and row.account_id is not None
+                and await self._passwords.verify(row.password_hash, password)
+            )
+            session.add(LoginAttemptRow(username=name, client_address=client_address, succeeded=ok))
+            if not ok or row is None:
+                await session.commit()
+                log.warning("login_failed", username=name, client_address=client_address)
+                raise NotAuthenticated("wrong username or password")
+            if self._passwords.needs_rehash(row.password_hash):
+                row.password_hash = await self._passwords.hash(password)
+                log.info("password_rehashed", user_id=row.id)
+            pair = self._new_session(session, row, family_id=str(uuid.uuid4()))
+            await session.commit()
+        log.info("user_login", user_id=row.id, client_address=client_address)
+        return pair
+
+    async def _check_not_locked(
+        self, session: AsyncSession, name: str, client_address: str
+    ) -> None:
+        window_start = utc_now() - dt.timedelta(seconds=self._auth.lockout_window_s)
+        last_success = await session.scalar(
+            select(func.max(LoginAttemptRow.created_at)).where(
+                LoginAttemptRow.username == name,
+                LoginAttemptRow.client_address == client_address,
+                LoginAttemptRow.succeeded.is_(True),
+            )
+        )
+        since = max(window_start, last_success) if last_success else window_start
+        failures = list(
+            await session.scalars(
+                select(LoginAttemptRow.created_at)
+                .where(
+                    LoginAttemptRow.username == name,
+                    LoginAttemptRow.client_address == client_address,
+                    LoginAttemptRow.succeeded.is_(False),
+                    LoginAttemptRow.created_at > since,
+                )
+                .order_by(LoginAttemptRow.created_at.desc())
+                .limit(self._auth.lockout_failures)
+            )
+        )
+        if len(failures) >= self._auth.lockout_failures:
+            # Unlocks when the oldest of the last N failures leaves the window.
+            unlock_at = failures[-1] + dt.timedelta(seconds=self._auth.lockout_window_s)
+            retry_after_s = max(1, int((unlock_at - utc_now()).total_seconds()) + 1)
+            log.warning("login_locked", username=name, client_address=client_address)
+            raise LoginLocked(
+                "too many failed logins; try again later", retry_after_s=retry_after_s
+            )
+
+    def _new_session(self, session: AsyncSession, row: UserRow, *, family_id: str) -> TokenPair:
+        refresh_token = new_refresh_token()
+        session.add(
+            RefreshSessionRow(
+                family_id=family_id,
+                user_id=row.id,
+                token_hash=token_hash(refresh_token),
+                expires_at=utc_now() + dt.timedelta(seconds=self._auth.refresh_token_ttl_s),
+            )
+        )
+        return TokenPair(
+            access_token=self.access_tokens.issue(row.id, row.role),
+            refresh_token=refresh_token,
+            expires_in=self._auth.access_token_ttl_s,
+        )
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        """Rotate: the presented token is spent; presenting a spent one revokes its family."""
+        async with self._sessions() as session:
+            current = await session.scalar(
+                select(RefreshSessionRow).where(
+                    RefreshSessionRow.token_hash == token_hash(refresh_token)
+                )
+            )
+            if current is None:
+                raise NotAuthenticated("unknown refresh token")
+            if current.rotated_at is not None:
+                await self._revoke_family(session, current.family_id, "reuse_detected")
+                await session.commit()
+                log.warning("refresh_token_reused", user_id=current.user_id)
+                raise NotAuthenticated("refresh token was already used; the session is revoked")
+            if current.revoked_at is not None:
+                raise NotAuthenticated("the session is revoked")
+            if current.expires_at <= utc_now():
+                raise NotAuthenticated("refresh token expired")
+            # Conditional update: of two concurrent refreshes with one token only one wins.
+            spent = await session.execute(
+                update(RefreshSessionRow)
+                .where(RefreshSessionRow.id == current.id, RefreshSessionRow.rotated_at.is_(None))
+                .values(rotated_at=utc_now())
+            )
+            if getattr(spent, "rowcount", 0) != 1:
+                await self._revoke_family(session, current.family_id, "reuse_detected")
+                await session.commit()
+                raise NotAuthenticated("refresh token was already used; the session is revoked")
+            user = await session.get(UserRow, current.user_id)
+            if user is None:
+                raise NotAuthenticated("the user no longer exists")
+            pair = self._new_session(session, user, family_id=current.family_id)
+            await session.commit()
+        return pair
+
+    async def _revoke_family(self, session: AsyncSession, family_id: str, reason: str) -> None:
+        await session.execute(
+            update(RefreshSessionRow)
+            .where(RefreshSessionRow.family_id == family_id, RefreshSessionRow.revoked_at.is_(None))
+            .values(revoked_at=utc_now(), revoked_reason=reason)
+        )
+
+    async def logout(self, identity: Identity, refresh_token: str | None) -> None:
+        """Revoke the session the refresh token belongs to, or every session of the user."""
+        async with self._sessions() as session:
+            if refresh_token is None:
+                await session.execute(
+                    update(RefreshSessionRow)
+                    .where(
+                        RefreshSessionRow.user_id == identity.user_id,
+                        RefreshSessionRow.revoked_at.is_(None),
+                    )
+                    .values(revoked_at=utc_now(), revoked_reason="logout")
+                )
+            else:
+                current = await session.scalar(
+                    select(RefreshSessionRow).where(
+                        RefreshSessionRow.token_hash == token_hash(refresh_token),
+                        RefreshSessionRow.user_id == identity.user_id,
+                    )
+                )
+                if current is None:
+                    raise NotFound("no such session for this user")
+                await self._revoke_family(session, current.family_id, "logout")
+            await session.commit()
+        log.info("user_logout", user_id=identity.user_id)
+
+    # -- credentials to identity ------------------------------------------------------------
+    async def identity_from_access_token(self, token: str) -> Identity:
+        try:
+            claims = self.access_tokens.verify(token)
+        except InvalidToken as exc:
+            raise NotAuthenticated(f"invalid access token: {exc}") from exc
+        async with self._sessions() as session:
+            row = await session.get(UserRow, claims.user_id)
+        if row is None or row.account_id is None:
+            raise NotAuthenticated("the user no longer exists")
+        return identity_of(row, "access_token")
+
+    async def set_role(self, user_id: int, role: Role) -> UserView:
+        async with self._sessions() as session:
+            row = await session.get(UserRow, user_id)
+            if row is None or row.account_id is None:
+                raise NotFound(f"user {user_id} does not exist")
+            row.role = role
+            await session.commit()
+        return user_view(row)

@@ -1,0 +1,47 @@
+"""HTTP handlers of admin actions: /api/admin/*."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK
+
+from web.auth import ADMIN_DEPENDENCY, SECURITY
+from web.domain.accounts.schemas import Identity
+from web.domain.admin.schemas import AuditResult, TopUpRequest, TopUpResult, UserWithBalance
+from web.services import Services
+
+
+class AdminController(Controller):
+    path = "/api/admin"
+    tags = ("admin",)
+    dependencies = ADMIN_DEPENDENCY
+    security = SECURITY
+
+    @post("/users/{user_id:int}/credits", status_code=HTTP_200_OK)
+    async def top_up(
+        self,
+        admin: Identity,
+        services: Services,
+        user_id: int,
+        data: TopUpRequest,
+        idempotency_key: Annotated[
+            str, Parameter(header="Idempotency-Key", min_length=1, max_length=200)
+        ],
+    ) -> TopUpResult:
+        """Add credits to a user; a retry with the same Idempotency-Key adds them once."""
+        return await services.admin.top_up(
+            admin, user_id, data.amount, idempotency_key=idempotency_key, note=data.note
+        )
+
+    @get("/users")
+    async def users(self, admin: Identity, services: Services) -> list[UserWithBalance]:
+        """Every user with their balance."""
+        return await services.admin.users(admin)
+
+    @get("/audit")
+    async def audit(self, admin: Identity, services: Services) -> AuditResult:
+        """The ledger audit (replays every account's log) as JSON."""
+        return await services.admin.audit(admin)

@@ -1,0 +1,34 @@
+"""Wire types of admin actions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from web.domain.accounts.schemas import UserView
+from web.domain.chat.schemas import BalanceView
+
+MAX_TOPUP_CREDITS = 10_000_000
+
+
+class TopUpRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOPUP_CREDITS)]
+    note: Annotated[str, msgspec.Meta(max_length=200)] = "admin top-up"
+
+
+class TopUpResult(msgspec.Struct):
+    user_id: int
+    amount: int
+    event_id: str | None
+    balance: BalanceView
+
+
+class UserWithBalance(msgspec.Struct):
+    user: UserView
+    balance: BalanceView
+
+
+class AuditResult(msgspec.Struct):
+    clean: bool
+    report: dict[str, Any]

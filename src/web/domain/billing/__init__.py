@@ -1,0 +1,1 @@
+"""Balance, transaction history (cursor pages, filters, CSV) and usage per day and model."""

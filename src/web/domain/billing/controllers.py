@@ -1,0 +1,76 @@
+"""HTTP handlers of money reads: /api/balance, /api/transactions, /api/usage."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from litestar import Controller, Response, get
+from litestar.params import Parameter
+
+from web.auth import IDENTITY_DEPENDENCY, SECURITY
+from web.domain.accounts.schemas import Identity
+from web.domain.billing.schemas import TransactionsPage, UsageReport
+from web.domain.billing.services import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from web.domain.chat.schemas import BalanceView
+from web.services import Services
+
+
+class BillingController(Controller):
+    path = "/api"
+    tags = ("billing",)
+    dependencies = IDENTITY_DEPENDENCY
+    security = SECURITY
+
+    @get("/balance")
+    async def balance(self, identity: Identity, services: Services) -> BalanceView:
+        """Posted credits, credits held by running chats, and what is available."""
+        return await services.billing.balance(identity)
+
+    @get(
+        "/transactions",
+        responses=None,
+    )
+    async def transactions(
+        self,
+        identity: Identity,
+        services: Services,
+        cursor: Annotated[str | None, Parameter(max_length=200)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        transaction_type: Annotated[list[str] | None, Parameter(query="type", max_items=6)] = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        output_format: Annotated[Literal["json", "csv"], Parameter(query="format")] = "json",
+    ) -> Response[TransactionsPage | str]:
+        """Newest first, one page per cursor; `format=csv` exports every matching row."""
+        since, until = _aware(since), _aware(until)
+        if output_format == "csv":
+            body = await services.billing.transactions_csv(
+                identity, types=transaction_type, since=since, until=until
+            )
+            return Response(
+                body,
+                media_type="text/csv",
+                headers={"Content-Disposition": 'attachment; filename="transactions.csv"'},
+            )
+        page = await services.billing.transactions(
+            identity, cursor=cursor, limit=limit, types=transaction_type, since=since, until=until
+        )
+        return Response(page)
+
+    @get("/usage")
+    async def usage(
+        self,
+        identity: Identity,
+        services: Services,
+        since: dt.date | None = None,
+        until: dt.date | None = None,
+    ) -> UsageReport:
+        """Requests, tokens and credits per day and model (UTC days, default last 30)."""
+        return await services.billing.usage(identity, since=since, until=until)
+
+
+def _aware(moment: dt.datetime | None) -> dt.datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=dt.UTC)

@@ -1,0 +1,232 @@
+"""Reads of money for one user: balance, transaction pages from the ledger, CSV export, and
+usage per day and model from the model interactions table."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ledger import Ledger
+from web.domain.accounts.schemas import Identity
+from web.domain.billing.schemas import TransactionsPage, TransactionView, UsageReport, UsageRow
+from web.domain.chat.schemas import BalanceView
+from web.errors import ValidationFailed
+from web.ledger_calls import counted
+from web.tables import ModelInteractionRow
+
+TRANSACTION_TYPES = (
+    "credits_added",
+    "hold_placed",
+    "hold_captured",
+    "hold_released",
+    "charged",
+    "refunded",
+)
+MAX_PAGE_SIZE = 200
+DEFAULT_PAGE_SIZE = 50
+MAX_CSV_ROWS = 10_000
+MAX_USAGE_DAYS = 366
+# Sign of each event's effect on the posted balance (holds move only `available`).
+POSTED_SIGN = {"credits_added": 1, "refunded": 1, "hold_captured": -1, "charged": -1}
+CSV_COLUMNS = (
+    "event_id",
+    "occurred_at",
+    "type",
+    "amount",
+    "balance_after",
+    "available_after",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "price_version",
+    "hold_id",
+    "reason",
+    "note",
+)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def transaction_view(entry: Any) -> TransactionView:
+    """One ledger history entry as a row (the entry carries the balance after it)."""
+    kind = str(entry.event_type)
+    metadata = dict(getattr(entry, "metadata", {}) or {})
+    posted_after = int(entry.posted_after)
+    held_after = _int_or_none(getattr(entry, "held_after", None))
+    amount = int(entry.amount)
+    model = metadata.get("model")
+    return TransactionView(
+        event_id=str(entry.event_id),
+        type=kind,
+        amount=POSTED_SIGN[kind] * amount if kind in POSTED_SIGN else amount,
+        balance_after=posted_after,
+        available_after=None if held_after is None else posted_after - held_after,
+        occurred_at=dt.datetime.fromtimestamp(int(entry.recorded_at_us) / 1e6, dt.UTC),
+        model=str(model) if model is not None else None,
+        prompt_tokens=_int_or_none(metadata.get("prompt_tokens")),
+        completion_tokens=_int_or_none(metadata.get("completion_tokens")),
+        price_version=str(metadata["price_version"]) if "price_version" in metadata else None,
+        hold_id=getattr(entry, "hold_id", None),
+        reason=getattr(entry, "reason", None),
+        note=getattr(entry, "note", None),
+    )
+
+
+def check_types(types: Sequence[str] | None) -> list[str] | None:
+    if not types:
+        return None
+    unknown = sorted(set(types) - set(TRANSACTION_TYPES))
+    if unknown:
+        raise ValidationFailed(
+            f"unknown transaction type(s) {', '.join(unknown)}; "
+            f"known: {', '.join(TRANSACTION_TYPES)}",
+            field="type",
+        )
+    return list(types)
+
+
+class BillingService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], ledger: Ledger) -> None:
+        self._sessions = sessions
+        self._ledger = ledger
+
+    async def balance(self, identity: Identity) -> BalanceView:
+        return await self.balance_of(identity.account_id)
+
+    async def balance_of(self, account_id: str) -> BalanceView:
+        async with counted("balance"):
+            balance = await self._ledger.balance(account_id)
+        return BalanceView(posted=balance.posted, held=balance.held, available=balance.available)
+
+    async def transactions(
+        self,
+        identity: Identity,
+        *,
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        types: Sequence[str] | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> TransactionsPage:
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValidationFailed(f"limit must be 1-{MAX_PAGE_SIZE}", field="limit")
+        if since is not None and until is not None and since > until:
+            raise ValidationFailed("since must not be after until", field="since")
+        async with counted("history"):
+            page = await self._ledger.history(
+                identity.account_id,
+                cursor=cursor,
+                limit=limit,
+                types=check_types(types),
+                since=since,
+                until=until,
+            )
+        return TransactionsPage(
+            transactions=[transaction_view(entry) for entry in page.entries],
+            next_cursor=page.next_cursor,
+        )
+
+    async def transactions_csv(
+        self,
+        identity: Identity,
+        *,
+        types: Sequence[str] | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> str:
+        """Every matching row (up to MAX_CSV_ROWS), newest first, as CSV text."""
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        cursor: str | None = None
+        written = 0
+        while written < MAX_CSV_ROWS:
+            page = await self.transactions(
+                identity, cursor=cursor, limit=MAX_PAGE_SIZE, types=types, since=since, until=until
+            )
+            for row in page.transactions:
+                values = [getattr(row, column) for column in CSV_COLUMNS]
+                writer.writerow(
+                    [
+                        "" if v is None else v.isoformat() if isinstance(v, dt.datetime) else v
+                        for v in values
+                    ]
+                )
+                written += 1
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        return out.getvalue()
+
+    async def usage(
+        self, identity: Identity, *, since: dt.date | None = None, until: dt.date | None = None
+    ) -> UsageReport:
+        """Requests, tokens and credits per UTC day and model, from the interactions table."""
+        until = until or dt.datetime.now(dt.UTC).date()
+        since = since or until - dt.timedelta(days=29)
+        if since > until or (until - since).days >= MAX_USAGE_DAYS:
+            raise ValidationFailed(f"since..until must be 1-{MAX_USAGE_DAYS} days, since first")
+        start = dt.datetime.combine(since, dt.time(), dt.UTC)
+        end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        ModelInteractionRow.created_at,
+                        ModelInteractionRow.model_id,
+                        ModelInteractionRow.prompt_tokens,
+                        ModelInteractionRow.completion_tokens,
+                        ModelInteractionRow.credits_charged,
+                    ).where(
+                        ModelInteractionRow.user_id == identity.user_id,
+                        ModelInteractionRow.created_at >= start,
+                        ModelInteractionRow.created_at < end,
+                    )
+                )
+            ).all()
+        # Grouped here, not in SQL: day truncation differs between SQLite and PostgreSQL.
+        groups: dict[tuple[str, str], list[int]] = {}
+        for created_at, model, prompt, completion, credits in rows:
+            key = (created_at.date().isoformat(), model)
+            totals = groups.setdefault(key, [0, 0, 0, 0])
+            totals[0] += 1
+            totals[1] += prompt
+            totals[2] += completion
+            totals[3] += credits
+        usage_rows = [
+            UsageRow(
+                day=day,
+                model=model,
+                requests=t[0],
+                prompt_tokens=t[1],
+                completion_tokens=t[2],
+                credits=t[3],
+            )
+            for (day, model), t in sorted(groups.items())
+        ]
+        return UsageReport(
+            since=since.isoformat(),
+            until=until.isoformat(),
+            rows=usage_rows,
+            total_credits=sum(r.credits for r in usage_rows),
+            total_completion_tokens=sum(r.completion_tokens for r in usage_rows),
+        )
+
+    async def count_interactions(self, identity: Identity) -> int:
+        async with self._sessions() as session:
+            return int(
+                await session.scalar(
+                    select(func.count())
+                    .select_from(ModelInteractionRow)
+                    .where(ModelInteractionRow.user_id == identity.user_id)
+                )
+                or 0
+            )

@@ -1,0 +1,2 @@
+"""Billed chat: the one place where prices, holds and captures meet generation; and the
+per-user conversation store."""

@@ -1,0 +1,661 @@
+"""The billing rules of a chat answer, in one place, used by /api/chat, /v1/chat/completions
+and the Gradio UI alike.
+
+`ChatService.prepare` validates, claims the Idempotency-Key, prices the worst case, places the
+ledger hold and starts generation; anything refused there (402, 404, 409, 503) is raised before
+a single byte is streamed. `PreparedChat.events()` then yields ChatStarted, ChatDelta...,
+ChatCompleted. However the stream ends, the hold is resolved exactly once:
+
+- finished normally: capture the actual cost (the rest is released in the same ledger event);
+- the consumer stopped iterating (disconnect, Stop): capture what was streamed, or release all,
+  per `BillingSettings.partial_capture_on_disconnect`;
+- engine error or timeout, or service shutdown: release in full with that reason.
+
+The settlement runs shielded from cancellation, so a cancelled response task still settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import msgspec
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inference import Engine
+from inference.catalog import ModelPrice
+from inference.errors import InferenceError
+from inference.events import Finished, ModelStatus, TextDelta
+from inference.requests import ChatMessage, GenerationRequest, SamplingParams
+from ledger import Ledger
+from ledger.errors import InsufficientCredits
+from web import metrics
+from web.domain.accounts.schemas import Identity
+from web.domain.chat.conversations import ConversationsService
+from web.domain.chat.pricing import cost_credits, price_as_dict
+from web.domain.chat.schemas import (
+    BalanceView,
+    ChatCompleted,
+    ChatDelta,
+    ChatEvent,
+    ChatStarted,
+    SamplingOptions,
+    SettlementKind,
+)
+from web.errors import (
+    CreditsExhausted,
+    IdempotencyKeyReused,
+    NotFound,
+    RequestInProgress,
+    ShuttingDown,
+    ValidationFailed,
+)
+from web.ledger_calls import counted
+from web.logging import get_logger
+from web.settings import BillingSettings, ChatSettings
+from web.tables import ChatRequestRow, ModelInteractionRow, utc_now
+
+log = get_logger(__name__)
+
+STATUS_STARTED = "started"
+STATUS_DONE = "done"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatInput:
+    """One chat request from any front end. Either `message` (appended to the stored
+    conversation, or a new one) or `messages` (the whole context, not stored: /v1)."""
+
+    model_id: str | None = None
+    message: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    conversation_id: str | None = None
+    sampling: SamplingOptions = dataclasses.field(default_factory=SamplingOptions)
+    idempotency_key: str | None = None
+
+    def fingerprint(self) -> str:
+        payload = {
+            "model": self.model_id,
+            "message": self.message,
+            "messages": [[m.role, m.content] for m in self.messages or ()],
+            "conversation_id": self.conversation_id,
+            "sampling": msgspec.to_builtins(self.sampling),
+        }
+        return hashlib.sha256(msgspec.json.encode(payload)).hexdigest()
+
+
+@dataclasses.dataclass
+class _Generation:
+    """Everything about one started, not yet settled generation."""
+
+    identity: Identity
+    chat_input: ChatInput
+    request_id: str
+    idempotency_key: str
+    conversation_id: str | None
+    model: ModelStatus
+    hold_id: str
+    hold_credits: int
+    estimated_prompt_tokens: int
+    prompt_text: str
+    stream: AsyncIterator[TextDelta | Finished]
+    first_event: TextDelta | Finished
+    started_at: float
+
+
+def _replay_events(stored: dict[str, Any]) -> list[ChatEvent]:
+    done = msgspec.convert(stored["done"], ChatCompleted)
+    done = msgspec.structs.replace(done, replayed=True)
+    events: list[ChatEvent] = [
+        ChatStarted(
+            request_id=done.request_id,
+            conversation_id=done.conversation_id,
+            model=done.model_requested,
+            hold_credits=done.hold_credits,
+            replayed=True,
+        )
+    ]
+    if stored.get("text"):
+        events.append(ChatDelta(text=str(stored["text"])))
+    events.append(done)
+    return events
+
+
+class PreparedChat:
+    """A chat that passed every check; iterate `events()` exactly once."""
+
+    def __init__(
+        self,
+        service: ChatService,
+        generation: _Generation | None,
+        replay: list[ChatEvent] | None = None,
+    ) -> None:
+        self._service = service
+        self._generation = generation
+        self._replay = replay
+        self._consumed = False
+
+    @property
+    def request_id(self) -> str:
+        if self._generation is not None:
+            return self._generation.request_id
+        assert self._replay is not None
+        first = self._replay[0]
+        assert isinstance(first, ChatStarted)
+        return first.request_id
+
+    async def events(self) -> AsyncIterator[ChatEvent]:
+        assert not self._consumed, "a prepared chat streams once"
+        self._consumed = True
+        if self._replay is not None:
+            for event in self._replay:
+                yield event
+            return
+        generation = self._generation
+        assert generation is not None
+        async for event in self._service._run(generation):
+            yield event
+
+    async def cancel(self) -> None:
+        """Release the hold of a prepared chat that will never be streamed."""
+        if self._generation is not None and not self._consumed:
+            self._consumed = True
+            await self._service._abandon(self._generation)
+
+
+class ChatService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        ledger: Ledger,
+        engine: Engine,
+        conversations: ConversationsService,
+        chat: ChatSettings,
+        billing: BillingSettings,
+    ) -> None:
+        self._sessions = sessions
+        self._ledger = ledger
+        self._engine = engine
+        self._conversations = conversations
+        self._chat = chat
+        self._billing = billing
+        self._closing = False
+        self._active: set[str] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Settlements run as tasks so cancellation of the response cannot interrupt them.
+        self._settlements: set[asyncio.Task[Any]] = set()
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._active)
+
+    # -- the whole flow for callers that need no HTTP status before streaming ------------
+    async def stream(self, identity: Identity, chat_input: ChatInput) -> AsyncIterator[ChatEvent]:
+        prepared = await self.prepare(identity, chat_input)
+        async with aclosing(prepared.events()) as events:
+            async for event in events:
+                yield event
+
+    def models(self) -> list[ModelStatus]:
+        return list(self._engine.models())
+
+    def find_model(self, model_id: str | None) -> ModelStatus:
+        wanted = model_id or self._chat.default_model
+        for model in self._engine.models():
+            if model.id == wanted:
+                return model
+        raise NotFound(f"model {wanted!r} is not in the catalog")
+
+    async def balance(self, identity: Identity) -> BalanceView:
+        async with counted("balance"):
+            balance = await self._ledger.balance(identity.account_id)
+        return BalanceView(posted=balance.posted, held=balance.held, available=balance.available)
+
+    # -- prepare: every refusal happens here ---------------------------------------------
+    async def prepare(self, identity: Identity, chat_input: ChatInput) -> PreparedChat:
+        if self._closing:
+            raise ShuttingDown("the service is shutting down; retry shortly")
+        self._validate(chat_input)
+        model = self.find_model(chat_input.model_id)
+        key = chat_input.idempotency_key or f"auto-{uuid.uuid4()}"
+        claimed = await self._claim(identity, key, chat_input.fingerprint())
+        if isinstance(claimed, list):
+            return PreparedChat(self, None, replay=claimed)
+        request_id = claimed
+        try:
+            generation = await self._start(identity, chat_input, model, request_id, key)
+        except BaseException:
+            await self._unclaim(request_id)
+            raise
+        return PreparedChat(self, generation)
+
+    def _validate(self, chat_input: ChatInput) -> None:
+        if (chat_input.message is None) == (chat_input.messages is None):
+            raise ValidationFailed("give either a message or a list of messages")
+        if chat_input.message is not None:
+            if not chat_input.message.strip():
+                raise ValidationFailed("message must not be blank", field="message")
+            if len(chat_input.message) > self._chat.max_message_chars:
+                raise ValidationFailed(
+                    f"message is longer than {self._chat.max_message_chars} characters",
+                    field="message",
+                )
+        if chat_input.messages is not None:
+            total = sum(len(m.content) for m in chat_input.messages)
+            if total > self._chat.max_message_chars * 4:
+                raise ValidationFailed("messages are too long in total", field="messages")
+        max_tokens = chat_input.sampling.max_tokens
+        if max_tokens is not None and max_tokens > self._chat.max_max_tokens:
+            raise ValidationFailed(
+                f"max_tokens may be at most {self._chat.max_max_tokens}", field="max_tokens"
+            )
+        key = chat_input.idempotency_key
+        if key is not None and not 1 <= len(key) <= self._billing.max_idempotency_key_length:
+            raise ValidationFailed(
+                f"Idempotency-Key must be 1-{self._billing.max_idempotency_key_length} characters"
+            )
+
+    async def _claim(self, identity: Identity, key: str, fingerprint: str) -> str | list[ChatEvent]:
+        """Insert the request row; an existing row means a retry: replay, conflict or busy."""
+        request_id = str(uuid.uuid4())
+        async with self._sessions() as session:
+            session.add(
+                ChatRequestRow(
+                    id=request_id,
+                    user_id=identity.user_id,
+                    idempotency_key=key,
+                    fingerprint=fingerprint,
+                    status=STATUS_STARTED,
+                )
+            )
+            try:
+                await session.commit()
+                return request_id
+            except IntegrityError:
+                await session.rollback()
+            existing = await session.scalar(
+                select(ChatRequestRow).where(
+                    ChatRequestRow.user_id == identity.user_id,
+                    ChatRequestRow.idempotency_key == key,
+                )
+            )
+        if existing is None:  # deleted between our insert and read: a refused earlier attempt
+            return await self._claim(identity, key, fingerprint)
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyReused("this Idempotency-Key was used for a different request")
+        if existing.status != STATUS_DONE or existing.outcome_json is None:
+            raise RequestInProgress("a request with this Idempotency-Key is still running")
+        return _replay_events(msgspec.json.decode(existing.outcome_json))
+
+    async def _unclaim(self, request_id: str) -> None:
+        """Forget a request refused before any credit moved, so the key can be retried."""
+        async with self._sessions() as session:
+            await session.execute(delete(ChatRequestRow).where(ChatRequestRow.id == request_id))
+            await session.commit()
+
+    async def _context(
+        self, identity: Identity, chat_input: ChatInput
+    ) -> tuple[str | None, tuple[ChatMessage, ...]]:
+        if chat_input.messages is not None:
+            return None, chat_input.messages
+        assert chat_input.message is not None
+        history: list[ChatMessage] = []
+        conversation_id = chat_input.conversation_id
+        if conversation_id is not None:
+            stored = await self._conversations.recent_messages(
+                identity, conversation_id, self._chat.max_history_messages
+            )
+            history = [
+                ChatMessage(
+                    role="assistant" if m.role == "assistant" else "user", content=m.content
+                )
+                for m in stored
+            ]
+        return conversation_id, (*history, ChatMessage(role="user", content=chat_input.message))
+
+    def _sampling(self, options: SamplingOptions, model: ModelStatus) -> SamplingParams:
+        max_tokens = options.max_tokens or self._chat.default_max_tokens
+        return SamplingParams(
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=options.top_k,
+            max_new_tokens=min(max_tokens, model.max_new_tokens_cap),
+            seed=options.seed,
+            stop=tuple(options.stop),
+        )
+
+    async def _start(
+        self,
+        identity: Identity,
+        chat_input: ChatInput,
+        model: ModelStatus,
+        request_id: str,
+        key: str,
+    ) -> _Generation:
+        conversation_id, messages = await self._context(identity, chat_input)
+        request = GenerationRequest(
+            model_id=model.id,
+            messages=messages,
+            sampling=self._sampling(chat_input.sampling, model),
+            request_id=request_id,
+        )
+        estimate = self._engine.estimate(request)
+        if inspect.isawaitable(estimate):
+            estimate = await estimate
+        hold_credits = cost_credits(
+            model.price, estimate.prompt_tokens, estimate.max_completion_tokens
+        )
+        try:
+            async with counted("place_hold"):
+                receipt = await self._ledger.place_hold(
+                    identity.account_id,
+                    hold_credits,
+                    ttl_s=self._billing.hold_ttl_s,
+                    purpose="chat",
+                    reference=request_id,
+                    idempotency_key=f"chat:{request_id}:hold",
+                )
+        except InsufficientCredits as exc:
+            metrics.CHAT_REQUESTS.labels("insufficient_credits").inc()
+            raise CreditsExhausted(
+                f"this request may cost up to {hold_credits} credits; {exc.available} available",
+                available=exc.available,
+                required=hold_credits,
+                price=price_as_dict(model.price),
+            ) from exc
+        metrics.ACTIVE_HOLDS.inc()
+        hold_id = str(receipt.hold_id)
+        started_at = time.monotonic()
+        stream = aiter(self._engine.stream(request))
+        generation = _Generation(
+            identity=identity,
+            chat_input=chat_input,
+            request_id=request_id,
+            idempotency_key=key,
+            conversation_id=conversation_id,
+            model=model,
+            hold_id=hold_id,
+            hold_credits=hold_credits,
+            estimated_prompt_tokens=estimate.prompt_tokens,
+            prompt_text=messages[-1].content,
+            stream=stream,
+            first_event=TextDelta(text=""),
+            started_at=started_at,
+        )
+        try:
+            # Waiting for the first event lets an engine refusal (busy, unavailable) become an
+            # HTTP error instead of a broken stream; the hold is released in full.
+            generation.first_event = await anext(stream)
+        except InferenceError as exc:
+            await self._release(generation, "failed")
+            metrics.CHAT_REQUESTS.labels(exc.code).inc()
+            raise
+        except BaseException:
+            await asyncio.shield(self._release(generation, "cancelled"))
+            raise
+        if conversation_id is None and chat_input.message is not None:
+            created = await self._conversations.create(identity, chat_input.message)
+            generation.conversation_id = created.id
+        return generation
+
+    # -- streaming and settlement --------------------------------------------------------
+    async def _run(self, generation: _Generation) -> AsyncIterator[ChatEvent]:
+        self._active.add(generation.request_id)
+        self._idle.clear()
+        metrics.ACTIVE_STREAMS.inc()
+        parts: list[str] = []
+        streamed_deltas = 0
+        finished: Finished | None = None
+        settlement: asyncio.Task[ChatCompleted] | None = None
+        try:
+            yield ChatStarted(
+                request_id=generation.request_id,
+                conversation_id=generation.conversation_id,
+                model=generation.model.id,
+                hold_credits=generation.hold_credits,
+            )
+            event: TextDelta | Finished | None = generation.first_event
+            while event is not None:
+                if isinstance(event, Finished):
+                    finished = event
+                    break
+                if event.text:
+                    parts.append(event.text)
+                    streamed_deltas += 1
+                    yield ChatDelta(text=event.text)
+                event = await anext(generation.stream, None)
+            assert finished is not None, "the engine ends every stream with Finished"
+            settlement = self._settle_task(generation, "".join(parts), finished, None)
+            done = await asyncio.shield(settlement)
+            yield done
+        finally:
+            if settlement is None:
+                # The consumer stopped (disconnect/Stop) or the task was cancelled.
+                reason = "cancelled" if self._closing else "aborted"
+                settlement = self._settle_task(
+                    generation, "".join(parts), finished, (reason, streamed_deltas)
+                )
+            if not settlement.done():
+                # Shielded: a second cancellation leaves the settlement running to completion.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(settlement)
+            self._active.discard(generation.request_id)
+            if not self._active:
+                self._idle.set()
+            metrics.ACTIVE_STREAMS.dec()
+
+    def _settle_task(
+        self,
+        generation: _Generation,
+        text: str,
+        finished: Finished | None,
+        stopped: tuple[str, int] | None,
+    ) -> asyncio.Task[ChatCompleted]:
+        task = asyncio.get_running_loop().create_task(
+            self._settle(generation, text, finished, stopped)
+        )
+        self._settlements.add(task)
+        task.add_done_callback(self._settlements.discard)
+        return task
+
+    async def _settle(
+        self,
+        generation: _Generation,
+        text: str,
+        finished: Finished | None,
+        stopped: tuple[str, int] | None,
+    ) -> ChatCompleted:
+        """Resolve the hold once, then record the interaction, the messages and the outcome."""
+        await _close_stream(generation.stream)
+        model = generation.model
+        price = model.price
+        prompt_tokens = generation.estimated_prompt_tokens
+        completion_tokens = 0
+        answered = model.id
+        finish_reason = "cancelled"
+        error: str | None = None
+        if finished is not None:
+            prompt_tokens = finished.prompt_tokens
+            completion_tokens = finished.completion_tokens
+            answered = finished.model_id_answered
+            finish_reason = finished.finish_reason
+            error = finished.error
+            if answered != model.id:
+                price = self._price_of(answered, price)
+        release_reason: str | None = None
+        if stopped is not None:
+            reason, streamed_deltas = stopped
+            # Without the engine's final count, bill the deltas streamed: each is at least one
+            # generated token, so this never bills more than was generated.
+            completion_tokens = (
+                max(completion_tokens, streamed_deltas) if finished else streamed_deltas
+            )
+            finish_reason = "cancelled"
+            if reason == "cancelled" or not self._billing.partial_capture_on_disconnect:
+                release_reason = reason
+        elif finish_reason in ("error", "timeout"):
+            release_reason = "failed" if finish_reason == "error" else "timeout"
+        elif finish_reason == "cancelled":
+            release_reason = "cancelled" if self._closing else "aborted"
+        cost = 0
+        settlement: SettlementKind = "released"
+        if release_reason is None:
+            cost = min(
+                cost_credits(price, prompt_tokens, completion_tokens), generation.hold_credits
+            )
+        if cost > 0:
+            await self._capture(generation, cost, answered, prompt_tokens, completion_tokens, price)
+            settlement = "captured" if stopped is None else "partially_captured"
+        else:
+            await self._release(generation, release_reason or "aborted")
+        elapsed_s = time.monotonic() - generation.started_at
+        metrics.TOKENS_GENERATED.labels(answered).inc(completion_tokens)
+        metrics.PROMPT_TOKENS.labels(answered).inc(prompt_tokens)
+        metrics.CREDITS_CHARGED.labels(answered).inc(cost)
+        if completion_tokens and elapsed_s > 0:
+            metrics.TOKENS_PER_SECOND.labels(answered).observe(completion_tokens / elapsed_s)
+        metrics.CHAT_REQUESTS.labels(settlement).inc()
+        done = ChatCompleted(
+            request_id=generation.request_id,
+            conversation_id=generation.conversation_id,
+            model_requested=model.id,
+            model_answered=answered,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_credits=cost,
+            hold_credits=generation.hold_credits,
+            price_version=price.version,
+            finish_reason=finish_reason,
+            settlement=settlement,
+            balance=await self.balance(generation.identity),
+            error=error,
+            release_reason=release_reason if cost == 0 else None,
+        )
+        await self._record(generation, text, done, int(elapsed_s * 1000))
+        log.info(
+            "chat_settled",
+            request_id=generation.request_id,
+            user_id=generation.identity.user_id,
+            model=answered,
+            cost_credits=cost,
+            settlement=settlement,
+            finish_reason=finish_reason,
+            completion_tokens=completion_tokens,
+        )
+        return done
+
+    def _price_of(self, model_id: str, fallback: ModelPrice) -> ModelPrice:
+        for model in self._engine.models():
+            if model.id == model_id:
+                return model.price
+        return fallback
+
+    async def _capture(
+        self,
+        generation: _Generation,
+        cost: int,
+        answered: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        price: ModelPrice,
+    ) -> None:
+        async with counted("capture_hold"):
+            await self._ledger.capture_hold(
+                generation.identity.account_id,
+                generation.hold_id,
+                cost,
+                idempotency_key=f"chat:{generation.request_id}:capture",
+                metadata={
+                    "model": answered,
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "price_version": price.version,
+                    "request_id": generation.request_id,
+                },
+            )
+        metrics.ACTIVE_HOLDS.dec()
+
+    async def _release(self, generation: _Generation, reason: str) -> None:
+        async with counted("release_hold"):
+            await self._ledger.release_hold(
+                generation.identity.account_id,
+                generation.hold_id,
+                reason=reason,
+                idempotency_key=f"chat:{generation.request_id}:release",
+            )
+        metrics.ACTIVE_HOLDS.dec()
+
+    async def _abandon(self, generation: _Generation) -> None:
+        await self._settle(generation, "", None, ("aborted", 0))
+
+    async def _record(
+        self, generation: _Generation, text: str, done: ChatCompleted, processing_ms: int
+    ) -> None:
+        chat_input = generation.chat_input
+        if generation.conversation_id is not None and chat_input.message is not None:
+            await self._conversations.append_exchange(
+                generation.identity,
+                generation.conversation_id,
+                chat_input.message,
+                text,
+                done.model_answered,
+            )
+        outcome = msgspec.json.encode({"done": done, "text": text}).decode()
+        async with self._sessions() as session:
+            session.add(
+                ModelInteractionRow(
+                    user_id=generation.identity.user_id,
+                    chat_request_id=generation.request_id,
+                    conversation_id=generation.conversation_id,
+                    model_id=done.model_answered,
+                    prompt=generation.prompt_text,
+                    response=text,
+                    prompt_tokens=done.prompt_tokens,
+                    completion_tokens=done.completion_tokens,
+                    credits_charged=done.cost_credits,
+                    processing_ms=processing_ms,
+                    finish_reason=done.finish_reason,
+                )
+            )
+            await session.execute(
+                update(ChatRequestRow)
+                .where(ChatRequestRow.id == generation.request_id)
+                .values(status=STATUS_DONE, outcome_json=outcome, updated_at=utc_now())
+            )
+            await session.commit()
+
+    # -- shutdown --------------------------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """Refuse new chats from now on; running ones continue."""
+        self._closing = True
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def wait_settlements(self, timeout_s: float) -> None:
+        if self._settlements:
+            await asyncio.wait(list(self._settlements), timeout=timeout_s)
+
+
+async def _close_stream(stream: AsyncIterator[TextDelta | Finished]) -> None:
+    """Stop generation: closing the engine's stream ends the request within one step."""
+    closer = getattr(stream, "aclose", None)
+    if closer is None:
+        return
+    with contextlib.suppress(RuntimeError, StopAsyncIteration):
+        await closer()

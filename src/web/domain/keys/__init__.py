@@ -1,0 +1,1 @@
+"""API keys for the OpenAI-compatible API: create, list, revoke, authenticate."""

@@ -1,0 +1,42 @@
+"""/health (the process answers), /ready (database, schema, default model) and /metrics."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import MediaType, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from web.services import Services
+
+
+class HealthView(msgspec.Struct):
+    status: str
+
+
+class ReadyView(msgspec.Struct):
+    ready: bool
+    checks: dict[str, str]
+
+
+@get("/health", tags=["system"])
+async def health() -> HealthView:
+    """The process is up."""
+    return HealthView(status="ok")
+
+
+@get("/ready", tags=["system"], responses=None)
+async def ready(services: Services) -> Response[ReadyView]:
+    """503 until the database answers, both schemas are current and the default model is
+    loaded."""
+    readiness = await services.readiness()
+    return Response(
+        ReadyView(ready=readiness.ready, checks=readiness.checks),
+        status_code=200 if readiness.ready else 503,
+    )
+
+
+@get("/metrics", tags=["system"], media_type=MediaType.TEXT, include_in_schema=False)
+async def metrics_endpoint(services: Services) -> Response[bytes]:
+    """Prometheus text format."""
+    services.refresh_gauges()
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

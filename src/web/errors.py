@@ -1,0 +1,82 @@
+"""Errors raised by the web application services. They carry a stable `code` and never know
+about HTTP: `web.exception_handlers` maps them (and ledger/inference errors) to responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base of every web domain error; `code` is the machine-readable error name."""
+
+    code = "service_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ValidationFailed(ServiceError):
+    code = "validation_failed"
+
+
+class NotAuthenticated(ServiceError):
+    code = "not_authenticated"
+
+
+class PermissionDenied(ServiceError):
+    code = "permission_denied"
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class AlreadyExists(ServiceError):
+    code = "already_exists"
+
+
+class LoginLocked(ServiceError):
+    """Too many failed logins for an account from a client address."""
+
+    code = "login_locked"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(ServiceError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class IdempotencyKeyReused(ServiceError):
+    """The Idempotency-Key was used before for a different request body."""
+
+    code = "idempotency_key_reused"
+
+
+class RequestInProgress(ServiceError):
+    """A request with this Idempotency-Key is still running."""
+
+    code = "request_in_progress"
+
+
+class CreditsExhausted(ServiceError):
+    """The hold for the worst-case cost does not fit in the available credits."""
+
+    code = "insufficient_credits"
+
+    def __init__(
+        self, message: str, *, available: int, required: int, price: dict[str, Any]
+    ) -> None:
+        super().__init__(message, available=available, required=required, price=price)
+
+
+class ShuttingDown(ServiceError):
+    code = "shutting_down"

@@ -1,0 +1,142 @@
+"""The one place where errors become HTTP answers, each a JSON body
+`{"error": {"code", "message", "details"}}`. Domain code never raises HTTP errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+from inference.errors import (
+    EngineBusy,
+    InferenceError,
+    InvalidRequest,
+    ModelLoadFailed,
+    ModelUnavailable,
+    OutOfMemory,
+    PromptTooLong,
+)
+from ledger.errors import (
+    AccountNotFound,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidAmount,
+    InvalidArgument,
+    LedgerBusy,
+    LedgerClosed,
+    LedgerError,
+)
+from web import errors
+from web.logging import get_logger
+
+log = get_logger(__name__)
+
+SERVICE_STATUS: dict[type[errors.ServiceError], int] = {
+    errors.ValidationFailed: 422,
+    errors.NotAuthenticated: 401,
+    errors.PermissionDenied: 403,
+    errors.NotFound: 404,
+    errors.AlreadyExists: 409,
+    errors.LoginLocked: 429,
+    errors.RateLimited: 429,
+    errors.IdempotencyKeyReused: 422,
+    errors.RequestInProgress: 409,
+    errors.CreditsExhausted: 402,
+    errors.ShuttingDown: 503,
+}
+LEDGER_STATUS: dict[type[LedgerError], int] = {
+    InvalidArgument: 422,
+    InvalidAmount: 422,
+    AccountNotFound: 404,
+    InsufficientCredits: 402,
+    IdempotencyConflict: 422,
+    LedgerBusy: 503,
+    LedgerClosed: 503,
+}
+INFERENCE_STATUS: dict[type[InferenceError], int] = {
+    InvalidRequest: 422,
+    PromptTooLong: 422,
+    ModelUnavailable: 503,
+    EngineBusy: 503,
+    ModelLoadFailed: 503,
+    OutOfMemory: 503,
+}
+RETRY_AFTER_BUSY_S = 2
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def _status_for(exc: Exception, table: dict[Any, int], default: int) -> int:
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]
+    return default
+
+
+def _json(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response[Any]:
+    return Response(content=body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def service_error_handler(_: Request[Any, Any, Any], exc: errors.ServiceError) -> Response[Any]:
+    status = _status_for(exc, SERVICE_STATUS, 400)
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_BUSY_S)
+    return _json(status, error_body(exc.code, exc.message, exc.details), headers)
+
+
+def ledger_error_handler(_: Request[Any, Any, Any], exc: LedgerError) -> Response[Any]:
+    status = _status_for(exc, LEDGER_STATUS, 409)
+    if status >= 500:
+        log.error("ledger_unavailable", code=exc.code, error=exc.message)
+    return _json(status, error_body(exc.code, exc.message, _plain(exc.details)))
+
+
+def inference_error_handler(_: Request[Any, Any, Any], exc: InferenceError) -> Response[Any]:
+    status = _status_for(exc, INFERENCE_STATUS, 503)
+    headers = {"Retry-After": str(RETRY_AFTER_BUSY_S)} if status == 503 else None
+    return _json(status, error_body(exc.code, exc.message), headers)
+
+
+def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    details: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and exc.extra:
+        details["errors"] = exc.extra
+    code = "validation_failed" if exc.status_code in (400, 422) else f"http_{exc.status_code}"
+    return _json(exc.status_code, error_body(code, str(exc.detail), details), exc.headers)
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+    return _json(
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        error_body("internal_error", "the server failed; the request id identifies the log lines"),
+    )
+
+
+def _plain(details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value if isinstance(value, str | int | float | bool) else str(value)
+        for key, value in details.items()
+    }
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    errors.ServiceError: service_error_handler,  # type: ignore[dict-item]
+    LedgerError: ledger_error_handler,  # type: ignore[dict-item]
+    InferenceError: inference_error_handler,  # type: ignore[dict-item]
+    HTTPException: http_exception_handler,  # type: ignore[dict-item]
+    Exception: internal_error_handler,
+}

@@ -1,0 +1,51 @@
+"""Prometheus metrics of the service, registered once per process on the default registry.
+
+Gauges that describe current state (active holds, queue depth, model load state, memory) are
+refreshed by `refresh_state_gauges` just before /metrics renders, from the live services.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUEST_LATENCY_S = Histogram(
+    "ledgerchat_http_request_duration_seconds",
+    "HTTP request latency until the response finished (streams included).",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+TOKENS_GENERATED = Counter(
+    "ledgerchat_tokens_generated_total", "Completion tokens generated, by model.", ["model"]
+)
+PROMPT_TOKENS = Counter(
+    "ledgerchat_prompt_tokens_total", "Prompt tokens processed, by model.", ["model"]
+)
+TOKENS_PER_SECOND = Histogram(
+    "ledgerchat_chat_tokens_per_second",
+    "Completion tokens per second of each chat stream.",
+    ["model"],
+    buckets=(1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 250),
+)
+CHAT_REQUESTS = Counter("ledgerchat_chat_requests_total", "Chat requests by outcome.", ["outcome"])
+CREDITS_CHARGED = Counter(
+    "ledgerchat_credits_charged_total", "Credits captured for chat answers, by model.", ["model"]
+)
+LEDGER_OPERATIONS = Counter(
+    "ledgerchat_ledger_operations_total", "Ledger commands issued by the service.", ["operation"]
+)
+LEDGER_FAILURES = Counter(
+    "ledgerchat_ledger_failures_total",
+    "Ledger commands that raised, by operation and error code.",
+    ["operation", "code"],
+)
+ACTIVE_HOLDS = Gauge("ledgerchat_active_holds", "Chat holds placed and not yet resolved.")
+ACTIVE_STREAMS = Gauge("ledgerchat_active_streams", "Chat streams currently generating.")
+QUEUE_DEPTH = Gauge("ledgerchat_inference_queue_depth", "Requests waiting in the engine queue.")
+MODEL_LOADED = Gauge(
+    "ledgerchat_model_loaded", "1 when the model is loaded, 0 otherwise.", ["model"]
+)
+MODEL_AVAILABLE = Gauge(
+    "ledgerchat_model_available", "1 when the model can serve requests.", ["model"]
+)
+PROCESS_RSS_BYTES = Gauge("ledgerchat_process_resident_memory_bytes", "Resident set size.")
+HOLDS_SWEPT = Counter("ledgerchat_holds_swept_total", "Expired holds released by the sweeper.")

@@ -1,0 +1,252 @@
+"""The application services, built once at startup and shared by the Litestar handlers, the
+Gradio UI and the CLI: `Services(settings)` then `await services.start()`.
+
+Each service is a plain object with async methods that take an `Identity` and return msgspec
+structs, so a Gradio callback and an HTTP handler make the same call. Accessing a service
+before `start()` raises, so a wiring mistake fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from inference import Engine, InferenceSettings, load_catalog
+from ledger import Ledger
+from web import metrics
+from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
+from web.database import create_engine, schema_is_current, session_factory, upgrade_schema
+from web.domain.accounts.services import AccountsService
+from web.domain.admin.services import AdminService
+from web.domain.billing.services import BillingService
+from web.domain.chat.conversations import ConversationsService
+from web.domain.chat.services import ChatService
+from web.domain.keys.services import ApiKeysService
+from web.logging import get_logger
+from web.rate_limit import RateLimiter
+from web.settings import Settings
+
+log = get_logger(__name__)
+CLOSE_SETTLEMENTS_TIMEOUT_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    checks: dict[str, str]
+
+
+@dataclasses.dataclass
+class _Started:
+    db: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    ledger: Ledger
+    engine: Engine
+    accounts: AccountsService
+    api_keys: ApiKeysService
+    conversations: ConversationsService
+    chat: ChatService
+    billing: BillingService
+    admin: AdminService
+
+
+class Services:
+    """Everything the front ends call. `engine` may be injected (tests share one loaded
+    engine); an injected engine is started and closed by its owner, not here."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        start_engine: bool = True,
+        start_background_jobs: bool = True,
+    ) -> None:
+        self.settings = settings
+        self._injected_engine = engine
+        self._start_engine = start_engine
+        self._start_background_jobs = start_background_jobs
+        self._started: _Started | None = None
+        self._jobs: list[asyncio.Task[None]] = []
+        self.user_limiter = RateLimiter(
+            settings.rate_limit.per_user_per_minute,
+            max_keys=settings.rate_limit.max_tracked_clients,
+        )
+        self.chat_limiter = RateLimiter(
+            settings.rate_limit.chat_per_user_per_minute,
+            max_keys=settings.rate_limit.max_tracked_clients,
+        )
+        self.address_limiter = RateLimiter(
+            settings.rate_limit.per_address_per_minute,
+            max_keys=settings.rate_limit.max_tracked_clients,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        assert self._started is None, "services start once"
+        settings = self.settings
+        url = settings.database_url
+        if url.startswith("sqlite"):
+            Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+        db = create_engine(url, pool_size=settings.database.pool_size)
+        await upgrade_schema(db)
+        ledger = await Ledger.open(url)
+        engine = self._injected_engine
+        if engine is None:
+            catalog_path = Path(settings.models.catalog) if settings.models.catalog else None
+            engine = Engine(
+                load_catalog(catalog_path, settings.environ),
+                InferenceSettings.from_env(settings.environ),
+            )
+            if self._start_engine:
+                await engine.start()
+        sessions = session_factory(db)
+        accounts = AccountsService(sessions, ledger, settings.auth, settings.billing)
+        conversations = ConversationsService(sessions, settings.chat.conversations_page_size)
+        billing = BillingService(sessions, ledger)
+        self._started = _Started(
+            db=db,
+            sessions=sessions,
+            ledger=ledger,
+            engine=engine,
+            accounts=accounts,
+            api_keys=ApiKeysService(sessions, settings.auth),
+            conversations=conversations,
+            chat=ChatService(
+                sessions, ledger, engine, conversations, settings.chat, settings.billing
+            ),
+            billing=billing,
+            admin=AdminService(ledger, accounts, billing),
+        )
+        if self._start_background_jobs:
+            self._jobs = [
+                asyncio.create_task(
+                    run_every(
+                        "sweep_expired_holds",
+                        settings.billing.sweep_interval_s,
+                        lambda: sweep_expired_holds(ledger),
+                    )
+                ),
+                asyncio.create_task(
+                    run_every(
+                        "interaction_retention",
+                        settings.chat.retention_interval_s,
+                        lambda: clear_old_interaction_text(sessions, settings.chat.retention_days),
+                    )
+                ),
+            ]
+        log.info("services_started", database=db.url.render_as_string(hide_password=True))
+
+    async def close(self) -> None:
+        """Graceful: refuse new chats, let running streams finish within the grace period,
+        then close the engine (ending the rest, whose holds are released) and the ledger."""
+        started = self._started
+        if started is None:
+            return
+        started.chat.begin_shutdown()
+        finished = await started.chat.wait_idle(self.settings.server.shutdown_grace_s)
+        if not finished:
+            log.warning("shutdown_cancelling_streams", active=started.chat.active_streams)
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self._injected_engine is None:
+            await started.engine.close()
+        await started.chat.wait_idle(CLOSE_SETTLEMENTS_TIMEOUT_S)
+        await started.chat.wait_settlements(CLOSE_SETTLEMENTS_TIMEOUT_S)
+        await started.ledger.close()
+        await started.db.dispose()
+        self._started = None
+        log.info("services_closed")
+
+    # -- the services --------------------------------------------------------------------
+    def _require(self) -> _Started:
+        if self._started is None:
+            raise RuntimeError("Services.start() has not run (or close() has)")
+        return self._started
+
+    @property
+    def started(self) -> bool:
+        return self._started is not None
+
+    @property
+    def accounts(self) -> AccountsService:
+        return self._require().accounts
+
+    @property
+    def api_keys(self) -> ApiKeysService:
+        return self._require().api_keys
+
+    @property
+    def conversations(self) -> ConversationsService:
+        return self._require().conversations
+
+    @property
+    def chat(self) -> ChatService:
+        return self._require().chat
+
+    @property
+    def billing(self) -> BillingService:
+        return self._require().billing
+
+    @property
+    def admin(self) -> AdminService:
+        return self._require().admin
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._require().ledger
+
+    @property
+    def engine(self) -> Engine:
+        return self._require().engine
+
+    @property
+    def db(self) -> AsyncEngine:
+        return self._require().db
+
+    # -- probes ------------------------------------------------------------------------
+    async def readiness(self) -> Readiness:
+        checks: dict[str, str] = {}
+        started = self._started
+        if started is None:
+            return Readiness(False, {"services": "not started"})
+        try:
+            async with started.db.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+            checks["schema"] = "ok" if await schema_is_current(started.db) else "outdated"
+        except Exception as exc:  # any failure means not ready; the reason is reported
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        default = self.settings.chat.default_model
+        status = next((m for m in started.engine.models() if m.id == default), None)
+        if status is None:
+            checks["default_model"] = f"{default} is not in the catalog"
+        elif not status.loaded:
+            checks["default_model"] = f"{default} is not loaded"
+        else:
+            checks["default_model"] = "ok"
+        return Readiness(all(v == "ok" for v in checks.values()), checks)
+
+    def refresh_gauges(self) -> None:
+        """Bring state gauges up to date just before /metrics renders them."""
+        metrics.PROCESS_RSS_BYTES.set(psutil.Process().memory_info().rss)
+        started = self._started
+        if started is None:
+            return
+        metrics.ACTIVE_STREAMS.set(started.chat.active_streams)
+        queue_depth = 0
+        for model in started.engine.models():
+            metrics.MODEL_LOADED.labels(model.id).set(1 if model.loaded else 0)
+            metrics.MODEL_AVAILABLE.labels(model.id).set(1 if model.available else 0)
+            queue_depth += int(getattr(model, "queue_depth", 0) or 0)
+        depth: Any = getattr(started.engine, "queue_depth", None)
+        if callable(depth):
+            queue_depth = int(depth())
+        metrics.QUEUE_DEPTH.set(queue_depth)

@@ -1,0 +1,278 @@
+"""Service settings: one frozen dataclass per concern, read once from LEDGERCHAT_* variables.
+
+Every field has a default, an environment variable (the field name upper-cased, prefixed with
+the concern's prefix) and a one-line docstring; docs/configuration.md lists them all. An
+optional `.env` file supplies values that the real environment does not; the process
+environment always wins. Nothing else in `web` reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+ENV_PREFIX = "LEDGERCHAT_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be parsed or is out of range."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Where the HTTP server listens and how it behaves."""
+
+    host: str = "127.0.0.1"
+    """Interface uvicorn binds to."""
+    port: int = 8000
+    """TCP port uvicorn binds to."""
+    max_request_body_bytes: int = 1_048_576
+    """Largest accepted request body; bigger bodies get 413."""
+    shutdown_grace_s: float = 10.0
+    """How long graceful shutdown waits for running streams before cancelling them."""
+    log_level: str = "info"
+    """Minimum level of the JSON log lines (debug, info, warning, error)."""
+    data_dir: Path = Path("data")
+    """Directory for the default SQLite database file."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """The one database shared by the ledger and the web tables."""
+
+    url: str = ""
+    """SQLAlchemy async URL; empty means `sqlite+aiosqlite:///<data_dir>/ledgerchat.db`."""
+    pool_size: int = 10
+    """Connections kept open to PostgreSQL (ignored for SQLite)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Passwords, tokens and login lockout."""
+
+    jwt_secret: str = ""
+    """HS256 signing key for access tokens; empty means a random key per process start."""
+    access_token_ttl_s: int = 3600
+    """Lifetime of a JWT access token."""
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    """Lifetime of a refresh token (each rotation issues a new one with a fresh lifetime)."""
+    password_min_length: int = 10
+    """Shortest accepted password."""
+    password_max_length: int = 256
+    """Longest accepted password (bounds hashing cost)."""
+    argon2_time_cost: int = 2
+    """argon2id iterations; changing it rehashes passwords on next login."""
+    argon2_memory_cost_kib: int = 19_456
+    """argon2id memory in KiB; changing it rehashes passwords on next login."""
+    argon2_parallelism: int = 1
+    """argon2id lanes."""
+    lockout_failures: int = 5
+    """Failed logins for one account within the window that lock it for that client."""
+    lockout_window_s: int = 15 * 60
+    """Window over which failed logins are counted, and how long the lock lasts."""
+    max_api_keys_per_user: int = 20
+    """Active API keys a single user may hold."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """Request rate limits, applied per client address and per authenticated user."""
+
+    per_address_per_minute: int = 600
+    """Requests one client address may make per minute on any endpoint."""
+    per_user_per_minute: int = 300
+    """Requests one authenticated user may make per minute on any endpoint."""
+    chat_per_user_per_minute: int = 60
+    """Chat requests (/api/chat, /v1/chat/completions) one user may start per minute."""
+    max_tracked_clients: int = 100_000
+    """Bound on rate-limit buckets kept in memory; the oldest are dropped first."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BillingSettings:
+    """How chat requests are paid for."""
+
+    signup_grant_credits: int = 100
+    """Credits granted to every new user, as a ledger event."""
+    hold_ttl_s: int = 600
+    """Lifetime of a chat hold; a crashed process leaves holds the sweeper releases after it."""
+    sweep_interval_s: float = 30.0
+    """How often expired holds are released."""
+    partial_capture_on_disconnect: bool = True
+    """On disconnect/Stop, capture what was generated (true) or release everything (false)."""
+    max_idempotency_key_length: int = 200
+    """Longest accepted Idempotency-Key header."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChatSettings:
+    """Limits on chat requests and stored conversations."""
+
+    default_model: str = "gemma-3-270m"
+    """Model used when a request names none; /ready waits for it to be loaded."""
+    max_message_chars: int = 16_000
+    """Longest accepted new user message."""
+    max_history_messages: int = 40
+    """Most recent conversation messages sent to the model as context."""
+    default_max_tokens: int = 256
+    """Completion token limit when the request gives none."""
+    max_max_tokens: int = 2048
+    """Highest completion token limit a request may ask for."""
+    conversations_page_size: int = 50
+    """Conversations returned per page."""
+    retention_days: int = 30
+    """Prompt and response text in model_interactions is cleared after this many days."""
+    retention_interval_s: float = 3600.0
+    """How often the retention job runs."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """Which models exist (the inference engine's own knobs are LEDGERCHAT_INFERENCE_*)."""
+
+    catalog: str = ""
+    """Operator catalog file merged over the bundled one; empty means the bundled catalog."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Every concern together; built once by `load_settings`."""
+
+    server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = dataclasses.field(default_factory=RateLimitSettings)
+    billing: BillingSettings = dataclasses.field(default_factory=BillingSettings)
+    chat: ChatSettings = dataclasses.field(default_factory=ChatSettings)
+    models: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    environ: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    """Every variable read, so the ledger and engine settings come from the same source."""
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL or the default SQLite file in the data directory."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.server.data_dir / 'ledgerchat.db'}"
+
+
+# Prefix per concern: LEDGERCHAT_<PREFIX><FIELD>. Server and database fields read without a
+# concern prefix where the name is already unambiguous (LEDGERCHAT_HOST, LEDGERCHAT_DATABASE_URL).
+_PREFIXES: dict[str, str] = {
+    "server": "",
+    "database": "DATABASE_",
+    "auth": "AUTH_",
+    "rate_limit": "RATE_LIMIT_",
+    "billing": "BILLING_",
+    "chat": "CHAT_",
+    "models": "",
+}
+
+T = TypeVar("T")
+
+
+def env_name(concern: str, field_name: str) -> str:
+    """The environment variable that overrides `field_name` of `concern`."""
+    return f"{ENV_PREFIX}{_PREFIXES[concern]}{field_name.upper()}"
+
+
+def _parse(raw: str, kind: Any, name: str) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from exc
+
+
+def _build(cls: type[T], concern: str, values: Mapping[str, str]) -> T:
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = env_name(concern, field.name)
+        if name in values:
+            kwargs[field.name] = _parse(values[name], hints[field.name], name)
+    return cls(**kwargs)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines (comments and blank lines skipped, optional quotes stripped)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if "=" not in stripped:
+            raise SettingsError(f"{path}:{line_number}: expected KEY=VALUE")
+        key, _, value = stripped.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> Settings:
+    """Read every concern once: `.env` values first, then the environment on top."""
+    values: dict[str, str] = {}
+    if env_file is not None:
+        values.update(read_env_file(env_file))
+    values.update(os.environ if environ is None else environ)
+    settings = Settings(
+        server=_build(ServerSettings, "server", values),
+        database=_build(DatabaseSettings, "database", values),
+        auth=_build(AuthSettings, "auth", values),
+        rate_limit=_build(RateLimitSettings, "rate_limit", values),
+        billing=_build(BillingSettings, "billing", values),
+        chat=_build(ChatSettings, "chat", values),
+        models=_build(ModelSettings, "models", values),
+        environ=values,
+    )
+    check_settings(settings)
+    return settings
+
+
+def check_settings(settings: Settings) -> None:
+    """Reject values that would make the service misbehave instead of failing later."""
+    positive = {
+        "LEDGERCHAT_PORT": settings.server.port,
+        env_name("auth", "access_token_ttl_s"): settings.auth.access_token_ttl_s,
+        env_name("auth", "refresh_token_ttl_s"): settings.auth.refresh_token_ttl_s,
+        env_name("auth", "lockout_failures"): settings.auth.lockout_failures,
+        env_name("billing", "hold_ttl_s"): settings.billing.hold_ttl_s,
+        env_name("chat", "max_max_tokens"): settings.chat.max_max_tokens,
+        env_name("chat", "default_max_tokens"): settings.chat.default_max_tokens,
+        env_name(
+            "rate_limit", "per_address_per_minute"
+        ): settings.rate_limit.per_address_per_minute,
+        env_name("rate_limit", "per_user_per_minute"): settings.rate_limit.per_user_per_minute,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise SettingsError(f"{name} must be positive, got {value}")
+    if settings.chat.default_max_tokens > settings.chat.max_max_tokens:
+        raise SettingsError(
+            "LEDGERCHAT_CHAT_DEFAULT_MAX_TOKENS exceeds LEDGERCHAT_CHAT_MAX_MAX_TOKENS"
+        )
+    if settings.billing.signup_grant_credits < 0:
+        raise SettingsError("LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS must not be negative")
+    if settings.server.port > 65535:
+        raise SettingsError(f"LEDGERCHAT_PORT out of range: {settings.server.port}")
