@@ -1,0 +1,58 @@
+"""ledgerchat's event-sourced credit ledger: accounts, holds, charges, refunds, audit.
+
+Use `await Ledger.open(database_url)`; see docs/ledger.md for the event model and rules.
+This package never imports `web` or `inference`.
+"""
+
+from ledger.application import Ledger
+from ledger.audit import AuditReport, Violation
+from ledger.errors import (
+    AccountNotFound,
+    CaptureExceedsHold,
+    HoldAlreadyResolved,
+    HoldExpired,
+    HoldNotFound,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidAmount,
+    InvalidArgument,
+    LedgerBusy,
+    LedgerClosed,
+    LedgerError,
+    RefundExceedsTaken,
+    RefundTargetInvalid,
+    StorageError,
+    TooManyActiveHolds,
+)
+from ledger.models import Balance, HistoryEntry, HistoryPage, HoldReceipt, Receipt, Totals
+from ledger.settings import LedgerSettings, default_database_url
+
+__all__ = [
+    "AccountNotFound",
+    "AuditReport",
+    "Balance",
+    "CaptureExceedsHold",
+    "HistoryEntry",
+    "HistoryPage",
+    "HoldAlreadyResolved",
+    "HoldExpired",
+    "HoldNotFound",
+    "HoldReceipt",
+    "IdempotencyConflict",
+    "InsufficientCredits",
+    "InvalidAmount",
+    "InvalidArgument",
+    "Ledger",
+    "LedgerBusy",
+    "LedgerClosed",
+    "LedgerError",
+    "LedgerSettings",
+    "Receipt",
+    "RefundExceedsTaken",
+    "RefundTargetInvalid",
+    "StorageError",
+    "TooManyActiveHolds",
+    "Totals",
+    "Violation",
+    "default_database_url",
+]

@@ -1,0 +1,1 @@
+"""Persistence of the ledger: schema, engines and migrations, and the event store contract."""

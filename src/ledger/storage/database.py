@@ -1,0 +1,119 @@
+"""Engines for the two backends and the schema upgrade.
+
+SQLite (aiosqlite) is the embedded default: WAL, synchronous=NORMAL, a busy timeout, and every
+write transaction opened with BEGIN IMMEDIATE so writers queue on the lock instead of failing
+when a read transaction tries to upgrade. PostgreSQL (asyncpg) is the scale path. Each ledger
+uses a small write engine (the writer, the sweeper, account creation) and a read pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ledger.errors import InvalidArgument
+from ledger.settings import LedgerSettings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Serialises concurrent schema upgrades of several processes on PostgreSQL.
+_MIGRATION_LOCK_ID = 0x1ED6E5
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    backend: str  # "sqlite" or "postgresql"
+    write: AsyncEngine
+    read: AsyncEngine
+
+    async def dispose(self) -> None:
+        await self.write.dispose()
+        await self.read.dispose()
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain sqlite:/// and postgresql:// URLs and pick the async drivers."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidArgument(f"not a database URL: {url!r}") from exc
+    if parsed.drivername in ("sqlite", "sqlite+aiosqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+asyncpg"):
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise InvalidArgument(
+        f"unsupported database {parsed.drivername!r}: use sqlite+aiosqlite or postgresql+asyncpg"
+    )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite URL (None for in-memory or other backends)."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _sqlite_engine(
+    url: str, settings: LedgerSettings, *, pool_size: int, begin: str
+) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        connect_args={"timeout": settings.busy_timeout_ms / 1000},
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN instead of the driver's implicit one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(settings.busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql(begin)
+
+    return engine
+
+
+def create_engines(url: str, settings: LedgerSettings) -> Engines:
+    url = normalise_url(url)
+    path = sqlite_path(url)
+    if url.startswith("sqlite"):
+        if path is None:
+            raise InvalidArgument("the ledger needs an SQLite file, not an in-memory database")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write = _sqlite_engine(url, settings, pool_size=2, begin="BEGIN IMMEDIATE")
+        read = _sqlite_engine(url, settings, pool_size=settings.read_pool_size, begin="BEGIN")
+        return Engines("sqlite", write, read)
+    write = create_async_engine(url, pool_size=2, max_overflow=0)
+    read = create_async_engine(url, pool_size=settings.read_pool_size, max_overflow=0)
+    return Engines("postgresql", write, read)
+
+
+def _run_alembic_upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def upgrade_schema(engines: Engines) -> None:
+    """Bring the ledger tables to the newest migration; safe when several processes start."""
+    async with engines.write.begin() as connection:
+        if engines.backend == "postgresql":
+            await connection.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})"))
+        await connection.run_sync(_run_alembic_upgrade)

@@ -1,0 +1,126 @@
+"""The ledger's tables (SQLAlchemy Core). Migrations in `ledger/migrations` create them.
+
+- `ledger_accounts`: one row per account with its head (sequence and hash of the last event);
+  the writer locks these rows and compares heads to detect writes by other processes.
+- `ledger_events`: the immutable log; unique (account_id, sequence) and
+  (account_id, idempotency_key) are the concurrency and idempotency backstops.
+- `ledger_commands`: refused commands, so a retried key returns the same refusal.
+- `ledger_snapshots`: state every N events per account (balances, active holds, head hash).
+- `ledger_hold_expiry`: unresolved holds by expiry time, so the sweeper finds expired holds
+  without scanning the log; maintained in the same transaction as the events.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+VERSION_TABLE = "ledger_alembic_version"
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias).
+Position = BigInteger().with_variant(Integer(), "sqlite")
+
+accounts = Table(
+    "ledger_accounts",
+    metadata,
+    Column("account_id", String(64), primary_key=True),
+    Column("owner_id", String(256), nullable=False),
+    Column("is_default", Boolean, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("head_sequence", BigInteger, nullable=False),
+    Column("head_hash", String(64), nullable=False),
+    Index("ix_ledger_accounts_owner", "owner_id"),
+    Index(
+        "uq_ledger_accounts_default_owner",
+        "owner_id",
+        unique=True,
+        sqlite_where=text("is_default"),
+        postgresql_where=text("is_default"),
+    ),
+)
+
+events = Table(
+    "ledger_events",
+    metadata,
+    Column("position", Position, primary_key=True, autoincrement=True),
+    Column("account_id", String(64), ForeignKey("ledger_accounts.account_id"), nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("released_amount", BigInteger, nullable=False),
+    Column("hold_id", String(128)),
+    Column("refers_to", String(128)),
+    Column("expires_at_us", BigInteger),
+    Column("purpose", String(256)),
+    Column("reference", String(256)),
+    Column("reason", String(256)),
+    Column("source", String(256)),
+    Column("note", String(256)),
+    Column("posted_after", BigInteger, nullable=False),
+    Column("held_after", BigInteger, nullable=False),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("recorded_at_us", BigInteger, nullable=False),
+    Column("metadata_json", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    UniqueConstraint("account_id", "sequence", name="uq_ledger_events_sequence"),
+    UniqueConstraint("account_id", "idempotency_key", name="uq_ledger_events_key"),
+    Index(
+        "ix_ledger_events_refers_to",
+        "account_id",
+        "refers_to",
+        sqlite_where=text("refers_to IS NOT NULL"),
+        postgresql_where=text("refers_to IS NOT NULL"),
+    ),
+)
+
+commands = Table(
+    "ledger_commands",
+    metadata,
+    Column("account_id", String(64), nullable=False),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("error_code", String(64), nullable=False),
+    Column("error_details_json", Text, nullable=False),
+    Column("recorded_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("account_id", "idempotency_key", name="pk_ledger_commands"),
+)
+
+snapshots = Table(
+    "ledger_snapshots",
+    metadata,
+    Column("account_id", String(64), ForeignKey("ledger_accounts.account_id"), nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("posted", BigInteger, nullable=False),
+    Column("held", BigInteger, nullable=False),
+    Column("holds_json", Text, nullable=False),
+    Column("head_hash", String(64), nullable=False),
+    Column("taken_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("account_id", "sequence", name="pk_ledger_snapshots"),
+)
+
+hold_expiry = Table(
+    "ledger_hold_expiry",
+    metadata,
+    Column("hold_id", String(128), primary_key=True),
+    Column("account_id", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Index("ix_ledger_hold_expiry_expires", "expires_at_us"),
+)

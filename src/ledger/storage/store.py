@@ -1,0 +1,576 @@
+"""The event store contract: every query the ledger makes, written once in SQLAlchemy Core.
+
+Two implementations differ only where the backends do: PostgreSQL locks the batch's account
+rows (SELECT ... FOR UPDATE, in sorted order so concurrent writers cannot deadlock), SQLite is
+already serialised by BEGIN IMMEDIATE; and each names the driver errors worth a retry.
+Driver errors are translated into ledger errors once, in the writer (`is_retryable`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Row, Select, func, insert, literal, null, select, union_all
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.domain import (
+    AccountState,
+    Event,
+    EventType,
+    canonical_json,
+    holds_from_record,
+)
+from ledger.errors import LedgerError, error_from_record
+from ledger.storage.database import Engines
+from ledger.storage.schema import accounts, commands, events, hold_expiry, snapshots
+
+# Rows per statement when streaming a whole log (audit): bounded memory per fetch.
+STREAM_ROWS_PER_FETCH = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class AccountHead:
+    account_id: str
+    owner_id: str
+    sequence: int
+    head_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused command as stored under its idempotency key."""
+
+    account_id: str
+    idempotency_key: str
+    fingerprint: str
+    error: LedgerError
+    recorded_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    account_id: str
+    sequence: int
+    posted: int
+    held: int
+    holds_record: list[list[Any]]
+    head_hash: str
+    taken_at_us: int
+
+
+@dataclass(slots=True)
+class BatchWrite:
+    """Everything one writer batch commits in one transaction."""
+
+    events: list[Event] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    heads: dict[str, AccountHead] = field(default_factory=dict)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    holds_opened: list[Event] = field(default_factory=list)
+    holds_closed: list[str] = field(default_factory=list)
+
+
+def new_account_id() -> str:
+    return f"acct_{uuid.uuid4().hex[:20]}"
+
+
+def event_to_row(event: Event) -> dict[str, Any]:
+    return {
+        "account_id": event.account_id,
+        "sequence": event.sequence,
+        "event_type": str(event.event_type),
+        "amount": event.amount,
+        "released_amount": event.released_amount,
+        "hold_id": event.hold_id,
+        "refers_to": event.refers_to,
+        "expires_at_us": event.expires_at_us,
+        "purpose": event.purpose,
+        "reference": event.reference,
+        "reason": event.reason,
+        "source": event.source,
+        "note": event.note,
+        "posted_after": event.posted_after,
+        "held_after": event.held_after,
+        "idempotency_key": event.idempotency_key,
+        "fingerprint": event.fingerprint,
+        "recorded_at_us": event.recorded_at_us,
+        "metadata_json": canonical_json(event.metadata),
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    }
+
+
+def event_from_row(row: Row[Any]) -> Event:
+    m = row._mapping
+    return Event(
+        account_id=m["account_id"],
+        sequence=int(m["sequence"]),
+        event_type=EventType(m["event_type"]),
+        amount=int(m["amount"]),
+        released_amount=int(m["released_amount"]),
+        hold_id=m["hold_id"],
+        refers_to=m["refers_to"],
+        expires_at_us=None if m["expires_at_us"] is None else int(m["expires_at_us"]),
+        purpose=m["purpose"],
+        reference=m["reference"],
+        reason=m["reason"],
+        source=m["source"],
+        note=m["note"],
+        posted_after=int(m["posted_after"]),
+        held_after=int(m["held_after"]),
+        idempotency_key=m["idempotency_key"],
+        fingerprint=m["fingerprint"],
+        recorded_at_us=int(m["recorded_at_us"]),
+        metadata=json.loads(m["metadata_json"]),
+        prev_hash=m["prev_hash"],
+        hash=m["hash"],
+    )
+
+
+EVENT_COLUMNS = [c for c in events.c if c.name != "position"]
+EVENT_COLUMN_NAMES = [c.name for c in EVENT_COLUMNS]
+
+
+def _event_tuple(event: Event) -> tuple[Any, ...]:
+    row = event_to_row(event)
+    return tuple(row[name] for name in EVENT_COLUMN_NAMES)
+
+
+class EventStore:
+    """Backend-neutral queries; subclasses set locking and retryable errors."""
+
+    backend = "generic"
+
+    def __init__(self, engines: Engines) -> None:
+        self.engines = engines
+        names = ", ".join(EVENT_COLUMN_NAMES)
+        self._insert_events_sql = self._sql(
+            f"INSERT INTO ledger_events ({names}) VALUES ("
+            + ", ".join(["{}"] * len(EVENT_COLUMN_NAMES))
+            + ")",
+            len(EVENT_COLUMN_NAMES),
+        )
+        self._insert_hold_sql = self._sql(
+            "INSERT INTO ledger_hold_expiry (hold_id, account_id, amount, expires_at_us) "
+            "VALUES ({}, {}, {}, {})",
+            4,
+        )
+        self._delete_hold_sql = self._sql("DELETE FROM ledger_hold_expiry WHERE hold_id = {}", 1)
+        self._update_head_sql = self._sql(
+            "UPDATE ledger_accounts SET head_sequence = {}, head_hash = {} WHERE account_id = {}", 3
+        )
+
+    # -- backend differences -------------------------------------------------------------
+
+    def lock_rows(self, query: Select[Any]) -> Select[Any]:
+        return query
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, IntegrityError)
+
+    # -- accounts ------------------------------------------------------------------------
+
+    async def default_account(self, owner_id: str) -> str | None:
+        query = select(accounts.c.account_id).where(
+            accounts.c.owner_id == owner_id, accounts.c.is_default.is_(True)
+        )
+        async with self.engines.read.connect() as connection:
+            return (await connection.execute(query)).scalar_one_or_none()
+
+    async def create_account(self, owner_id: str, *, is_default: bool, now_us: int) -> str:
+        """Insert an account and its empty snapshot; IntegrityError if a default exists."""
+        account_id = new_account_id()
+        genesis = AccountState(account_id, owner_id)
+        async with self.engines.write.begin() as connection:
+            await connection.execute(
+                insert(accounts).values(
+                    account_id=account_id,
+                    owner_id=owner_id,
+                    is_default=is_default,
+                    created_at_us=now_us,
+                    head_sequence=0,
+                    head_hash=genesis.head_hash,
+                )
+            )
+            await connection.execute(
+                insert(snapshots).values(
+                    account_id=account_id,
+                    sequence=0,
+                    posted=0,
+                    held=0,
+                    holds_json="[]",
+                    head_hash=genesis.head_hash,
+                    taken_at_us=now_us,
+                )
+            )
+        return account_id
+
+    async def accounts_of(self, owner_id: str) -> list[str]:
+        query = (
+            select(accounts.c.account_id)
+            .where(accounts.c.owner_id == owner_id)
+            .order_by(accounts.c.is_default.desc(), accounts.c.created_at_us, accounts.c.account_id)
+        )
+        async with self.engines.read.connect() as connection:
+            return list((await connection.execute(query)).scalars())
+
+    async def account_owner(self, account_id: str) -> str | None:
+        query = select(accounts.c.owner_id).where(accounts.c.account_id == account_id)
+        async with self.engines.read.connect() as connection:
+            return (await connection.execute(query)).scalar_one_or_none()
+
+    # -- inside the writer's transaction ----------------------------------------------
+
+    async def lock_heads(
+        self, connection: AsyncConnection, account_ids: Iterable[str]
+    ) -> dict[str, AccountHead]:
+        """Heads of the accounts in one statement (locked, in sorted order, on PostgreSQL)."""
+        query = self.lock_rows(
+            select(
+                accounts.c.account_id,
+                accounts.c.owner_id,
+                accounts.c.head_sequence,
+                accounts.c.head_hash,
+            )
+            .where(accounts.c.account_id.in_(sorted(set(account_ids))))
+            .order_by(accounts.c.account_id)
+        )
+        rows = (await connection.execute(query)).all()
+        return {row[0]: AccountHead(row[0], row[1], int(row[2]), row[3]) for row in rows}
+
+    async def load_state(
+        self, connection: AsyncConnection, account_id: str, owner_id: str
+    ) -> AccountState:
+        """Latest snapshot plus the events after it: constant cost however long the log."""
+        snapshot_query = (
+            select(snapshots)
+            .where(snapshots.c.account_id == account_id)
+            .order_by(snapshots.c.sequence.desc())
+            .limit(1)
+        )
+        row = (await connection.execute(snapshot_query)).one_or_none()
+        state = AccountState(account_id, owner_id)
+        if row is not None:
+            m = row._mapping
+            state.sequence = int(m["sequence"])
+            state.posted = int(m["posted"])
+            state.held = int(m["held"])
+            state.head_hash = m["head_hash"]
+            state.holds = holds_from_record(json.loads(m["holds_json"]))
+        tail_query = (
+            select(*EVENT_COLUMNS)
+            .where(events.c.account_id == account_id, events.c.sequence > state.sequence)
+            .order_by(events.c.sequence)
+        )
+        from ledger.domain import apply  # local: keeps the import list of this module short
+
+        for event_row in (await connection.execute(tail_query)).all():
+            apply(state, event_from_row(event_row))
+        return state
+
+    async def find_outcomes(
+        self, connection: AsyncConnection, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Event | Refusal]:
+        """Earlier outcomes (events or refusals) of these (account_id, idempotency_key) pairs."""
+        found: dict[tuple[str, str], Event | Refusal] = {}
+        if not keys:
+            return found
+        pairs = sorted(set(keys))
+        wanted = set(pairs)
+        # Two IN lists (not a row-value IN) so both backends probe the unique index; the
+        # cross product it may return is filtered to the wanted pairs here.
+        account_ids = sorted({account_id for account_id, _ in pairs})
+        keys_only = sorted({key for _, key in pairs})
+        probe = union_all(
+            select(
+                events.c.account_id,
+                events.c.idempotency_key,
+                events.c.sequence,
+                literal("event").label("kind"),
+            ).where(events.c.account_id.in_(account_ids), events.c.idempotency_key.in_(keys_only)),
+            select(
+                commands.c.account_id,
+                commands.c.idempotency_key,
+                null().label("sequence"),
+                literal("refusal").label("kind"),
+            ).where(
+                commands.c.account_id.in_(account_ids), commands.c.idempotency_key.in_(keys_only)
+            ),
+        )
+        hits = [
+            row for row in (await connection.execute(probe)).all() if (row[0], row[1]) in wanted
+        ]
+        # Hits are retries, rare next to first attempts: fetch their full rows one by one.
+        for account_id, key, sequence, kind in hits:
+            if kind == "event":
+                event = await self.event_at(connection, account_id, int(sequence))
+                assert event is not None, "an event vanished inside a write transaction"
+                found[(account_id, key)] = event
+                continue
+            query = select(commands).where(
+                commands.c.account_id == account_id, commands.c.idempotency_key == key
+            )
+            m = (await connection.execute(query)).one()._mapping
+            found[(account_id, key)] = Refusal(
+                account_id,
+                key,
+                m["fingerprint"],
+                error_from_record(m["error_code"], json.loads(m["error_details_json"])),
+                int(m["recorded_at_us"]),
+            )
+        return found
+
+    async def event_at(
+        self, connection: AsyncConnection, account_id: str, sequence: int
+    ) -> Event | None:
+        query = select(*EVENT_COLUMNS).where(
+            events.c.account_id == account_id, events.c.sequence == sequence
+        )
+        row = (await connection.execute(query)).one_or_none()
+        return None if row is None else event_from_row(row)
+
+    async def refunded_total(
+        self, connection: AsyncConnection, account_id: str, event_id: str
+    ) -> int:
+        query = select(func.coalesce(func.sum(events.c.amount), 0)).where(
+            events.c.account_id == account_id,
+            events.c.refers_to == event_id,
+            events.c.event_type == str(EventType.REFUNDED),
+        )
+        return int((await connection.execute(query)).scalar_one())
+
+    def _sql(self, template: str, count: int) -> str:
+        """Fill `{}` with `count` driver placeholders in this backend's paramstyle."""
+        if self.engines.write.dialect.paramstyle == "numeric_dollar":
+            marks = [f"${i}" for i in range(1, count + 1)]
+        else:
+            marks = ["?"] * count
+        return template.format(*marks)
+
+    async def write(self, connection: AsyncConnection, batch: BatchWrite) -> None:
+        """Commit-ready writes of one batch, one executemany per table touched.
+
+        Plain driver SQL with tuples: SQLAlchemy's per-row parameter processing was the
+        largest cost of a batch, and these statements never change.
+        """
+        if batch.events:
+            await connection.exec_driver_sql(
+                self._insert_events_sql, [_event_tuple(e) for e in batch.events]
+            )
+        if batch.refusals:
+            await connection.execute(
+                insert(commands),
+                [
+                    {
+                        "account_id": r.account_id,
+                        "idempotency_key": r.idempotency_key,
+                        "fingerprint": r.fingerprint,
+                        "error_code": r.error.code,
+                        "error_details_json": canonical_json(r.error.details),
+                        "recorded_at_us": r.recorded_at_us,
+                    }
+                    for r in batch.refusals
+                ],
+            )
+        if batch.holds_opened:
+            await connection.exec_driver_sql(
+                self._insert_hold_sql,
+                [(e.hold_id, e.account_id, e.amount, e.expires_at_us) for e in batch.holds_opened],
+            )
+        if batch.holds_closed:
+            await connection.exec_driver_sql(
+                self._delete_hold_sql, [(hold_id,) for hold_id in batch.holds_closed]
+            )
+        if batch.heads:
+            await connection.exec_driver_sql(
+                self._update_head_sql,
+                [(h.sequence, h.head_hash, h.account_id) for h in batch.heads.values()],
+            )
+        if batch.snapshots:
+            await connection.execute(
+                insert(snapshots),
+                [
+                    {
+                        "account_id": s.account_id,
+                        "sequence": s.sequence,
+                        "posted": s.posted,
+                        "held": s.held,
+                        "holds_json": canonical_json(s.holds_record),
+                        "head_hash": s.head_hash,
+                        "taken_at_us": s.taken_at_us,
+                    }
+                    for s in batch.snapshots
+                ],
+            )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def read_state(self, account_id: str) -> AccountState | None:
+        """Current state from snapshot plus tail, in one read transaction."""
+        async with self.engines.read.begin() as connection:
+            row = (
+                await connection.execute(
+                    select(accounts.c.owner_id).where(accounts.c.account_id == account_id)
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            return await self.load_state(connection, account_id, row[0])
+
+    async def history(
+        self,
+        account_id: str,
+        *,
+        before_sequence: int | None,
+        limit: int,
+        types: Sequence[str] | None,
+        since_us: int | None,
+        until_us: int | None,
+    ) -> list[Event]:
+        """Newest first, at most `limit` events with sequence below `before_sequence`."""
+        query = select(*EVENT_COLUMNS).where(events.c.account_id == account_id)
+        if before_sequence is not None:
+            query = query.where(events.c.sequence < before_sequence)
+        if types:
+            query = query.where(events.c.event_type.in_(list(types)))
+        if since_us is not None:
+            query = query.where(events.c.recorded_at_us >= since_us)
+        if until_us is not None:
+            query = query.where(events.c.recorded_at_us < until_us)
+        query = query.order_by(events.c.sequence.desc()).limit(limit)
+        async with self.engines.read.connect() as connection:
+            return [event_from_row(row) for row in (await connection.execute(query)).all()]
+
+    async def sums_by_type(self, account_id: str | None) -> dict[str, tuple[int, int]]:
+        """Per event type: sum(amount), sum(released_amount)."""
+        query = select(
+            events.c.event_type,
+            func.coalesce(func.sum(events.c.amount), 0),
+            func.coalesce(func.sum(events.c.released_amount), 0),
+        ).group_by(events.c.event_type)
+        if account_id is not None:
+            query = query.where(events.c.account_id == account_id)
+        async with self.engines.read.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return {row[0]: (int(row[1]), int(row[2])) for row in rows}
+
+    async def expired_holds(self, now_us: int, limit: int) -> list[tuple[str, str]]:
+        """(account_id, hold_id) of unresolved holds that expired at or before `now_us`."""
+        query = (
+            select(hold_expiry.c.account_id, hold_expiry.c.hold_id)
+            .where(hold_expiry.c.expires_at_us <= now_us)
+            .order_by(hold_expiry.c.expires_at_us, hold_expiry.c.hold_id)
+            .limit(limit)
+        )
+        async with self.engines.read.connect() as connection:
+            return [(row[0], row[1]) for row in (await connection.execute(query)).all()]
+
+    # -- audit ---------------------------------------------------------------------------
+
+    async def all_heads(self, account_id: str | None) -> list[AccountHead]:
+        query = select(
+            accounts.c.account_id,
+            accounts.c.owner_id,
+            accounts.c.head_sequence,
+            accounts.c.head_hash,
+        ).order_by(accounts.c.account_id)
+        if account_id is not None:
+            query = query.where(accounts.c.account_id == account_id)
+        async with self.engines.read.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [AccountHead(r[0], r[1], int(r[2]), r[3]) for r in rows]
+
+    async def stream_events(self, account_id: str | None) -> AsyncIterator[Event]:
+        """Every event (of one account, or all) ordered by account and sequence."""
+        query = select(*EVENT_COLUMNS).order_by(events.c.account_id, events.c.sequence)
+        if account_id is not None:
+            query = query.where(events.c.account_id == account_id)
+        async with self.engines.read.connect() as connection:
+            result = await connection.stream(
+                query.execution_options(yield_per=STREAM_ROWS_PER_FETCH)
+            )
+            async for row in result:
+                yield event_from_row(row)
+
+    async def all_snapshots(self, account_id: str | None) -> list[Snapshot]:
+        query = select(snapshots).order_by(snapshots.c.account_id, snapshots.c.sequence)
+        if account_id is not None:
+            query = query.where(snapshots.c.account_id == account_id)
+        async with self.engines.read.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [
+            Snapshot(
+                r._mapping["account_id"],
+                int(r._mapping["sequence"]),
+                int(r._mapping["posted"]),
+                int(r._mapping["held"]),
+                json.loads(r._mapping["holds_json"]),
+                r._mapping["head_hash"],
+                int(r._mapping["taken_at_us"]),
+            )
+            for r in rows
+        ]
+
+    async def all_refusals(self, account_id: str | None) -> list[tuple[str, str, str]]:
+        query = select(commands.c.account_id, commands.c.idempotency_key, commands.c.error_code)
+        if account_id is not None:
+            query = query.where(commands.c.account_id == account_id)
+        async with self.engines.read.connect() as connection:
+            return [(r[0], r[1], r[2]) for r in (await connection.execute(query)).all()]
+
+    async def all_hold_expiry(self, account_id: str | None) -> dict[str, tuple[str, int, int]]:
+        query = select(hold_expiry)
+        if account_id is not None:
+            query = query.where(hold_expiry.c.account_id == account_id)
+        async with self.engines.read.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return {
+            r._mapping["hold_id"]: (
+                r._mapping["account_id"],
+                int(r._mapping["amount"]),
+                int(r._mapping["expires_at_us"]),
+            )
+            for r in rows
+        }
+
+
+class SqliteEventStore(EventStore):
+    """SQLite: BEGIN IMMEDIATE already serialises writers, so no row locks."""
+
+    backend = "sqlite"
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, IntegrityError):
+            return True
+        if isinstance(exc, DBAPIError):
+            text = str(exc.orig).lower()
+            return "locked" in text or "busy" in text
+        return False
+
+
+class PostgresEventStore(EventStore):
+    """PostgreSQL: lock account rows; retry serialization failures and deadlocks."""
+
+    backend = "postgresql"
+    RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505", "55P03"})
+
+    def lock_rows(self, query: Select[Any]) -> Select[Any]:
+        return query.with_for_update()
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, DBAPIError):
+            orig = exc.orig
+            state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+            return state in self.RETRYABLE_SQLSTATES or isinstance(exc, IntegrityError)
+        return False
+
+
+def store_for(engines: Engines) -> EventStore:
+    if engines.backend == "sqlite":
+        return SqliteEventStore(engines)
+    return PostgresEventStore(engines)
