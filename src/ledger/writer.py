@@ -82,7 +82,6 @@ class _BatchContext:
 _STOP = None
 
 
-
 class Writer:
     def __init__(self, store: EventStore, settings: LedgerSettings, clock: Clock) -> None:
         self._store = store
@@ -196,7 +195,6 @@ class Writer:
         store = self._store
 
         async with store.engines.write.begin() as connection:
-            T["begin"] += t1 - t0
             heads = await store.lock_heads(connection, (p.command.account_id for p in batch))
             states: dict[str, AccountState] = {}
             for account_id, head in heads.items():
@@ -215,9 +213,7 @@ class Writer:
                 for p in batch
                 if p.command.account_id in heads
             ]
-            T["heads"] += t2 - t1
             earlier = await store.find_outcomes(connection, keys)
-            T["outcomes"] += t3 - t2
             context = _BatchContext()
             write = BatchWrite()
             results: list[Outcome | LedgerError] = []
@@ -227,10 +223,7 @@ class Writer:
                         connection, pending, states, heads, earlier, context, write, now_us
                     )
                 )
-            T["decide"] += t4 - t3
             await store.write(connection, write)
-            T["write"] += t5 - t4
-        T["n"] += 1
         for account_id, state in states.items():
             self._cache[account_id] = state
             self._cache.move_to_end(account_id)
