@@ -3,6 +3,7 @@ token or an API key, both as `Bearer`), applying the per-user rate limit on the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Request
@@ -76,6 +77,8 @@ def client_of(request: Request[Any, Any, Any]) -> str:
     return client_address(request.scope)
 
 
-SERVICES_DEPENDENCY = {"services": Provide(provide_services, sync_to_thread=False)}
+SERVICES_DEPENDENCY: dict[str, Provide | Callable[..., Any]] = {
+    "services": Provide(provide_services, sync_to_thread=False)
+}
 IDENTITY_DEPENDENCY = {"identity": Provide(provide_identity)}
 ADMIN_DEPENDENCY = {"identity": Provide(provide_identity), "admin": Provide(provide_admin)}

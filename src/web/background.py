@@ -21,8 +21,7 @@ log = get_logger(__name__)
 
 async def sweep_expired_holds(ledger: Ledger) -> int:
     async with counted("sweep_expired_holds"):
-        result = await ledger.sweep_expired_holds()
-    released = result if isinstance(result, int) else len(result) if result is not None else 0
+        released = await ledger.sweep_expired_holds()
     if released:
         HOLDS_SWEPT.inc(released)
         log.info("expired_holds_released", count=released)

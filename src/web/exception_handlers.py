@@ -134,9 +134,9 @@ def _plain(details: dict[str, Any]) -> dict[str, Any]:
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    errors.ServiceError: service_error_handler,  # type: ignore[dict-item]
-    LedgerError: ledger_error_handler,  # type: ignore[dict-item]
-    InferenceError: inference_error_handler,  # type: ignore[dict-item]
-    HTTPException: http_exception_handler,  # type: ignore[dict-item]
+    errors.ServiceError: service_error_handler,
+    LedgerError: ledger_error_handler,
+    InferenceError: inference_error_handler,
+    HTTPException: http_exception_handler,
     Exception: internal_error_handler,
 }

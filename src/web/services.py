@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from inference import Engine, InferenceSettings, load_catalog
-from ledger import Ledger
+from ledger import Ledger, LedgerSettings
 from web import metrics
 from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
 from web.database import create_engine, schema_is_current, session_factory, upgrade_schema
@@ -96,7 +95,10 @@ class Services:
             Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
         db = create_engine(url, pool_size=settings.database.pool_size)
         await upgrade_schema(db)
-        ledger = await Ledger.open(url)
+        # The service runs the sweeper itself (web.background) so /metrics counts its releases.
+        ledger = await Ledger.open(
+            url, settings=LedgerSettings.from_env(settings.environ), run_sweeper=False
+        )
         engine = self._injected_engine
         if engine is None:
             catalog_path = Path(settings.models.catalog) if settings.models.catalog else None
@@ -106,6 +108,7 @@ class Services:
             )
             if self._start_engine:
                 await engine.start()
+                self._jobs.append(asyncio.create_task(self._load_default_model(engine)))
         sessions = session_factory(db)
         accounts = AccountsService(sessions, ledger, settings.auth, settings.billing)
         conversations = ConversationsService(sessions, settings.chat.conversations_page_size)
@@ -125,7 +128,7 @@ class Services:
             admin=AdminService(ledger, accounts, billing),
         )
         if self._start_background_jobs:
-            self._jobs = [
+            self._jobs += [
                 asyncio.create_task(
                     run_every(
                         "sweep_expired_holds",
@@ -142,6 +145,15 @@ class Services:
                 ),
             ]
         log.info("services_started", database=db.url.render_as_string(hide_password=True))
+
+    async def _load_default_model(self, engine: Engine) -> None:
+        """Load the default model in the background; /ready reports ready once it is."""
+        model_id = self.settings.chat.default_model
+        try:
+            await engine.load(model_id)
+            log.info("default_model_loaded", model=model_id)
+        except Exception as exc:  # reported by /ready and /api/models; the service still runs
+            log.error("default_model_not_loaded", model=model_id, error=str(exc))
 
     async def close(self) -> None:
         """Graceful: refuse new chats, let running streams finish within the grace period,
@@ -245,8 +257,6 @@ class Services:
         for model in started.engine.models():
             metrics.MODEL_LOADED.labels(model.id).set(1 if model.loaded else 0)
             metrics.MODEL_AVAILABLE.labels(model.id).set(1 if model.available else 0)
-            queue_depth += int(getattr(model, "queue_depth", 0) or 0)
-        depth: Any = getattr(started.engine, "queue_depth", None)
-        if callable(depth):
-            queue_depth = int(depth())
+            if model.loaded:
+                queue_depth += started.engine.load_snapshot(model.id).waiting
         metrics.QUEUE_DEPTH.set(queue_depth)

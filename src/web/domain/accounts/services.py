@@ -154,6 +154,14 @@ class AccountsService:
             raise NotFound(f"user {user_id} does not exist")
         return user_view(row)
 
+    async def identity_for(self, user_id: int) -> Identity:
+        """Act as this user (the CLI creating a key for them, tests)."""
+        async with self._sessions() as session:
+            row = await session.get(UserRow, user_id)
+        if row is None or row.account_id is None:
+            raise NotFound(f"user {user_id} does not exist")
+        return identity_of(row, "internal")
+
     async def find_user(self, username: str) -> UserView:
         async with self._sessions() as session:
             row = await session.scalar(

@@ -20,7 +20,7 @@ class TopUpRequest(msgspec.Struct, forbid_unknown_fields=True):
 class TopUpResult(msgspec.Struct):
     user_id: int
     amount: int
-    event_id: str | None
+    event_id: str
     balance: BalanceView
 
 

@@ -3,9 +3,6 @@ admin identity), so the rule holds for the API, the UI and the CLI alike."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from ledger import Ledger
 from web.domain.accounts.schemas import Identity
 from web.domain.accounts.services import AccountsService
@@ -22,21 +19,6 @@ INTERNAL_ADMIN = Identity(user_id=0, username="cli", role="admin", account_id=""
 def check_admin(identity: Identity) -> None:
     if not identity.is_admin:
         raise PermissionDenied("this action needs the admin role")
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    to_dict = getattr(value, "to_dict", None)
-    if callable(to_dict):
-        return _jsonable(to_dict())
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
 
 
 class AdminService:
@@ -63,11 +45,10 @@ class AdminService:
                 idempotency_key=f"topup:{idempotency_key}",
             )
         log.info("credits_topped_up", by=identity.username, user_id=user_id, amount=amount)
-        event_id = getattr(receipt, "event_id", None)
         return TopUpResult(
             user_id=user_id,
             amount=amount,
-            event_id=None if event_id is None else str(event_id),
+            event_id=receipt.event_id,
             balance=await self._billing.balance_of(user.account_id),
         )
 
@@ -82,8 +63,4 @@ class AdminService:
         check_admin(identity)
         async with counted("audit"):
             report = await self._ledger.audit()
-        as_json = _jsonable(report)
-        clean = bool(getattr(report, "clean", getattr(report, "ok", not as_json.get("violations"))))
-        return AuditResult(
-            clean=clean, report=as_json if isinstance(as_json, dict) else {"report": as_json}
-        )
+        return AuditResult(clean=report.clean, report=report.to_dict())

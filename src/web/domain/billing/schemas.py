@@ -12,7 +12,7 @@ class TransactionView(msgspec.Struct):
     type: str
     amount: int
     balance_after: int
-    available_after: int | None
+    available_after: int
     occurred_at: dt.datetime
     model: str | None = None
     prompt_tokens: int | None = None

@@ -7,12 +7,11 @@ import csv
 import datetime as dt
 import io
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ledger import Ledger
+from ledger import HistoryEntry, Ledger
 from web.domain.accounts.schemas import Identity
 from web.domain.billing.schemas import TransactionsPage, TransactionView, UsageReport, UsageRow
 from web.domain.chat.schemas import BalanceView
@@ -51,32 +50,29 @@ CSV_COLUMNS = (
 )
 
 
-def _int_or_none(value: Any) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def transaction_view(entry: Any) -> TransactionView:
+def transaction_view(entry: HistoryEntry) -> TransactionView:
     """One ledger history entry as a row (the entry carries the balance after it)."""
-    kind = str(entry.event_type)
-    metadata = dict(getattr(entry, "metadata", {}) or {})
-    posted_after = int(entry.posted_after)
-    held_after = _int_or_none(getattr(entry, "held_after", None))
-    amount = int(entry.amount)
-    model = metadata.get("model")
+    kind = entry.event_type
+    model = entry.metadata.get("model")
+    price_version = entry.metadata.get("price_version")
     return TransactionView(
-        event_id=str(entry.event_id),
+        event_id=entry.event_id,
         type=kind,
-        amount=POSTED_SIGN[kind] * amount if kind in POSTED_SIGN else amount,
-        balance_after=posted_after,
-        available_after=None if held_after is None else posted_after - held_after,
-        occurred_at=dt.datetime.fromtimestamp(int(entry.recorded_at_us) / 1e6, dt.UTC),
-        model=str(model) if model is not None else None,
-        prompt_tokens=_int_or_none(metadata.get("prompt_tokens")),
-        completion_tokens=_int_or_none(metadata.get("completion_tokens")),
-        price_version=str(metadata["price_version"]) if "price_version" in metadata else None,
-        hold_id=getattr(entry, "hold_id", None),
-        reason=getattr(entry, "reason", None),
-        note=getattr(entry, "note", None),
+        amount=POSTED_SIGN[kind] * entry.amount if kind in POSTED_SIGN else entry.amount,
+        balance_after=entry.posted_after,
+        available_after=entry.available_after,
+        occurred_at=entry.time,
+        model=None if model is None else str(model),
+        prompt_tokens=_int_or_none(entry.metadata.get("prompt_tokens")),
+        completion_tokens=_int_or_none(entry.metadata.get("completion_tokens")),
+        price_version=None if price_version is None else str(price_version),
+        hold_id=entry.hold_id,
+        reason=entry.reason,
+        note=entry.note or None,
     )
 
 

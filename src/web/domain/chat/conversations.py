@@ -3,6 +3,7 @@ by the chat service when an answer is settled."""
 
 from __future__ import annotations
 
+import builtins
 import uuid
 
 from sqlalchemy import delete, select
@@ -112,7 +113,7 @@ class ConversationsService:
 
     async def recent_messages(
         self, identity: Identity, conversation_id: str, limit: int
-    ) -> list[MessageView]:
+    ) -> builtins.list[MessageView]:
         """The last `limit` messages, oldest first (the context sent to the model)."""
         async with self._sessions() as session:
             await self._owned(session, identity, conversation_id)

@@ -20,11 +20,9 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 import msgspec
@@ -203,9 +201,12 @@ class ChatService:
     # -- the whole flow for callers that need no HTTP status before streaming ------------
     async def stream(self, identity: Identity, chat_input: ChatInput) -> AsyncIterator[ChatEvent]:
         prepared = await self.prepare(identity, chat_input)
-        async with aclosing(prepared.events()) as events:
+        events = prepared.events()
+        try:
             async for event in events:
                 yield event
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
 
     def models(self) -> list[ModelStatus]:
         return list(self._engine.models())
@@ -350,9 +351,12 @@ class ChatService:
             sampling=self._sampling(chat_input.sampling, model),
             request_id=request_id,
         )
-        estimate = self._engine.estimate(request)
-        if inspect.isawaitable(estimate):
-            estimate = await estimate
+        estimate = await self._engine.estimate(request)
+        answering_id = getattr(estimate, "model_id", model.id)
+        if answering_id != model.id:
+            # The engine falls back to another model when this one cannot load; price the
+            # hold at the model that will answer.
+            model = self.find_model(answering_id)
         hold_credits = cost_credits(
             model.price, estimate.prompt_tokens, estimate.max_completion_tokens
         )
@@ -478,6 +482,11 @@ class ChatService:
     ) -> ChatCompleted:
         """Resolve the hold once, then record the interaction, the messages and the outcome."""
         await _close_stream(generation.stream)
+        if finished is None:
+            # After aclose() the engine's stream holds the final event with exact counts.
+            final = getattr(generation.stream, "finished", None)
+            if isinstance(final, Finished):
+                finished = final
         model = generation.model
         price = model.price
         prompt_tokens = generation.estimated_prompt_tokens
@@ -496,11 +505,10 @@ class ChatService:
         release_reason: str | None = None
         if stopped is not None:
             reason, streamed_deltas = stopped
-            # Without the engine's final count, bill the deltas streamed: each is at least one
-            # generated token, so this never bills more than was generated.
-            completion_tokens = (
-                max(completion_tokens, streamed_deltas) if finished else streamed_deltas
-            )
+            if finished is None:
+                # No final count from the engine: bill the deltas streamed; each is at least
+                # one generated token, so this never bills more than was generated.
+                completion_tokens = streamed_deltas
             finish_reason = "cancelled"
             if reason == "cancelled" or not self._billing.partial_capture_on_disconnect:
                 release_reason = reason

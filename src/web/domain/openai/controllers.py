@@ -13,7 +13,7 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
 
-from inference.requests import ChatMessage
+from inference.requests import ChatMessage, Role
 from web.auth import IDENTITY_DEPENDENCY, SECURITY, check_chat_rate
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.schemas import ChatCompleted, ChatDelta, SamplingOptions
@@ -37,6 +37,13 @@ from web.services import Services
 
 log = get_logger(__name__)
 FINISH_REASONS = {"stop": "stop", "length": "length"}
+# OpenAI's "developer" role is its newer name for "system".
+ROLE_MAP: dict[str, Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+}
 
 
 def _text_of(message: OpenAIMessage) -> str:
@@ -48,12 +55,7 @@ def _text_of(message: OpenAIMessage) -> str:
 
 
 def chat_input(data: ChatCompletionRequest, idempotency_key: str | None) -> ChatInput:
-    messages = tuple(
-        ChatMessage(
-            role="system" if m.role in ("system", "developer") else m.role, content=_text_of(m)
-        )
-        for m in data.messages
-    )
+    messages = tuple(ChatMessage(role=ROLE_MAP[m.role], content=_text_of(m)) for m in data.messages)
     if messages[-1].role != "user":
         raise ValidationFailed("the last message must have role 'user'", field="messages")
     stop = [data.stop] if isinstance(data.stop, str) else list(data.stop or [])

@@ -1,0 +1,128 @@
+"""Fixtures for the web tests: the inference package's tiny random Gemma 3 behind the real
+engine, service settings over a fresh database, and a live uvicorn server per test."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "inference"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_model import save_tiny_gemma  # noqa: E402
+
+from web_testing import LiveServer, start_server  # noqa: E402
+from web.app import create_app  # noqa: E402
+from web.settings import Settings, load_settings  # noqa: E402
+
+TINY = "tiny"
+TINY_BROKEN = "tiny-broken"
+TINY_CAP = 64
+TINY_CONTEXT = 512
+# Cheap argon2 parameters keep registration fast in tests; production defaults are higher.
+FAST_HASHING = {
+    "LEDGERCHAT_AUTH_ARGON2_TIME_COST": "1",
+    "LEDGERCHAT_AUTH_ARGON2_MEMORY_COST_KIB": "1024",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma-web"))
+
+
+@pytest.fixture
+def web_catalog(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+
+    def entry(model_id: str, path: Path) -> str:
+        return f"""
+[[models]]
+id = "{model_id}"
+display_name = "{model_id} test model"
+source = {{ kind = "hf_dir", path = "{path}" }}
+dtype = "float32"
+device = "cpu"
+context_limit_tokens = {TINY_CONTEXT}
+max_new_tokens_cap = {TINY_CAP}
+price = {{ per_message_credits = 1, prompt_credits_per_1k_tokens = 100, completion_credits_per_1k_tokens = 500 }}
+"""
+
+    path = tmp_path / "catalog.toml"
+    path.write_text(entry(TINY, tiny_model_dir) + entry(TINY_BROKEN, broken), encoding="utf-8")
+    return path
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(
+    sqlite_url: str, web_catalog: Path, tmp_path: Path
+) -> SettingsFactory:
+    """make_settings(database_url=None, **LEDGERCHAT_* overrides) -> Settings."""
+
+    def factory(database_url: str | None = None, **overrides: str) -> Settings:
+        environ = {
+            "LEDGERCHAT_DATABASE_URL": database_url or sqlite_url,
+            "LEDGERCHAT_DATA_DIR": str(tmp_path / "data"),
+            "LEDGERCHAT_CATALOG": str(web_catalog),
+            "LEDGERCHAT_CHAT_DEFAULT_MODEL": TINY,
+            "LEDGERCHAT_CHAT_DEFAULT_MAX_TOKENS": "16",
+            "LEDGERCHAT_INFERENCE_CACHE_DIR": str(tmp_path / "model-cache"),
+            "LEDGERCHAT_AUTH_JWT_SECRET": "test-secret-that-is-long-enough-for-hs256",
+            "LEDGERCHAT_LOG_LEVEL": "warning",
+            **FAST_HASHING,
+            **overrides,
+        }
+        return load_settings(environ=environ, env_file=None)
+
+    return factory
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    return make_settings()
+
+
+ServerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    """await make_server(settings, **create_app kwargs) -> LiveServer; stopped afterwards."""
+    servers: list[LiveServer] = []
+
+    async def factory(settings: Settings, **kwargs: Any) -> LiveServer:
+        kwargs.setdefault("mount_ui", False)
+        kwargs.setdefault("configure_logs", False)
+        server = await start_server(create_app(settings, **kwargs))
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory, settings: Settings) -> LiveServer:
+    live: LiveServer = await make_server(settings)
+    await live.services.engine.load(TINY)
+    return live
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog() -> Iterator[None]:
+    """Log configuration is global; each test starts from structlog's defaults."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
