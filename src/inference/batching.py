@@ -1,0 +1,143 @@
+"""The running batch of one model: its KV cache, attention mask, next inputs and positions,
+and the three phases that change it: `prefill` (a new request alone), `join` (its cache
+left-padded into the batch between decode steps), `decode_step` (one token for every row) and
+`keep_rows` (finished rows leave).
+
+The cache is a plain `DynamicCache()` built without the model config, so every layer, the
+sliding-window ones included, keeps full length and can be padded and concatenated alike; the
+sliding window is still enforced by the attention mask the model builds from the 2-D mask.
+Rows are left-padded as `generate` pads a batch: padding sits before a row's first token, so
+distances between a row's own tokens, which the window and causal masks use, are unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class PrefilledRow:
+    """A request's state after its prompt went through the model alone."""
+
+    cache: DynamicCache
+    prompt_length: int
+    last_logits: torch.Tensor  # [1, vocab]
+
+
+@dataclass
+class RunningBatch:
+    cache: DynamicCache
+    attention_mask: torch.Tensor  # [batch, cache_length], 0 marks left padding
+    next_token_ids: torch.Tensor  # [batch, 1], sampled but not yet fed to the model
+    next_positions: torch.Tensor  # [batch], position id of each row's next token
+
+    @property
+    def size(self) -> int:
+        return int(self.attention_mask.shape[0])
+
+    @property
+    def cache_length(self) -> int:
+        return int(self.attention_mask.shape[1])
+
+
+def prefill(model: Any, prompt_ids: list[int], device: torch.device) -> PrefilledRow:
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # [1, prompt]
+    length = input_ids.shape[1]
+    cache = DynamicCache()
+    output = model(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),  # [1, prompt]
+        position_ids=torch.arange(length, device=device).unsqueeze(0),  # [1, prompt]
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return PrefilledRow(cache=cache, prompt_length=length, last_logits=output.logits[:, -1, :])
+
+
+def start_batch(row: PrefilledRow, first_token_id: int) -> RunningBatch:
+    device = row.last_logits.device
+    return RunningBatch(
+        cache=row.cache,
+        attention_mask=torch.ones(1, row.prompt_length, dtype=torch.long, device=device),
+        next_token_ids=torch.tensor([[first_token_id]], dtype=torch.long, device=device),
+        next_positions=torch.tensor([row.prompt_length], dtype=torch.long, device=device),
+    )
+
+
+def join(batch: RunningBatch, row: PrefilledRow, first_token_id: int) -> RunningBatch:
+    """The batch with `row` appended as its last row."""
+    incoming = start_batch(row, first_token_id)
+    length = max(batch.cache_length, incoming.cache_length)
+    _left_pad(batch, length - batch.cache_length)
+    _left_pad(incoming, length - incoming.cache_length)
+    for layer, new_layer in zip(_layers(batch.cache), _layers(incoming.cache), strict=True):
+        layer.keys = torch.cat([layer.keys, new_layer.keys], dim=0)  # [batch+1, heads, len, dim]
+        layer.values = torch.cat([layer.values, new_layer.values], dim=0)
+    batch.attention_mask = torch.cat([batch.attention_mask, incoming.attention_mask], dim=0)
+    batch.next_token_ids = torch.cat([batch.next_token_ids, incoming.next_token_ids], dim=0)
+    batch.next_positions = torch.cat([batch.next_positions, incoming.next_positions], dim=0)
+    return batch
+
+
+def decode_step(model: Any, batch: RunningBatch) -> torch.Tensor:
+    """Feeds every row's next token; returns logits [batch, vocab] for the token after it."""
+    ones = batch.attention_mask.new_ones(batch.size, 1)
+    attention_mask = torch.cat([batch.attention_mask, ones], dim=1)  # [batch, cache_length + 1]
+    output = model(
+        input_ids=batch.next_token_ids,  # [batch, 1]
+        attention_mask=attention_mask,
+        position_ids=batch.next_positions.unsqueeze(1),  # [batch, 1]
+        past_key_values=batch.cache,
+        use_cache=True,
+    )
+    batch.attention_mask = attention_mask
+    batch.next_positions = batch.next_positions + 1
+    logits: torch.Tensor = output.logits[:, -1, :]
+    return logits
+
+
+def set_next_tokens(batch: RunningBatch, token_ids: list[int]) -> None:
+    batch.next_token_ids = torch.tensor(
+        token_ids, dtype=torch.long, device=batch.next_token_ids.device
+    ).unsqueeze(1)  # [batch, 1]
+
+
+def keep_rows(batch: RunningBatch, rows: list[int]) -> RunningBatch | None:
+    """The batch restricted to `rows` (in that order), or None when no row is left. Columns
+    that became padding in every remaining row are cut off so attention stops reading them."""
+    if not rows:
+        return None
+    if rows == list(range(batch.size)):
+        return batch
+    index = torch.tensor(rows, dtype=torch.long, device=batch.attention_mask.device)
+    mask = batch.attention_mask.index_select(0, index)
+    first_used = int((mask.sum(dim=0) > 0).nonzero()[0].item())
+    for layer in _layers(batch.cache):
+        layer.keys = layer.keys.index_select(0, index)[:, :, first_used:, :]
+        layer.values = layer.values.index_select(0, index)[:, :, first_used:, :]
+    batch.attention_mask = mask[:, first_used:]
+    batch.next_token_ids = batch.next_token_ids.index_select(0, index)
+    batch.next_positions = batch.next_positions.index_select(0, index)
+    return batch
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    # Typed loosely by transformers (some layer kinds hold no tensors); ours are all
+    # DynamicLayer with `keys` and `values` of shape [batch, kv_heads, length, head_dim].
+    return list(cache.layers)
+
+
+def _left_pad(batch: RunningBatch, columns: int) -> None:
+    if columns == 0:
+        return
+    for layer in _layers(batch.cache):
+        batch_size, heads, _, head_dim = layer.keys.shape
+        padding = layer.keys.new_zeros(batch_size, heads, columns, head_dim)
+        layer.keys = torch.cat([padding, layer.keys], dim=2)  # [batch, heads, columns+len, dim]
+        layer.values = torch.cat([padding, layer.values], dim=2)
+    mask_padding = batch.attention_mask.new_zeros(batch.size, columns)
+    batch.attention_mask = torch.cat([mask_padding, batch.attention_mask], dim=1)

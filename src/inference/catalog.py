@@ -1,0 +1,328 @@
+"""The model catalog: which models exist, where their weights come from, how to load them and
+what they cost. Read from the TOML shipped in this package, then an operator override file
+(argument or LEDGERCHAT_CATALOG), then per-entry env overrides LEDGERCHAT_MODEL_<ID>__<FIELD>
+(ID upper-cased with '-' and '.' as '_', e.g. LEDGERCHAT_MODEL_GEMMA_3_270M__LOAD_AT_START=true).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from inference.errors import ModelUnavailable
+
+CATALOG_ENV = "LEDGERCHAT_CATALOG"
+MODEL_ENV_PREFIX = "LEDGERCHAT_MODEL_"
+DEFAULT_CATALOG_PATH = Path(__file__).with_name("default_catalog.toml")
+
+SourceKind = Literal["gguf_package", "gguf_file", "hf_dir", "hf_repo"]
+Quantization = Literal["none", "bnb-int8", "bnb-int4"]
+Device = Literal["cpu", "cuda", "auto"]
+DType = Literal["bfloat16", "float16", "float32", "auto"]
+
+SOURCE_KINDS: tuple[SourceKind, ...] = ("gguf_package", "gguf_file", "hf_dir", "hf_repo")
+QUANTIZATIONS: tuple[Quantization, ...] = ("none", "bnb-int8", "bnb-int4")
+DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
+DTYPES: tuple[DType, ...] = ("bfloat16", "float16", "float32", "auto")
+MAX_CONTEXT_LIMIT_TOKENS = 1_048_576
+MAX_NEW_TOKENS_CAP = 65_536
+
+
+class CatalogError(ValueError):
+    """The catalog file or an override is malformed; the message names the entry and field."""
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """Integer credit prices; `version` changes whenever a price or the model id changes."""
+
+    per_message_credits: int
+    prompt_credits_per_1k_tokens: int
+    completion_credits_per_1k_tokens: int
+    version: str
+
+    @staticmethod
+    def derive_version(
+        model_id: str, per_message: int, prompt_per_1k: int, completion_per_1k: int
+    ) -> str:
+        text = f"{model_id}|{per_message}|{prompt_per_1k}|{completion_per_1k}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from; which of `package`, `path`, `repo_id` is set follows `kind`."""
+
+    kind: SourceKind
+    package: str | None = None
+    path: Path | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "gguf_package":
+            return f"GGUF from Python package {self.package}"
+        if self.kind == "gguf_file":
+            return f"GGUF file {self.path}"
+        if self.kind == "hf_dir":
+            return f"Hugging Face directory {self.path}"
+        return f"Hugging Face repo {self.repo_id} (local cache only)"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One model the service may offer."""
+
+    id: str
+    display_name: str
+    source: ModelSource
+    quantization: Quantization
+    dtype: DType
+    device: Device
+    context_limit_tokens: int
+    max_new_tokens_cap: int
+    price: ModelPrice
+    load_at_start: bool = False
+    fallback_model_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Entries by id, in file order."""
+
+    entries: tuple[CatalogEntry, ...]
+    _by_id: dict[str, CatalogEntry] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_id: dict[str, CatalogEntry] = {}
+        for entry in self.entries:
+            if entry.id in by_id:
+                raise CatalogError(f"model id {entry.id!r} appears twice")
+            by_id[entry.id] = entry
+        for entry in self.entries:
+            fallback = entry.fallback_model_id
+            if fallback is not None and fallback not in by_id:
+                raise CatalogError(
+                    f"{entry.id}: fallback_model_id {fallback!r} is not in the catalog"
+                )
+            if fallback == entry.id:
+                raise CatalogError(f"{entry.id}: a model cannot be its own fallback")
+        object.__setattr__(self, "_by_id", by_id)
+
+    def __iter__(self) -> Iterator[CatalogEntry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._by_id
+
+    def ids(self) -> list[str]:
+        return [entry.id for entry in self.entries]
+
+    def get(self, model_id: str) -> CatalogEntry:
+        """The entry, or ModelUnavailable naming the known ids."""
+        try:
+            return self._by_id[model_id]
+        except KeyError:
+            raise ModelUnavailable(
+                model_id, f"not in the catalog (known: {', '.join(self.ids())})"
+            ) from None
+
+
+def load_catalog(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Catalog:
+    """The shipped catalog merged with the operator file (`path`, else $LEDGERCHAT_CATALOG)
+    and the per-entry env overrides."""
+    env = os.environ if environ is None else environ
+    raw_entries = _read_entries(DEFAULT_CATALOG_PATH)
+    override_path = path if path is not None else _env_path(env)
+    if override_path is not None:
+        for raw in _read_entries(override_path):
+            _merge(raw_entries, raw)
+    for raw in raw_entries:
+        _apply_env_overrides(raw, env)
+    return Catalog(tuple(_build_entry(raw, override_path) for raw in raw_entries))
+
+
+def _env_path(env: Mapping[str, str]) -> Path | None:
+    value = env.get(CATALOG_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def _read_entries(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CatalogError(f"catalog file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"catalog file {path} is not valid TOML: {exc}") from exc
+    models = data.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(item, dict) for item in models):
+        raise CatalogError(f"{path}: expected [[models]] tables")
+    unknown = set(data) - {"models"}
+    if unknown:
+        raise CatalogError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    return [dict(item) for item in models]
+
+
+def _merge(entries: list[dict[str, Any]], override: dict[str, Any]) -> None:
+    model_id = override.get("id")
+    if not isinstance(model_id, str):
+        raise CatalogError(f"an override entry has no string id: {override}")
+    for existing in entries:
+        if existing.get("id") == model_id:
+            for key, value in override.items():
+                if key in ("price", "source") and isinstance(value, dict):
+                    # A new source replaces the old one (kinds differ); a price merges per field.
+                    base = existing.get(key, {}) if key == "price" else {}
+                    existing[key] = {**base, **value}
+                else:
+                    existing[key] = value
+            return
+    entries.append(dict(override))
+
+
+_ENV_FIELDS = {
+    "display_name": str,
+    "quantization": str,
+    "dtype": str,
+    "device": str,
+    "context_limit_tokens": int,
+    "max_new_tokens_cap": int,
+    "load_at_start": bool,
+    "fallback_model_id": str,
+    "path": Path,
+}
+
+
+def env_key(model_id: str, field_name: str) -> str:
+    """The env variable that overrides `field_name` of `model_id`."""
+    normalized = model_id.upper().replace("-", "_").replace(".", "_")
+    return f"{MODEL_ENV_PREFIX}{normalized}__{field_name.upper()}"
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    model_id = str(raw.get("id", ""))
+    for name, kind in _ENV_FIELDS.items():
+        value = env.get(env_key(model_id, name))
+        if value is None:
+            continue
+        key = env_key(model_id, name)
+        if kind is bool:
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise CatalogError(f"{key}={value!r}: expected true or false")
+            raw[name] = value.lower() in ("1", "true", "yes")
+        elif kind is int:
+            try:
+                raw[name] = int(value)
+            except ValueError:
+                raise CatalogError(f"{key}={value!r}: expected an integer") from None
+        elif name == "path":
+            # A path override points the entry at a local directory (or a GGUF file).
+            local = Path(value).expanduser()
+            kind_name = "gguf_file" if local.suffix == ".gguf" else "hf_dir"
+            raw["source"] = {"kind": kind_name, "path": str(local)}
+        elif name == "fallback_model_id" and value == "":
+            raw[name] = None
+        else:
+            raw[name] = value
+
+
+def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntry:
+    model_id = raw.get("id")
+    if not isinstance(model_id, str) or not model_id or len(model_id) > 128:
+        raise CatalogError(f"entry without a valid id: {raw}")
+    where = f"catalog entry {model_id!r}"
+    known = {
+        "id", "display_name", "source", "quantization", "dtype", "device",
+        "context_limit_tokens", "max_new_tokens_cap", "price", "load_at_start",
+        "fallback_model_id",
+    }  # fmt: skip
+    unknown = set(raw) - known
+    if unknown:
+        raise CatalogError(f"{where}: unknown fields {sorted(unknown)}")
+    context_limit = _int_in(raw, "context_limit_tokens", 16, MAX_CONTEXT_LIMIT_TOKENS, where)
+    cap = _int_in(raw, "max_new_tokens_cap", 1, MAX_NEW_TOKENS_CAP, where)
+    price_raw = raw.get("price")
+    if not isinstance(price_raw, dict):
+        raise CatalogError(f"{where}: price table is required")
+    per_message = _int_in(price_raw, "per_message_credits", 0, 10**9, where + " price")
+    prompt = _int_in(price_raw, "prompt_credits_per_1k_tokens", 0, 10**9, where + " price")
+    completion = _int_in(price_raw, "completion_credits_per_1k_tokens", 0, 10**9, where + " price")
+    version = price_raw.get("version")
+    if version is None:
+        version = ModelPrice.derive_version(model_id, per_message, prompt, completion)
+    elif not isinstance(version, str) or not version:
+        raise CatalogError(f"{where}: price.version must be a non-empty string")
+    fallback = raw.get("fallback_model_id")
+    if fallback is not None and not isinstance(fallback, str):
+        raise CatalogError(f"{where}: fallback_model_id must be a string")
+    load_at_start = raw.get("load_at_start", False)
+    if not isinstance(load_at_start, bool):
+        raise CatalogError(f"{where}: load_at_start must be true or false")
+    return CatalogEntry(
+        id=model_id,
+        display_name=str(raw.get("display_name", model_id)),
+        source=_build_source(raw.get("source"), where, override_path),
+        quantization=cast(Quantization, _choice(raw, "quantization", QUANTIZATIONS, "none", where)),
+        dtype=cast(DType, _choice(raw, "dtype", DTYPES, "auto", where)),
+        device=cast(Device, _choice(raw, "device", DEVICES, "auto", where)),
+        context_limit_tokens=context_limit,
+        max_new_tokens_cap=cap,
+        price=ModelPrice(per_message, prompt, completion, version),
+        load_at_start=load_at_start,
+        fallback_model_id=fallback,
+    )
+
+
+def _build_source(raw: object, where: str, override_path: Path | None) -> ModelSource:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: source table is required")
+    kind = raw.get("kind")
+    if kind not in SOURCE_KINDS:
+        raise CatalogError(f"{where}: source.kind must be one of {', '.join(SOURCE_KINDS)}")
+    if kind == "gguf_package":
+        package = raw.get("package")
+        if not isinstance(package, str) or not package:
+            raise CatalogError(f"{where}: a gguf_package source needs `package`")
+        return ModelSource(kind="gguf_package", package=package)
+    if kind in ("gguf_file", "hf_dir"):
+        path_text = raw.get("path")
+        if not isinstance(path_text, str) or not path_text:
+            raise CatalogError(f"{where}: a {kind} source needs `path`")
+        path = Path(path_text).expanduser()
+        if not path.is_absolute() and override_path is not None:
+            # Relative paths in an operator file are relative to that file, not to the cwd.
+            path = override_path.parent / path
+        return ModelSource(kind=cast(SourceKind, kind), path=path)
+    repo_id = raw.get("repo_id")
+    if not isinstance(repo_id, str) or "/" not in repo_id:
+        raise CatalogError(f"{where}: an hf_repo source needs `repo_id` like 'owner/name'")
+    revision = raw.get("revision")
+    if revision is not None and not isinstance(revision, str):
+        raise CatalogError(f"{where}: source.revision must be a string")
+    return ModelSource(kind="hf_repo", repo_id=repo_id, revision=revision)
+
+
+def _int_in(raw: Mapping[str, Any], name: str, low: int, high: int, where: str) -> int:
+    value = raw.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CatalogError(f"{where}: {name} must be an integer")
+    if not low <= value <= high:
+        raise CatalogError(f"{where}: {name}={value} must be between {low} and {high}")
+    return value
+
+
+def _choice(
+    raw: Mapping[str, Any], name: str, allowed: tuple[str, ...], default: str, where: str
+) -> str:
+    value = raw.get(name, default)
+    if value not in allowed:
+        raise CatalogError(f"{where}: {name}={value!r} must be one of {', '.join(allowed)}")
+    return str(value)

@@ -1,0 +1,63 @@
+"""What the engine reports: stream events (text deltas, then one Finished) and model status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from inference.catalog import ModelPrice, Quantization
+
+FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Newly decoded text; never splits a multi-byte character."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where the time of one request went. time_to_first_token_ms counts from submission;
+    None when no token was produced."""
+
+    queue_wait_ms: float
+    time_to_first_token_ms: float | None
+    decode_tokens_per_s: float | None
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of every stream: exact token counts for billing, and why it ended."""
+
+    model_id_answered: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+    error: str | None
+    timings: Timings
+    fell_back_from: str | None = None
+    error_code: str | None = None
+
+
+StreamEvent = TextDelta | Finished
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One catalog model as it stands now."""
+
+    id: str
+    display_name: str
+    available: bool
+    unavailable_reason: str | None
+    how_to_provide: str | None
+    quantization: Quantization
+    price: ModelPrice
+    loaded: bool
+    memory_bytes: int | None
+    fallback_model_id: str | None
+    context_limit_tokens: int
+    max_new_tokens_cap: int

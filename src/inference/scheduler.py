@@ -1,0 +1,339 @@
+"""One scheduler thread per loaded model: continuous batching of that model's requests.
+
+Requests wait in a bounded queue. Between decode steps the thread admits waiting requests up
+to the batch limit (each is prefilled alone, then joins the running batch), drops rows that
+were cancelled or ran past their deadline, and runs one decode step for every remaining row.
+Each row streams its own events back to the asyncio loop through `Slot.deliver`, which must be
+thread-safe (the engine uses loop.call_soon_threadsafe). Generation never runs on the loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+import torch
+
+from inference.batching import (
+    RunningBatch,
+    decode_step,
+    join,
+    keep_rows,
+    prefill,
+    set_next_tokens,
+    start_batch,
+)
+from inference.errors import EngineBusy, ModelUnavailable, OutOfMemory
+from inference.events import Finished, FinishReason, StreamEvent, TextDelta, Timings
+from inference.loading import LoadedModel, free_memory
+from inference.requests import SamplingParams
+from inference.sampling import make_generator, sample_next_tokens
+from inference.text import IncrementalDetokenizer, StopStringMatcher
+
+log = structlog.get_logger(__name__)
+
+# How long an idle scheduler sleeps before re-checking its queue even without a wake-up.
+_IDLE_POLL_S = 1.0
+
+
+@dataclass(eq=False)
+class Slot:
+    """One request inside a scheduler. Only `cancel_requested` is written from other threads."""
+
+    request_id: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+    submitted_at: float  # time.monotonic() when the caller started the request
+    deadline_at: float  # time.monotonic() after which the request ends with "timeout"
+    deliver: Callable[[StreamEvent], None]
+    model_id_answered: str
+    fell_back_from: str | None = None
+    cancel_requested: bool = False
+    generated: list[int] = field(default_factory=list)
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finished: bool = False
+
+
+class ModelScheduler:
+    """Owns the model's running batch; all model calls happen on its thread."""
+
+    def __init__(self, loaded: LoadedModel, queue_limit: int, max_batch_size: int) -> None:
+        self._loaded = loaded
+        self._queue_limit = queue_limit
+        self._max_batch_size = max_batch_size
+        self._condition = threading.Condition()
+        self._waiting: deque[Slot] = deque()
+        self._stopping = False
+        self._rows: list[_Row] = []
+        self._batch: RunningBatch | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"scheduler-{loaded.entry.id}", daemon=True
+        )
+
+    @property
+    def model_id(self) -> str:
+        return self._loaded.entry.id
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, slot: Slot) -> None:
+        """Queue a request; EngineBusy at once when the waiting queue is full."""
+        with self._condition:
+            if self._stopping:
+                raise ModelUnavailable(self.model_id, "the engine is shutting down")
+            if len(self._waiting) >= self._queue_limit:
+                raise EngineBusy(
+                    f"model {self.model_id!r} has {len(self._waiting)} requests waiting "
+                    f"(limit {self._queue_limit}); try again shortly"
+                )
+            self._waiting.append(slot)
+            self._condition.notify()
+
+    def cancel(self, slot: Slot) -> None:
+        """Ask for the request to end; it finishes within one decode step."""
+        slot.cancel_requested = True
+        with self._condition:
+            self._condition.notify()
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopping = True
+            self._condition.notify()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    @property
+    def waiting_count(self) -> int:
+        with self._condition:
+            return len(self._waiting)
+
+    @property
+    def running_count(self) -> int:
+        """Rows in the running batch (read without a lock: a snapshot for metrics)."""
+        return len(self._rows)
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                self._loop()
+        except BaseException as exc:  # the thread must never die silently with requests inside
+            log.exception("scheduler_crashed", model=self.model_id, error=repr(exc))
+            self._fail_all("error", f"scheduler crashed: {exc!r}", None)
+            raise
+        finally:
+            with self._condition:
+                self._stopping = True
+                leftovers = list(self._waiting)
+                self._waiting.clear()
+            for row in self._rows:
+                self._finish(row.slot, "cancelled", row)
+            self._rows = []
+            self._batch = None
+            for slot in leftovers:
+                self._finish(slot, "cancelled", None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._condition:
+                if self._stopping:
+                    return
+                expired = self._take_expired_waiting()
+                admitted: list[Slot] = []
+                while self._waiting and len(self._rows) + len(admitted) < self._max_batch_size:
+                    admitted.append(self._waiting.popleft())
+                if not admitted and not self._rows and not expired:
+                    self._condition.wait(_IDLE_POLL_S)
+                    continue
+            for slot, reason in expired:
+                self._finish(slot, reason, None)
+            self._drop_ended_rows()
+            for slot in admitted:
+                self._admit(slot)
+            if self._rows:
+                self._decode()
+
+    def _take_expired_waiting(self) -> list[tuple[Slot, FinishReason]]:
+        now = time.monotonic()
+        expired: list[tuple[Slot, FinishReason]] = []
+        kept: deque[Slot] = deque()
+        for slot in self._waiting:
+            if slot.cancel_requested:
+                expired.append((slot, "cancelled"))
+            elif now >= slot.deadline_at:
+                expired.append((slot, "timeout"))
+            else:
+                kept.append(slot)
+        self._waiting = kept
+        return expired
+
+    def _drop_ended_rows(self) -> None:
+        now = time.monotonic()
+        for row in self._rows:
+            if row.slot.cancel_requested:
+                self._finish(row.slot, "cancelled", row)
+            elif now >= row.slot.deadline_at:
+                self._finish(row.slot, "timeout", row)
+        self._remove_finished_rows()
+
+    def _admit(self, slot: Slot) -> None:
+        slot.admitted_at = time.monotonic()
+        if slot.cancel_requested or slot.admitted_at >= slot.deadline_at:
+            self._finish(slot, "cancelled" if slot.cancel_requested else "timeout", None)
+            return
+        loaded = self._loaded
+        row = _Row(slot, loaded)
+        try:
+            prefilled = prefill(loaded.model, slot.prompt_ids, loaded.device)
+            first_token = sample_next_tokens(
+                prefilled.last_logits, [slot.sampling], [row.generator]
+            )[0]
+        except (torch.OutOfMemoryError, MemoryError):
+            free_memory()
+            self._finish(slot, "error", None, OutOfMemory(self.model_id, "prefilling for"))
+            return
+        except Exception as exc:  # a failed forward ends this request, not the scheduler
+            log.exception("generation_failed", model=self.model_id, request_id=slot.request_id)
+            self._finish(slot, "error", None, error_text=f"{type(exc).__name__}: {exc}")
+            return
+        if self._accept_token(row, first_token):
+            return
+        if self._batch is None:
+            self._batch = start_batch(prefilled, first_token)
+        else:
+            self._batch = join(self._batch, prefilled, first_token)
+        self._rows.append(row)
+
+    def _decode(self) -> None:
+        assert self._batch is not None and self._batch.size == len(self._rows)
+        try:
+            logits = decode_step(self._loaded.model, self._batch)  # [batch, vocab]
+            token_ids = sample_next_tokens(
+                logits,
+                [row.slot.sampling for row in self._rows],
+                [row.generator for row in self._rows],
+            )
+        except (torch.OutOfMemoryError, MemoryError):
+            self._batch = None
+            free_memory()
+            self._fail_all("error", None, OutOfMemory(self.model_id, "generating with"))
+            return
+        except Exception as exc:  # a failed forward ends the batch's requests, not the thread
+            log.exception("generation_failed", model=self.model_id, batch_size=len(self._rows))
+            self._batch = None
+            self._fail_all("error", f"{type(exc).__name__}: {exc}", None)
+            return
+        set_next_tokens(self._batch, token_ids)
+        for row, token_id in zip(self._rows, token_ids, strict=True):
+            self._accept_token(row, token_id)
+        self._remove_finished_rows()
+
+    def _accept_token(self, row: _Row, token_id: int) -> bool:
+        """Record one generated token; True when the request finished with it."""
+        slot = row.slot
+        now = time.monotonic()
+        if slot.first_token_at is None:
+            slot.first_token_at = now
+        slot.last_token_at = now
+        slot.generated.append(token_id)
+        if token_id in self._loaded.stop_token_ids:
+            self._finish(slot, "stop", row)
+            return True
+        text, hit_stop_string = row.stop_matcher.feed(row.detokenizer.push(token_id))
+        if text:
+            slot.deliver(TextDelta(text))
+        if hit_stop_string:
+            row.stop_string_hit = True
+            self._finish(slot, "stop", row)
+            return True
+        if len(slot.generated) >= slot.max_new_tokens:
+            self._finish(slot, "length", row)
+            return True
+        return False
+
+    def _remove_finished_rows(self) -> None:
+        keep = [index for index, row in enumerate(self._rows) if not row.slot.finished]
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[index] for index in keep]
+        if self._batch is not None:
+            self._batch = keep_rows(self._batch, keep)
+
+    def _fail_all(
+        self, reason: FinishReason, error_text: str | None, error: OutOfMemory | None
+    ) -> None:
+        for row in self._rows:
+            self._finish(row.slot, reason, row, error, error_text)
+        self._rows = []
+        self._batch = None
+
+    def _finish(
+        self,
+        slot: Slot,
+        reason: FinishReason,
+        row: _Row | None,
+        error: OutOfMemory | None = None,
+        error_text: str | None = None,
+    ) -> None:
+        if slot.finished:
+            return
+        slot.finished = True
+        if row is not None and not row.stop_string_hit:
+            # Text held back for an incomplete character or a possible stop string is owed.
+            tail, _ = row.stop_matcher.feed(row.detokenizer.flush())
+            tail += row.stop_matcher.flush()
+            if tail:
+                slot.deliver(TextDelta(tail))
+        finished_at = time.monotonic()
+        message = str(error) if error is not None else error_text
+        slot.deliver(
+            Finished(
+                model_id_answered=slot.model_id_answered,
+                prompt_tokens=len(slot.prompt_ids),
+                completion_tokens=len(slot.generated),
+                finish_reason=reason,
+                error=message if reason == "error" else None,
+                timings=_timings(slot, finished_at),
+                fell_back_from=slot.fell_back_from,
+                error_code=error.code if error is not None else None,
+            )
+        )
+
+
+class _Row:
+    """A slot's per-request decoding state while it is in the batch."""
+
+    def __init__(self, slot: Slot, loaded: LoadedModel) -> None:
+        self.slot = slot
+        self.detokenizer = IncrementalDetokenizer(loaded.tokenizer)
+        self.stop_matcher = StopStringMatcher(slot.sampling.stop)
+        self.generator = make_generator(slot.sampling.seed, loaded.device)
+        self.stop_string_hit = False
+
+
+def _timings(slot: Slot, finished_at: float) -> Timings:
+    admitted_at = slot.admitted_at if slot.admitted_at is not None else finished_at
+    decode_rate = None
+    if (
+        slot.first_token_at is not None
+        and slot.last_token_at is not None
+        and len(slot.generated) >= 2
+        and slot.last_token_at > slot.first_token_at
+    ):
+        decode_rate = (len(slot.generated) - 1) / (slot.last_token_at - slot.first_token_at)
+    first_token_ms = None
+    if slot.first_token_at is not None:
+        first_token_ms = (slot.first_token_at - slot.submitted_at) * 1000.0
+    return Timings(
+        queue_wait_ms=(admitted_at - slot.submitted_at) * 1000.0,
+        time_to_first_token_ms=first_token_ms,
+        decode_tokens_per_s=decode_rate,
+        total_ms=(finished_at - slot.submitted_at) * 1000.0,
+    )

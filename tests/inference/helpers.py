@@ -1,0 +1,86 @@
+"""Small helpers for driving the engine in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import torch
+
+from inference import (
+    ChatMessage,
+    Engine,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    StreamEvent,
+    TextDelta,
+)
+from inference.text import encode_prompt
+
+
+def request(
+    model_id: str,
+    text: str,
+    max_new_tokens: int = 16,
+    temperature: float = 0.0,
+    **kwargs: object,
+) -> GenerationRequest:
+    sampling_fields = {k: kwargs.pop(k) for k in ("seed", "stop", "top_k", "top_p") if k in kwargs}
+    return GenerationRequest(
+        model_id=model_id,
+        messages=(ChatMessage("user", text),),
+        sampling=SamplingParams(
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            **sampling_fields,  # type: ignore[arg-type]
+        ),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def collect(events: AsyncIterator[StreamEvent]) -> tuple[str, Finished]:
+    """All text of a stream and its final event; fails if the stream breaks its contract."""
+    text = ""
+    finished: Finished | None = None
+    async for event in events:
+        assert finished is None, "an event came after Finished"
+        if isinstance(event, TextDelta):
+            text += event.text
+        else:
+            finished = event
+    assert finished is not None, "the stream ended without a Finished event"
+    return text, finished
+
+
+def reference_greedy_ids(engine: Engine, req: GenerationRequest) -> list[int]:
+    """What plain transformers `generate` produces for the request, greedy, one at a time."""
+    loaded = engine.loaded_model(req.model_id)
+    assert loaded is not None
+    prompt_ids = encode_prompt(loaded.tokenizer, req.messages)
+    assert req.sampling.max_new_tokens is not None
+    with torch.inference_mode():
+        output = loaded.model.generate(
+            torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=req.sampling.max_new_tokens,
+            do_sample=False,
+            eos_token_id=sorted(loaded.stop_token_ids),
+            pad_token_id=0,
+        )
+    return list(output[0, len(prompt_ids) :].tolist())
+
+
+def expected_text(engine: Engine, model_id: str, token_ids: list[int]) -> str:
+    loaded = engine.loaded_model(model_id)
+    assert loaded is not None
+    return loaded.tokenizer.decode([t for t in token_ids if t not in loaded.stop_token_ids])
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)

@@ -1,0 +1,348 @@
+"""The engine end to end on a tiny random Gemma 3: streaming, token counts, batching,
+cancellation, deadlines, the bounded queue, fallback and errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from helpers import collect, expected_text, reference_greedy_ids, request, wait_until
+from structlog.testing import capture_logs
+
+from conftest import TINY, TINY_BROKEN, TINY_CAP, TINY_CONTEXT_LIMIT, TINY_MISSING, EngineFactory
+from inference import (
+    EngineBusy,
+    Finished,
+    InvalidRequest,
+    ModelUnavailable,
+    PromptTooLong,
+    TextDelta,
+)
+from inference.text import encode_prompt
+
+PROMPTS = [
+    "hello there",
+    "a somewhat longer prompt that crosses the sliding window several times",
+    "short",
+    "numbers 1 2 3 4 5 6 7 8 9 and punctuation !?",
+    "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e \u20ac",
+    "the last one",
+]
+
+
+class TestStreaming:
+    async def test_stream_matches_plain_generate(self, make_engine: EngineFactory) -> None:
+        """Greedy text and token counts equal what transformers' generate gives alone."""
+        engine = make_engine()
+        await engine.load(TINY)
+        req = request(TINY, PROMPTS[1], max_new_tokens=24)
+        reference = reference_greedy_ids(engine, req)
+        text, finished = await collect(engine.stream(req))
+        loaded = engine.loaded_model(TINY)
+        assert loaded is not None
+        assert finished.prompt_tokens == len(encode_prompt(loaded.tokenizer, req.messages))
+        assert finished.completion_tokens == len(reference)
+        assert text == expected_text(engine, TINY, reference)
+        ended_on_stop_token = reference[-1] in loaded.stop_token_ids
+        assert finished.finish_reason == ("stop" if ended_on_stop_token else "length")
+        assert finished.model_id_answered == TINY and finished.fell_back_from is None
+        assert finished.timings.time_to_first_token_ms is not None
+        assert finished.timings.total_ms >= finished.timings.time_to_first_token_ms
+
+    async def test_stream_emits_deltas_before_finished(self, make_engine: EngineFactory) -> None:
+        """Text arrives as several deltas while decoding, and Finished comes exactly once, last."""
+        engine = make_engine()
+        events = [event async for event in engine.stream(request(TINY, "hi", max_new_tokens=12))]
+        assert isinstance(events[-1], Finished)
+        assert sum(isinstance(event, Finished) for event in events) == 1
+        assert sum(isinstance(event, TextDelta) for event in events) >= 2
+
+    async def test_length_limit(self, make_engine: EngineFactory) -> None:
+        """max_new_tokens bounds the completion and is reported as finish_reason 'length'."""
+        engine = make_engine()
+        await engine.load(TINY)
+        req = request(TINY, "count", max_new_tokens=5)
+        reference = reference_greedy_ids(engine, req)
+        _, finished = await collect(engine.stream(req))
+        assert finished.completion_tokens == len(reference) <= 5
+        if len(reference) == 5:
+            assert finished.finish_reason == "length"
+
+    async def test_stop_string_ends_and_is_not_emitted(self, make_engine: EngineFactory) -> None:
+        """Text stops right before the first stop string, which never appears in the output."""
+        engine = make_engine()
+        await engine.load(TINY)
+        free_text, _ = await collect(engine.stream(request(TINY, PROMPTS[0], max_new_tokens=30)))
+        assert len(free_text) >= 6, "the reference completion is too short to pick a stop string"
+        stop = free_text[3:6]
+        text, finished = await collect(
+            engine.stream(request(TINY, PROMPTS[0], max_new_tokens=30, stop=(stop,)))
+        )
+        assert finished.finish_reason == "stop"
+        assert text == free_text[: free_text.index(stop)]
+
+    async def test_seeded_sampling_is_reproducible(self, make_engine: EngineFactory) -> None:
+        """The same seed gives the same sampled text."""
+        engine = make_engine()
+        first = await collect(engine.stream(request(TINY, "x", 20, temperature=1.0, seed=7)))
+        second = await collect(engine.stream(request(TINY, "x", 20, temperature=1.0, seed=7)))
+        assert first[0] == second[0]
+        assert first[1].completion_tokens == second[1].completion_tokens
+
+
+class TestBatching:
+    async def test_batched_outputs_equal_single_outputs(self, make_engine: EngineFactory) -> None:
+        """Requests that share the running batch (joining and leaving at different steps, more
+        than fit at once) produce exactly their single-request greedy outputs."""
+        engine = make_engine(max_batch_size=4, queue_limit=8)
+        await engine.load(TINY)
+        requests = [request(TINY, text, max_new_tokens=8 + 5 * i) for i, text in enumerate(PROMPTS)]
+        expected = [reference_greedy_ids(engine, req) for req in requests]
+        first_wave = [asyncio.create_task(collect(engine.stream(req))) for req in requests[:3]]
+        await asyncio.sleep(0.02)  # the later ones join a batch that is already decoding
+        second_wave = [asyncio.create_task(collect(engine.stream(req))) for req in requests[3:]]
+        results = await asyncio.gather(*first_wave, *second_wave)
+        for (text, finished), reference in zip(results, expected, strict=True):
+            assert finished.completion_tokens == len(reference)
+            assert text == expected_text(engine, TINY, reference)
+
+    async def test_batch_serves_all_within_limit(self, make_engine: EngineFactory) -> None:
+        """With max_batch_size 2, six concurrent requests all finish; none waits forever."""
+        engine = make_engine(max_batch_size=2, queue_limit=8)
+        results = await asyncio.gather(
+            *(collect(engine.stream(request(TINY, text, max_new_tokens=6))) for text in PROMPTS)
+        )
+        assert all(finished.completion_tokens >= 1 for _, finished in results)
+        assert engine.load_snapshot(TINY).running == 0
+
+
+class TestCancellation:
+    async def test_aclose_stops_and_reports_exact_tokens(self, make_engine: EngineFactory) -> None:
+        """aclose() ends generation early; the final event has finish_reason 'cancelled' and
+        the count of tokens generated so far, and the batch slot is freed."""
+        engine = make_engine()
+        stream = engine.stream(request(TINY, "go on", max_new_tokens=TINY_CAP))
+        first = await anext(stream)
+        assert isinstance(first, TextDelta)
+        await stream.aclose()
+        assert stream.finished is not None
+        assert stream.finished.finish_reason == "cancelled"
+        assert 1 <= stream.finished.completion_tokens < TINY_CAP
+        await wait_until(lambda: engine.load_snapshot(TINY).running == 0)
+
+    async def test_engine_cancel_text_matches_counted_tokens(
+        self, make_engine: EngineFactory
+    ) -> None:
+        """After engine.cancel(), the text received is exactly the decoding of the tokens the
+        final event counts."""
+        engine = make_engine()
+        await engine.load(TINY)
+        req = request(TINY, "go on", max_new_tokens=TINY_CAP)
+        reference = reference_greedy_ids(engine, req)
+        text = ""
+        finished: Finished | None = None
+        async for event in engine.stream(req):
+            if isinstance(event, TextDelta):
+                text += event.text
+                if len(text) >= 3:
+                    assert engine.cancel(req.request_id)
+            else:
+                finished = event
+        assert finished is not None and finished.finish_reason == "cancelled"
+        assert finished.completion_tokens < len(reference)
+        assert text == expected_text(engine, TINY, reference[: finished.completion_tokens])
+        assert not engine.cancel(req.request_id)
+
+    async def test_break_frees_the_slot(self, make_engine: EngineFactory) -> None:
+        """Breaking out of `async for` stops the request without any explicit close."""
+        engine = make_engine()
+        async for _event in engine.stream(request(TINY, "go on", max_new_tokens=TINY_CAP)):
+            break
+        await wait_until(lambda: engine.load_snapshot(TINY).running == 0)
+
+    async def test_cancelling_the_consumer_task_frees_the_slot(
+        self, make_engine: EngineFactory
+    ) -> None:
+        """Cancelling the task that consumes the stream stops generation."""
+        engine = make_engine()
+        started = asyncio.Event()
+
+        async def consume() -> None:
+            async for _event in engine.stream(request(TINY, "go on", max_new_tokens=TINY_CAP)):
+                started.set()
+
+        task = asyncio.create_task(consume())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await wait_until(lambda: engine.load_snapshot(TINY).running == 0)
+
+    async def test_close_cancels_inflight_streams(self, make_engine: EngineFactory) -> None:
+        """engine.close() ends running streams with finish_reason 'cancelled'."""
+        engine = make_engine()
+        stream = engine.stream(request(TINY, "go on", max_new_tokens=TINY_CAP))
+        await anext(stream)
+        await engine.close()
+        _, finished = await collect(stream)
+        assert finished.finish_reason == "cancelled"
+        assert finished.completion_tokens < TINY_CAP
+
+
+class TestDeadlinesAndQueue:
+    async def test_deadline_ends_with_timeout(self, make_engine: EngineFactory) -> None:
+        """A request running past deadline_s ends with finish_reason 'timeout'."""
+        engine = make_engine()
+        await engine.load(TINY)
+        _, finished = await collect(
+            engine.stream(request(TINY, "go on", max_new_tokens=TINY_CAP, deadline_s=0.05))
+        )
+        assert finished.finish_reason == "timeout"
+        assert finished.completion_tokens < TINY_CAP
+
+    async def test_deadline_while_waiting(self, make_engine: EngineFactory) -> None:
+        """A request whose deadline passes in the queue ends with 'timeout' and no tokens."""
+        engine = make_engine(max_batch_size=1)
+        blocker = engine.stream(request(TINY, "go on", max_new_tokens=TINY_CAP))
+        await anext(blocker)
+        _, finished = await collect(
+            engine.stream(request(TINY, "later", max_new_tokens=4, deadline_s=0.05))
+        )
+        assert finished.finish_reason == "timeout"
+        assert finished.completion_tokens == 0
+        assert finished.timings.time_to_first_token_ms is None
+        await blocker.aclose()
+
+    async def test_full_queue_fails_at_once(self, make_engine: EngineFactory) -> None:
+        """With the batch and the waiting queue full, a new request raises EngineBusy."""
+        engine = make_engine(max_batch_size=1, queue_limit=1)
+        running = engine.stream(request(TINY, "go on", max_new_tokens=TINY_CAP))
+        await anext(running)
+        waiting = asyncio.create_task(collect(engine.stream(request(TINY, "next", 4))))
+        await wait_until(lambda: engine.load_snapshot(TINY).waiting == 1)
+        with pytest.raises(EngineBusy, match="limit 1"):
+            await anext(engine.stream(request(TINY, "one too many", 4)))
+        await running.aclose()
+        _, finished = await waiting
+        assert finished.completion_tokens >= 1
+
+
+class TestRequestsAndEstimates:
+    async def test_estimate_is_worst_case(self, make_engine: EngineFactory) -> None:
+        """estimate() gives the exact prompt tokens and the bound on completion tokens."""
+        engine = make_engine()
+        req = request(TINY, PROMPTS[4], max_new_tokens=30)
+        estimate = await engine.estimate(req)
+        _, finished = await collect(engine.stream(req))
+        assert estimate.prompt_tokens == finished.prompt_tokens
+        assert estimate.max_completion_tokens == 30 >= finished.completion_tokens
+        capped = await engine.estimate(request(TINY, "x", max_new_tokens=10_000))
+        assert capped.max_completion_tokens == TINY_CAP
+
+    async def test_estimate_near_context_limit(self, make_engine: EngineFactory) -> None:
+        """The completion bound shrinks so prompt + completion fits the context limit."""
+        engine = make_engine()
+        estimate = await engine.estimate(request(TINY, "y" * 300, max_new_tokens=TINY_CAP))
+        assert estimate.prompt_tokens + estimate.max_completion_tokens == TINY_CONTEXT_LIMIT
+
+    async def test_prompt_too_long(self, make_engine: EngineFactory) -> None:
+        """A prompt over the context limit is a PromptTooLong error, not a crash."""
+        engine = make_engine()
+        with pytest.raises(PromptTooLong) as raised:
+            await anext(engine.stream(request(TINY, "z" * (TINY_CONTEXT_LIMIT + 10))))
+        assert raised.value.context_limit_tokens == TINY_CONTEXT_LIMIT
+        assert raised.value.code == "prompt_too_long"
+
+    async def test_message_count_limit(self, make_engine: EngineFactory) -> None:
+        """More messages than the configured limit is an InvalidRequest."""
+        engine = make_engine(max_prompt_messages=1)
+        from inference import ChatMessage, GenerationRequest
+
+        req = GenerationRequest(
+            TINY,
+            (ChatMessage("user", "a"), ChatMessage("assistant", "b"), ChatMessage("user", "c")),
+        )
+        with pytest.raises(InvalidRequest, match="at most 1 messages"):
+            await engine.estimate(req)
+
+    async def test_duplicate_running_request_id(self, make_engine: EngineFactory) -> None:
+        """Two running streams may not share a request_id (cancel() would be ambiguous)."""
+        engine = make_engine()
+        first = engine.stream(request(TINY, "a", TINY_CAP, request_id="same"))
+        await anext(first)
+        with pytest.raises(InvalidRequest, match="already running"):
+            await anext(engine.stream(request(TINY, "b", 4, request_id="same")))
+        await first.aclose()
+
+
+class TestModelsAndFallback:
+    async def test_unknown_model(self, make_engine: EngineFactory) -> None:
+        """An id outside the catalog is ModelUnavailable naming the known ids."""
+        engine = make_engine()
+        with pytest.raises(ModelUnavailable, match="not in the catalog"):
+            await anext(engine.stream(request("no-such-model", "hi")))
+
+    async def test_missing_weights_say_how_to_provide(self, make_engine: EngineFactory) -> None:
+        """A model whose weights are absent is unavailable with a reason and a remedy."""
+        engine = make_engine()
+        status = {model.id: model for model in engine.models()}[TINY_MISSING]
+        assert not status.available and not status.loaded
+        assert status.unavailable_reason and "does not exist" in status.unavailable_reason
+        assert status.how_to_provide
+        with pytest.raises(ModelUnavailable) as raised:
+            await anext(engine.stream(request(TINY_MISSING, "hi")))
+        assert raised.value.how_to_provide == status.how_to_provide
+
+    async def test_load_failure_falls_back(self, make_engine: EngineFactory) -> None:
+        """A model that fails to load logs model_loading_failed and its fallback answers;
+        the final event says which model answered and which one it replaced."""
+        engine = make_engine()
+        with capture_logs() as logs:
+            _, finished = await collect(engine.stream(request(TINY_BROKEN, "hi", 4)))
+        assert finished.model_id_answered == TINY
+        assert finished.fell_back_from == TINY_BROKEN
+        failures = [entry for entry in logs if entry["event"] == "model_loading_failed"]
+        assert [entry["model"] for entry in failures] == [TINY_BROKEN]
+        status = {model.id: model for model in engine.models()}[TINY_BROKEN]
+        assert not status.available and "failed to load" in (status.unavailable_reason or "")
+        estimate = await engine.estimate(request(TINY_BROKEN, "hi", 4))
+        assert estimate.model_id == TINY
+
+    async def test_concurrent_first_requests_load_once(self, make_engine: EngineFactory) -> None:
+        """Concurrent first requests for a model load it exactly once."""
+        engine = make_engine()
+        with capture_logs() as logs:
+            await asyncio.gather(*(engine.estimate(request(TINY, f"hi {i}")) for i in range(4)))
+        assert [entry["event"] for entry in logs].count("model_loaded") == 1
+
+    async def test_models_report_loaded_memory_and_price(self, make_engine: EngineFactory) -> None:
+        """models() shows availability, price, and memory once loaded."""
+        engine = make_engine()
+        before = {model.id: model for model in engine.models()}[TINY]
+        assert before.available and not before.loaded and before.memory_bytes is None
+        await engine.load(TINY)
+        after = {model.id: model for model in engine.models()}[TINY]
+        assert after.loaded and after.memory_bytes is not None and after.memory_bytes > 0
+        assert after.price.completion_credits_per_1k_tokens == 3
+
+    async def test_start_loads_models_marked_load_at_start(
+        self, tiny_catalog_path, tiny_settings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """start() loads models with load_at_start and survives ones that fail."""
+        from inference import Engine, load_catalog
+
+        catalog = load_catalog(
+            tiny_catalog_path,
+            environ={
+                "LEDGERCHAT_MODEL_TINY__LOAD_AT_START": "true",
+                "LEDGERCHAT_MODEL_TINY_BROKEN__LOAD_AT_START": "true",
+            },
+        )
+        engine = Engine(catalog, tiny_settings)
+        try:
+            await engine.start()
+            statuses = {model.id: model for model in engine.models()}
+            assert statuses[TINY].loaded
+            assert not statuses[TINY_BROKEN].loaded and not statuses[TINY_BROKEN].available
+        finally:
+            await engine.close()
