@@ -8,7 +8,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
 
 from web.domain.accounts.schemas import Identity
@@ -48,7 +48,9 @@ def bearer_token(request: Request[Any, Any, Any]) -> str:
     return token.strip()
 
 
-async def provide_identity(request: Request[Any, Any, Any], services: Services) -> Identity:
+async def provide_identity(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> Identity:
     token = bearer_token(request)
     if token.startswith(API_KEY_PREFIX):
         identity = await services.api_keys.authenticate(token)
@@ -61,7 +63,7 @@ async def provide_identity(request: Request[Any, Any, Any], services: Services) 
     return identity
 
 
-async def provide_admin(identity: Identity) -> Identity:
+async def provide_admin(identity: NamedDependency[Identity]) -> Identity:
     if not identity.is_admin:
         raise PermissionDenied("this endpoint needs the admin role")
     return identity

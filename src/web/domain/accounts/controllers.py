@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from web.auth import IDENTITY_DEPENDENCY, SECURITY, client_of
@@ -29,19 +31,26 @@ class AuthController(Controller):
     tags = ("auth",)
 
     @post("/register", status_code=HTTP_201_CREATED)
-    async def register(self, data: RegisterRequest, services: Services) -> UserView:
+    async def register(
+        self, data: JSONBody[RegisterRequest], services: NamedDependency[Services]
+    ) -> UserView:
         """Create an account; it starts with the signup grant."""
         return await services.accounts.register(data.username, data.email, data.password)
 
     @post("/login", status_code=HTTP_200_OK)
     async def login(
-        self, data: LoginRequest, services: Services, request: Request[Any, Any, Any]
+        self,
+        data: JSONBody[LoginRequest],
+        services: NamedDependency[Services],
+        request: Request[Any, Any, Any],
     ) -> TokenPair:
         """Exchange username (or email) and password for an access and a refresh token."""
         return await services.accounts.login(data.username, data.password, client_of(request))
 
     @post("/refresh", status_code=HTTP_200_OK)
-    async def refresh(self, data: RefreshRequest, services: Services) -> TokenPair:
+    async def refresh(
+        self, data: JSONBody[RefreshRequest], services: NamedDependency[Services]
+    ) -> TokenPair:
         """Rotate a refresh token; reusing a rotated one revokes the whole session."""
         return await services.accounts.refresh(data.refresh_token)
 
@@ -52,7 +61,10 @@ class AuthController(Controller):
         security=SECURITY,
     )
     async def logout(
-        self, identity: Identity, services: Services, data: LogoutRequest | None = None
+        self,
+        identity: NamedDependency[Identity],
+        services: NamedDependency[Services],
+        data: JSONBody[LogoutRequest | None] = None,
     ) -> None:
         """Revoke the given session, or every session of the caller when none is given."""
         await services.accounts.logout(identity, data.refresh_token if data else None)
@@ -65,6 +77,8 @@ class MeController(Controller):
     security = SECURITY
 
     @get("/")
-    async def me(self, identity: Identity, services: Services) -> UserView:
+    async def me(
+        self, identity: NamedDependency[Identity], services: NamedDependency[Services]
+    ) -> UserView:
         """The calling user."""
         return await services.accounts.get_user(identity.user_id)

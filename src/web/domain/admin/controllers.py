@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from web.auth import ADMIN_DEPENDENCY, SECURITY
@@ -23,12 +24,12 @@ class AdminController(Controller):
     @post("/users/{user_id:int}/credits", status_code=HTTP_200_OK)
     async def top_up(
         self,
-        admin: Identity,
-        services: Services,
-        user_id: int,
-        data: TopUpRequest,
+        admin: NamedDependency[Identity],
+        services: NamedDependency[Services],
+        user_id: FromPath[int],
+        data: JSONBody[TopUpRequest],
         idempotency_key: Annotated[
-            str, Parameter(header="Idempotency-Key", min_length=1, max_length=200)
+            str, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200)
         ],
     ) -> TopUpResult:
         """Add credits to a user; a retry with the same Idempotency-Key adds them once."""
@@ -37,11 +38,15 @@ class AdminController(Controller):
         )
 
     @get("/users")
-    async def users(self, admin: Identity, services: Services) -> list[UserWithBalance]:
+    async def users(
+        self, admin: NamedDependency[Identity], services: NamedDependency[Services]
+    ) -> list[UserWithBalance]:
         """Every user with their balance."""
         return await services.admin.users(admin)
 
     @get("/audit")
-    async def audit(self, admin: Identity, services: Services) -> AuditResult:
+    async def audit(
+        self, admin: NamedDependency[Identity], services: NamedDependency[Services]
+    ) -> AuditResult:
         """The ledger audit (replays every account's log) as JSON."""
         return await services.admin.audit(admin)

@@ -6,7 +6,8 @@ import datetime as dt
 from typing import Annotated, Literal
 
 from litestar import Controller, Response, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, QueryParameter
 
 from web.auth import IDENTITY_DEPENDENCY, SECURITY
 from web.domain.accounts.schemas import Identity
@@ -23,7 +24,9 @@ class BillingController(Controller):
     security = SECURITY
 
     @get("/balance")
-    async def balance(self, identity: Identity, services: Services) -> BalanceView:
+    async def balance(
+        self, identity: NamedDependency[Identity], services: NamedDependency[Services]
+    ) -> BalanceView:
         """Posted credits, credits held by running chats, and what is available."""
         return await services.billing.balance(identity)
 
@@ -33,14 +36,16 @@ class BillingController(Controller):
     )
     async def transactions(
         self,
-        identity: Identity,
-        services: Services,
-        cursor: Annotated[str | None, Parameter(max_length=200)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-        transaction_type: Annotated[list[str] | None, Parameter(query="type", max_items=6)] = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        output_format: Annotated[Literal["json", "csv"], Parameter(query="format")] = "json",
+        identity: NamedDependency[Identity],
+        services: NamedDependency[Services],
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        transaction_type: Annotated[
+            list[str] | None, QueryParameter(name="type", max_items=6)
+        ] = None,
+        since: FromQuery[dt.datetime | None] = None,
+        until: FromQuery[dt.datetime | None] = None,
+        output_format: Annotated[Literal["json", "csv"], QueryParameter(name="format")] = "json",
     ) -> Response[TransactionsPage | str]:
         """Newest first, one page per cursor; `format=csv` exports every matching row."""
         since, until = _aware(since), _aware(until)
@@ -61,10 +66,10 @@ class BillingController(Controller):
     @get("/usage")
     async def usage(
         self,
-        identity: Identity,
-        services: Services,
-        since: dt.date | None = None,
-        until: dt.date | None = None,
+        identity: NamedDependency[Identity],
+        services: NamedDependency[Services],
+        since: FromQuery[dt.date | None] = None,
+        until: FromQuery[dt.date | None] = None,
     ) -> UsageReport:
         """Requests, tokens and credits per day and model (UTC days, default last 30)."""
         return await services.billing.usage(identity, since=since, until=until)

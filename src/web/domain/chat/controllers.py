@@ -8,7 +8,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
@@ -72,11 +73,11 @@ class ChatController(Controller):
     @post("/chat", status_code=HTTP_200_OK)
     async def chat(
         self,
-        identity: Identity,
-        services: Services,
-        data: ChatRequest,
+        identity: NamedDependency[Identity],
+        services: NamedDependency[Services],
+        data: JSONBody[ChatRequest],
         idempotency_key: Annotated[
-            str | None, Parameter(header="Idempotency-Key", min_length=1, max_length=200)
+            str | None, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200)
         ] = None,
     ) -> ServerSentEvent:
         """Stream an answer as Server-Sent Events: `start`, `delta`..., then `done` with tokens,
@@ -96,7 +97,7 @@ class ChatController(Controller):
         return ServerSentEvent(sse_events(prepared), headers={"Cache-Control": "no-store"})
 
     @get("/models")
-    async def models(self, services: Services) -> list[ModelView]:
+    async def models(self, services: NamedDependency[Services]) -> list[ModelView]:
         """The catalog with prices and load state."""
         return [
             ModelView(
@@ -125,32 +126,38 @@ class ConversationsController(Controller):
     @get("/")
     async def list_conversations(
         self,
-        identity: Identity,
-        services: Services,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
+        identity: NamedDependency[Identity],
+        services: NamedDependency[Services],
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
     ) -> list[ConversationView]:
         """Most recently updated first."""
         return await services.conversations.list(identity, limit=limit, offset=offset)
 
     @get("/{conversation_id:str}")
     async def get_conversation(
-        self, identity: Identity, services: Services, conversation_id: str
+        self,
+        identity: NamedDependency[Identity],
+        services: NamedDependency[Services],
+        conversation_id: FromPath[str],
     ) -> ConversationDetail:
         return await services.conversations.get(identity, conversation_id)
 
     @patch("/{conversation_id:str}")
     async def rename(
         self,
-        identity: Identity,
-        services: Services,
-        conversation_id: str,
-        data: RenameConversationRequest,
+        identity: NamedDependency[Identity],
+        services: NamedDependency[Services],
+        conversation_id: FromPath[str],
+        data: JSONBody[RenameConversationRequest],
     ) -> ConversationView:
         return await services.conversations.rename(identity, conversation_id, data.title)
 
     @delete("/{conversation_id:str}", status_code=HTTP_204_NO_CONTENT)
     async def delete_conversation(
-        self, identity: Identity, services: Services, conversation_id: str
+        self,
+        identity: NamedDependency[Identity],
+        services: NamedDependency[Services],
+        conversation_id: FromPath[str],
     ) -> None:
         await services.conversations.delete(identity, conversation_id)

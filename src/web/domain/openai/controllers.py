@@ -9,7 +9,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
 
@@ -54,7 +55,7 @@ def _text_of(message: OpenAIMessage) -> str:
     return "".join(part.text or "" for part in message.content if part.type == "text")
 
 
-def chat_input(data: ChatCompletionRequest, idempotency_key: str | None) -> ChatInput:
+def chat_input(data: JSONBody[ChatCompletionRequest], idempotency_key: str | None) -> ChatInput:
     messages = tuple(ChatMessage(role=ROLE_MAP[m.role], content=_text_of(m)) for m in data.messages)
     if messages[-1].role != "user":
         raise ValidationFailed("the last message must have role 'user'", field="messages")
@@ -133,7 +134,7 @@ class OpenAIController(Controller):
     security = SECURITY
 
     @get("/models")
-    async def models(self, services: Services) -> ModelList:
+    async def models(self, services: NamedDependency[Services]) -> ModelList:
         """Models that can answer now (OpenAI format)."""
         created = int(time.time())
         return ModelList(
@@ -145,11 +146,11 @@ class OpenAIController(Controller):
     @post("/chat/completions", status_code=HTTP_200_OK, responses=None)
     async def chat_completions(
         self,
-        identity: Identity,
-        services: Services,
-        data: ChatCompletionRequest,
+        identity: NamedDependency[Identity],
+        services: NamedDependency[Services],
+        data: JSONBody[ChatCompletionRequest],
         idempotency_key: Annotated[
-            str | None, Parameter(header="Idempotency-Key", min_length=1, max_length=200)
+            str | None, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200)
         ] = None,
     ) -> Response[ChatCompletion] | ServerSentEvent:
         """OpenAI chat completions, billed like /api/chat; usage in the final chunk."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import MediaType, Response, get
+from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from web.services import Services
@@ -25,7 +26,7 @@ async def health() -> HealthView:
 
 
 @get("/ready", tags=["system"], responses=None)
-async def ready(services: Services) -> Response[ReadyView]:
+async def ready(services: NamedDependency[Services]) -> Response[ReadyView]:
     """503 until the database answers, both schemas are current and the default model is
     loaded."""
     readiness = await services.readiness()
@@ -36,7 +37,7 @@ async def ready(services: Services) -> Response[ReadyView]:
 
 
 @get("/metrics", tags=["system"], media_type=MediaType.TEXT, include_in_schema=False)
-async def metrics_endpoint(services: Services) -> Response[bytes]:
+async def metrics_endpoint(services: NamedDependency[Services]) -> Response[bytes]:
     """Prometheus text format."""
     services.refresh_gauges()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
