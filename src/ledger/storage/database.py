@@ -61,9 +61,7 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _sqlite_engine(
-    url: str, settings: LedgerSettings, *, pool_size: int, begin: str
-) -> AsyncEngine:
+def sqlite_engine(url: str, settings: LedgerSettings, *, pool_size: int, begin: str) -> AsyncEngine:
     engine = create_async_engine(
         url,
         pool_size=pool_size,
@@ -96,8 +94,8 @@ def create_engines(url: str, settings: LedgerSettings) -> Engines:
         if path is None:
             raise InvalidArgument("the ledger needs an SQLite file, not an in-memory database")
         path.parent.mkdir(parents=True, exist_ok=True)
-        write = _sqlite_engine(url, settings, pool_size=2, begin="BEGIN IMMEDIATE")
-        read = _sqlite_engine(url, settings, pool_size=settings.read_pool_size, begin="BEGIN")
+        write = sqlite_engine(url, settings, pool_size=2, begin="BEGIN IMMEDIATE")
+        read = sqlite_engine(url, settings, pool_size=settings.read_pool_size, begin="BEGIN")
         return Engines("sqlite", write, read)
     write = create_async_engine(url, pool_size=2, max_overflow=0)
     read = create_async_engine(url, pool_size=settings.read_pool_size, max_overflow=0)
