@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 
 from ledger.audit import AuditReport, run_audit
+from ledger.clock import Clock, system_clock
 from ledger.domain import (
     AddCredits,
     CaptureHold,
@@ -46,15 +47,11 @@ from ledger.models import Balance, HistoryEntry, HistoryPage, HoldReceipt, Recei
 from ledger.settings import LedgerSettings, default_database_url
 from ledger.storage.database import Engines, create_engines, upgrade_schema
 from ledger.storage.store import EventStore, store_for
-from ledger.writer import Clock, Writer
+from ledger.writer import Writer
 
 logger = structlog.get_logger("ledger")
 
 SWEEP_KEY_PREFIX = "ledger-sweep:"
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 class Ledger:

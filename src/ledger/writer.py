@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.clock import Clock
 from ledger.domain import (
     AccountState,
     CaptureHold,
@@ -49,8 +48,6 @@ from ledger.settings import LedgerSettings
 from ledger.storage.store import AccountHead, BatchWrite, EventStore, Refusal, Snapshot
 
 logger = structlog.get_logger("ledger")
-
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,50 @@
+"""Fixtures of the ledger tests: a manual clock and an open ledger on each backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import structlog
+
+from ledger import Ledger, LedgerSettings
+from ledger.clock import ManualClock
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog() -> Iterator[None]:
+    """Tests that capture logs reconfigure structlog; every test starts from the defaults."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def settings() -> LedgerSettings:
+    # Small snapshot interval so ordinary tests cross several snapshots; no background sweeper
+    # (tests sweep explicitly with a controlled clock).
+    return LedgerSettings(snapshot_every=4, sweep_interval_s=0, max_active_holds_per_account=8)
+
+
+@pytest.fixture
+async def ledger(
+    database_url: str, settings: LedgerSettings, clock: ManualClock
+) -> AsyncIterator[Ledger]:
+    opened = await Ledger.open(database_url, settings=settings, clock=clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def funded(ledger: Ledger) -> str:
+    """An account of owner 'alice' holding 1,000 credits."""
+    account_id = await ledger.open_account("alice")
+    await ledger.add_credits(account_id, 1_000, source="grant", idempotency_key="seed")
+    return account_id
