@@ -1,0 +1,225 @@
+"""The account page's actions: balance, paged transaction history with CSV export, usage
+plots per day and model, and API keys (created secrets are shown once). Reads and writes go
+through the billing and keys services; nothing here computes money.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the env
+
+from web.domain.accounts.schemas import Identity
+from web.domain.billing.schemas import TransactionView, UsageReport
+from web.errors import ServiceError
+from web.services import Services
+from web.ui.session import SessionEnded, UISession, identity
+from web.ui.text import balance_html, notice_html
+
+HISTORY_PAGE_SIZE = 20
+HISTORY_COLUMNS = ["Time (UTC)", "Type", "Amount", "Balance after", "Model", "Tokens", "Reason"]
+USAGE_DAYS = 30
+KEY_COLUMNS = ["Id", "Name", "Prefix", "Created (UTC)", "Last used", "Status"]
+
+
+def _time(value: dt.datetime | None) -> str:
+    return "" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def transaction_rows(transactions: list[TransactionView]) -> list[list[Any]]:
+    rows = []
+    for row in transactions:
+        tokens = ""
+        if row.prompt_tokens is not None or row.completion_tokens is not None:
+            tokens = f"{row.prompt_tokens or 0} + {row.completion_tokens or 0}"
+        rows.append(
+            [
+                _time(row.occurred_at),
+                row.type,
+                row.amount,
+                row.balance_after,
+                row.model or "",
+                tokens,
+                row.reason or row.note or "",
+            ]
+        )
+    return rows
+
+
+def usage_frames(report: UsageReport) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Credits and tokens per day and model, as long tables for Gradio's bar plots."""
+    frame = pd.DataFrame(
+        [
+            {
+                "day": row.day,
+                "model": row.model,
+                "credits": row.credits,
+                "tokens": row.prompt_tokens + row.completion_tokens,
+            }
+            for row in report.rows
+        ],
+        columns=["day", "model", "credits", "tokens"],
+    )
+    return frame[["day", "model", "credits"]], frame[["day", "model", "tokens"]]
+
+
+def balance_cards(posted: int, held: int, available: int) -> str:
+    cards = (
+        ("Posted", posted, "lc-posted"),
+        ("Held", held, "lc-held-card"),
+        ("Available", available, "lc-available"),
+    )
+    return (
+        '<div class="lc-cards">'
+        + "".join(
+            f'<div class="lc-card {css}"><div class="lc-card-label">{label}</div>'
+            f'<div class="lc-card-value" data-value="{value}">{value:,}</div></div>'
+            for label, value, css in cards
+        )
+        + "</div>"
+    )
+
+
+class AccountActions:
+    """Handlers of the account page, bound to the application services."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    async def _identity(self, session: UISession) -> Identity:
+        return await identity(session, self._services.accounts)
+
+    async def overview(self, session: UISession) -> tuple[Any, ...]:
+        """Everything on the page, first history page. Returns (badge, cards, history,
+        page label, credits plot, tokens plot, keys, notice)."""
+        try:
+            caller = await self._identity(session)
+        except SessionEnded as ended:
+            return (*([gr.skip()] * 7), notice_html("error", ended.message))
+        session.history_cursors = [None]
+        balance = await self._services.billing.balance(caller)
+        history, page_label = await self._history_page(caller, session, 0)
+        credits, tokens = usage_frames(await self._services.billing.usage(caller))
+        return (
+            balance_html(balance.available, balance.held),
+            balance_cards(balance.posted, balance.held, balance.available),
+            history,
+            page_label,
+            credits,
+            tokens,
+            await self._key_rows(caller),
+            notice_html("info", ""),
+        )
+
+    async def _history_page(
+        self, caller: Identity, session: UISession, index: int
+    ) -> tuple[list[list[Any]], str]:
+        page = await self._services.billing.transactions(
+            caller, cursor=session.history_cursors[index], limit=HISTORY_PAGE_SIZE
+        )
+        del session.history_cursors[index + 1 :]
+        if page.next_cursor is not None:
+            session.history_cursors.append(page.next_cursor)
+        has_next = page.next_cursor is not None
+        label = f"Page {index + 1}" + ("" if has_next else " (last)")
+        return transaction_rows(page.transactions), label
+
+    async def turn_page(self, session: UISession, page_label: str, step: int) -> tuple[Any, ...]:
+        """Previous (-1) or next (+1) history page. Returns (history, page label, notice)."""
+        try:
+            caller = await self._identity(session)
+        except SessionEnded as ended:
+            return gr.skip(), gr.skip(), notice_html("error", ended.message)
+        current = int(page_label.split()[1]) - 1 if page_label.startswith("Page ") else 0
+        target = current + step
+        if target < 0 or target >= len(session.history_cursors):
+            return gr.skip(), gr.skip(), notice_html("info", "No more pages that way.")
+        history, label = await self._history_page(caller, session, target)
+        return history, label, notice_html("info", "")
+
+    async def export_csv(self, session: UISession) -> tuple[Any, str]:
+        """Write the full history as CSV for download. Returns (file, notice)."""
+        try:
+            caller = await self._identity(session)
+        except SessionEnded as ended:
+            return gr.skip(), notice_html("error", ended.message)
+        text = await self._services.billing.transactions_csv(caller)
+        folder = Path(tempfile.mkdtemp(prefix="ledgerchat-csv-"))
+        path = folder / f"transactions-{caller.username}.csv"
+        path.write_text(text, encoding="utf-8")
+        return gr.update(value=str(path), visible=True), notice_html("success", "CSV ready.")
+
+    async def _key_rows(self, caller: Identity) -> list[list[Any]]:
+        keys = await self._services.api_keys.list(caller)
+        return [
+            [
+                key.id,
+                key.name,
+                f"{key.prefix}…",
+                _time(key.created_at),
+                _time(key.last_used_at),
+                "revoked" if key.revoked_at else "active",
+            ]
+            for key in keys
+        ]
+
+    async def create_key(self, session: UISession, name: str) -> tuple[Any, ...]:
+        """Returns (secret box, key table, notice); the secret is never shown again."""
+        try:
+            caller = await self._identity(session)
+            created = await self._services.api_keys.create(caller, name.strip() or "default")
+        except SessionEnded as ended:
+            return gr.skip(), gr.skip(), notice_html("error", ended.message)
+        except ServiceError as error:
+            return gr.skip(), gr.skip(), notice_html("error", error.message)
+        return (
+            gr.update(value=created.secret, visible=True),
+            await self._key_rows(caller),
+            notice_html(
+                "success",
+                f"Key {created.key.name!r} created. Copy it now: it is shown only this once.",
+            ),
+        )
+
+    async def revoke_key(self, session: UISession, key_id: Any) -> tuple[Any, str]:
+        """Returns (key table, notice)."""
+        try:
+            caller = await self._identity(session)
+            number = int(key_id)
+            await self._services.api_keys.revoke(caller, number)
+        except SessionEnded as ended:
+            return gr.skip(), notice_html("error", ended.message)
+        except (TypeError, ValueError):
+            return gr.skip(), notice_html("error", "Enter the id of the key to revoke.")
+        except ServiceError as error:
+            return gr.skip(), notice_html("error", error.message)
+        return await self._key_rows(caller), notice_html("success", f"Key {number} revoked.")
+
+
+def audit_html(clean: bool, report: dict[str, Any]) -> str:
+    """The audit report with each violation highlighted; values are escaped."""
+    violations = report.get("violations") or []
+    if clean and not violations:
+        summary = '<div class="lc-notice lc-notice-success">Audit clean: no violations.</div>'
+    else:
+        summary = (
+            f'<div class="lc-notice lc-notice-error">{len(violations)} violation(s) found.</div>'
+        )
+    items = "".join(
+        f'<li class="lc-violation">{html.escape(str(violation))}</li>' for violation in violations
+    )
+    details = "".join(
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+        for key, value in report.items()
+        if key != "violations"
+    )
+    return (
+        f'<div class="lc-audit">{summary}'
+        + (f'<ul class="lc-violations">{items}</ul>' if items else "")
+        + f'<table class="lc-audit-table">{details}</table></div>'
+    )

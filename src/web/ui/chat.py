@@ -1,0 +1,413 @@
+"""The chat page's actions: send a message and stream the billed reply, Stop, pick a model,
+and manage conversations. Every rule (prices, holds, what a stopped reply costs) belongs to the
+chat service; this module turns its events and errors into what the page shows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, cast
+
+import gradio as gr
+
+from inference.errors import EngineBusy, InferenceError, ModelUnavailable
+from inference.events import ModelStatus
+from web.auth import check_chat_rate
+from web.domain.accounts.schemas import Identity
+from web.domain.chat.schemas import (
+    ChatCompleted,
+    ChatDelta,
+    ChatEvent,
+    ChatStarted,
+    MessageView,
+    SamplingOptions,
+)
+from web.domain.chat.services import ChatInput
+from web.errors import (
+    CreditsExhausted,
+    NotFound,
+    RateLimited,
+    ServiceError,
+    ShuttingDown,
+    ValidationFailed,
+)
+from web.services import Services
+from web.ui.session import SessionEnded, UISession, identity
+from web.ui.text import (
+    PriceTerms,
+    ReplyCost,
+    balance_html,
+    credits_label,
+    escape_chat_markdown,
+    model_choice_label,
+    notice_html,
+    reply_footer,
+)
+
+# Bounds of the sampling panel; the service re-checks them (and its own max_tokens cap).
+TEMPERATURE_MIN = 0.0
+TEMPERATURE_MAX = 2.0
+MAX_TOKENS_MIN = 1
+
+ChatHistory = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingChoice:
+    """Validated values of the sampling panel."""
+
+    temperature: float
+    max_tokens: int
+
+
+def validate_sampling(temperature: Any, max_tokens: Any, max_tokens_limit: int) -> SamplingChoice:
+    """Check the panel's values; ValidationFailed names the field and the allowed range."""
+    try:
+        temperature_value = float(temperature)
+    except (TypeError, ValueError):
+        raise ValidationFailed("temperature must be a number", field="temperature") from None
+    if not TEMPERATURE_MIN <= temperature_value <= TEMPERATURE_MAX:
+        raise ValidationFailed(
+            f"temperature must be between {TEMPERATURE_MIN} and {TEMPERATURE_MAX}",
+            field="temperature",
+        )
+    try:
+        max_tokens_float = float(max_tokens)
+    except (TypeError, ValueError):
+        raise ValidationFailed(
+            "max new tokens must be a whole number", field="max_tokens"
+        ) from None
+    if not max_tokens_float.is_integer():
+        raise ValidationFailed("max new tokens must be a whole number", field="max_tokens")
+    max_tokens_value = int(max_tokens_float)
+    if not MAX_TOKENS_MIN <= max_tokens_value <= max_tokens_limit:
+        raise ValidationFailed(
+            f"max new tokens must be between {MAX_TOKENS_MIN} and {max_tokens_limit}",
+            field="max_tokens",
+        )
+    return SamplingChoice(temperature=temperature_value, max_tokens=max_tokens_value)
+
+
+def price_terms(model: ModelStatus) -> PriceTerms:
+    return PriceTerms(
+        per_message_credits=model.price.per_message_credits,
+        prompt_credits_per_1k_tokens=model.price.prompt_credits_per_1k_tokens,
+        completion_credits_per_1k_tokens=model.price.completion_credits_per_1k_tokens,
+    )
+
+
+def model_choices(models: list[ModelStatus]) -> list[tuple[str, str]]:
+    """Every catalog model, available or not, as (label, id) for the selector."""
+    return [
+        (
+            model_choice_label(
+                model.display_name,
+                price_terms(model),
+                None if model.available else (model.unavailable_reason or "not available"),
+            ),
+            model.id,
+        )
+        for model in models
+    ]
+
+
+def history_messages(messages: list[MessageView]) -> ChatHistory:
+    """Stored messages as Chatbot messages, escaped like live ones."""
+    return [
+        {
+            "role": "assistant" if message.role == "assistant" else "user",
+            "content": escape_chat_markdown(message.content),
+        }
+        for message in messages
+    ]
+
+
+def refusal_notice(error: Exception) -> str:
+    """The banner for a chat that was refused before generating (nothing was charged)."""
+    if isinstance(error, CreditsExhausted):
+        available = int(error.details.get("available", 0))
+        required = int(error.details.get("required", 0))
+        return notice_html(
+            "warning",
+            f"Not enough credits: this reply may cost up to {credits_label(required)} and you "
+            f"have {credits_label(available)} available. Nothing was charged; lower "
+            "'max new tokens', choose a cheaper model, or ask an admin for a top-up.",
+        )
+    if isinstance(error, EngineBusy):
+        return notice_html(
+            "warning", "The server is busy right now. Nothing was charged; try again shortly."
+        )
+    if isinstance(error, ModelUnavailable):
+        return notice_html("error", f"That model is unavailable: {error.reason}.")
+    if isinstance(error, ShuttingDown):
+        return notice_html("warning", "The server is restarting. Try again in a moment.")
+    if isinstance(error, RateLimited):
+        return notice_html(
+            "warning", f"Too many requests; try again in {error.retry_after_s} seconds."
+        )
+    if isinstance(error, ServiceError | InferenceError):
+        return notice_html("error", error.message)
+    raise error
+
+
+@dataclass
+class ChatTurn:
+    """The state of one reply while it streams."""
+
+    history: ChatHistory
+    reply_text: str = ""
+    footer: str = ""
+
+    def render(self) -> ChatHistory:
+        content = escape_chat_markdown(self.reply_text)
+        if self.footer:
+            content = f"{content}\n\n{self.footer}" if content else self.footer
+        return [*self.history, {"role": "assistant", "content": content}]
+
+
+class ChatActions:
+    """Handlers of the chat page, bound to the application services."""
+
+    def __init__(self, services: Services, max_tokens_limit: int) -> None:
+        self._services = services
+        self.max_tokens_limit = max_tokens_limit
+
+    async def _identity(self, session: UISession) -> Identity:
+        return await identity(session, self._services.accounts)
+
+    def models(self) -> list[ModelStatus]:
+        return self._services.chat.models()
+
+    def default_model_id(self) -> str:
+        return self._services.chat.find_model(None).id
+
+    async def send(
+        self,
+        session: UISession,
+        message: str,
+        model_id: str,
+        temperature: Any,
+        max_tokens: Any,
+        conversation_id: str | None,
+        history: ChatHistory,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Stream one reply. Yields (chatbot, input, notice, balance, conversation id)."""
+        session.stop_requested = False
+        try:
+            caller = await self._identity(session)
+        except SessionEnded as ended:
+            yield (history, message, notice_html("error", ended.message), gr.skip(), gr.skip())
+            return
+        try:
+            sampling = validate_sampling(temperature, max_tokens, self.max_tokens_limit)
+            if not message.strip():
+                raise ValidationFailed("write a message first", field="message")
+        except ValidationFailed as error:
+            yield (history, message, notice_html("error", error.message), gr.skip(), gr.skip())
+            return
+        chat_input = ChatInput(
+            model_id=model_id or None,
+            message=message,
+            conversation_id=conversation_id or None,
+            sampling=SamplingOptions(
+                temperature=sampling.temperature, max_tokens=sampling.max_tokens
+            ),
+            idempotency_key=f"ui-{uuid.uuid4()}",
+        )
+        turn = ChatTurn(
+            history=[*history, {"role": "user", "content": escape_chat_markdown(message)}]
+        )
+        yield (turn.render(), "", notice_html("info", ""), gr.skip(), gr.skip())
+        try:
+            # The same per-user chat rate limit as /api/chat and /v1.
+            check_chat_rate(self._services, caller)
+            prepared = await self._services.chat.prepare(caller, chat_input)
+        except (ServiceError, InferenceError) as error:
+            # Nothing was generated or charged: take the message back into the input box.
+            yield (history, message, refusal_notice(error), await self._balance(caller), gr.skip())
+            return
+        completed: ChatCompleted | None = None
+        stopped = False
+        async with aclosing(_generator(prepared.events())) as events:
+            async for event in events:
+                if isinstance(event, ChatStarted):
+                    conversation_id = event.conversation_id
+                elif isinstance(event, ChatDelta):
+                    turn.reply_text += event.text
+                    yield (turn.render(), gr.skip(), gr.skip(), gr.skip(), conversation_id)
+                    if session.stop_requested:
+                        stopped = True
+                        break
+                elif isinstance(event, ChatCompleted):
+                    completed = event
+        if stopped:
+            # Closing the stream settled it (billed what was generated); asking again with the
+            # same Idempotency-Key returns that stored outcome without charging twice.
+            completed = await self._stored_outcome(caller, chat_input)
+        session.stop_requested = False
+        if completed is None:
+            yield (
+                turn.render(),
+                gr.skip(),
+                notice_html("error", "The reply ended without a result."),
+                await self._balance(caller),
+                conversation_id,
+            )
+            return
+        turn.footer = reply_footer(
+            ReplyCost(
+                cost_credits=completed.cost_credits,
+                prompt_tokens=completed.prompt_tokens,
+                completion_tokens=completed.completion_tokens,
+                model_requested=completed.model_requested,
+                model_answered=completed.model_answered,
+                settlement=completed.settlement,
+                release_reason=completed.release_reason,
+            )
+        )
+        yield (
+            turn.render(),
+            gr.skip(),
+            completion_notice(completed, stopped),
+            balance_html(completed.balance.available, completed.balance.held),
+            completed.conversation_id or conversation_id,
+        )
+
+    async def _stored_outcome(
+        self, caller: Identity, chat_input: ChatInput
+    ) -> ChatCompleted | None:
+        replay = await self._services.chat.prepare(caller, chat_input)
+        outcome: ChatCompleted | None = None
+        async with aclosing(_generator(replay.events())) as events:
+            async for event in events:
+                if isinstance(event, ChatCompleted):
+                    outcome = event
+        return outcome
+
+    async def _balance(self, caller: Identity) -> str:
+        balance = await self._services.chat.balance(caller)
+        return balance_html(balance.available, balance.held)
+
+    def request_stop(self, session: UISession) -> str:
+        session.stop_requested = True
+        return notice_html("info", "Stopping…")
+
+    def check_model(self, model_id: str) -> tuple[Any, str]:
+        """Unavailable models stay listed but cannot be chosen: fall back to the default."""
+        for model in self.models():
+            if model.id == model_id and not model.available:
+                reason = model.unavailable_reason or "not available"
+                return (
+                    gr.update(value=self.default_model_id()),
+                    notice_html("warning", f"{model.display_name} is unavailable: {reason}."),
+                )
+        return gr.skip(), notice_html("info", "")
+
+    # -- conversations -------------------------------------------------------------------
+    async def conversation_choices(self, caller: Identity) -> list[tuple[str, str]]:
+        conversations = await self._services.conversations.list(caller)
+        return [(conversation.title, conversation.id) for conversation in conversations]
+
+    async def open_conversation(
+        self, session: UISession, conversation_id: str | None
+    ) -> tuple[Any, ...]:
+        """Show a stored conversation. Yields (chatbot, conversation id, title, notice)."""
+        if not conversation_id:
+            return [], None, "", notice_html("info", "")
+        try:
+            caller = await self._identity(session)
+            detail = await self._services.conversations.get(caller, conversation_id)
+        except SessionEnded as ended:
+            return gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
+        except NotFound:
+            return [], None, "", notice_html("warning", "That conversation no longer exists.")
+        return (
+            history_messages(detail.messages),
+            detail.conversation.id,
+            detail.conversation.title,
+            notice_html("info", ""),
+        )
+
+    async def refresh_conversations(self, session: UISession, conversation_id: str | None) -> Any:
+        try:
+            caller = await self._identity(session)
+        except SessionEnded:
+            return gr.skip()
+        choices = await self.conversation_choices(caller)
+        selected = conversation_id if any(cid == conversation_id for _, cid in choices) else None
+        return gr.update(choices=choices, value=selected)
+
+    async def rename(
+        self, session: UISession, conversation_id: str | None, title: str
+    ) -> tuple[Any, str]:
+        """Rename the open conversation. Returns (conversation list, notice)."""
+        if not conversation_id:
+            return gr.skip(), notice_html("warning", "Open a conversation to rename it.")
+        try:
+            caller = await self._identity(session)
+            await self._services.conversations.rename(caller, conversation_id, title.strip())
+        except SessionEnded as ended:
+            return gr.skip(), notice_html("error", ended.message)
+        except ServiceError as error:
+            return gr.skip(), notice_html("error", error.message)
+        choices = await self.conversation_choices(caller)
+        return gr.update(choices=choices, value=conversation_id), notice_html("success", "Renamed.")
+
+    async def delete(self, session: UISession, conversation_id: str | None) -> tuple[Any, ...]:
+        """Delete the open conversation. Returns (list, chatbot, conversation id, title, notice)."""
+        if not conversation_id:
+            return (
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                notice_html("warning", "Open a conversation to delete it."),
+            )
+        try:
+            caller = await self._identity(session)
+            await self._services.conversations.delete(caller, conversation_id)
+        except SessionEnded as ended:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
+        except ServiceError as error:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), notice_html("error", error.message)
+        choices = await self.conversation_choices(caller)
+        return (
+            gr.update(choices=choices, value=None),
+            [],
+            None,
+            "",
+            notice_html("success", "Conversation deleted."),
+        )
+
+
+def _generator(events: AsyncIterator[ChatEvent]) -> AsyncGenerator[ChatEvent, None]:
+    """`PreparedChat.events()` is an async generator typed as an iterator; closing it on Stop
+    is what settles a stopped reply, so it must be closable."""
+    return cast(AsyncGenerator[ChatEvent, None], events)
+
+
+def completion_notice(completed: ChatCompleted, stopped: bool) -> str:
+    """The banner after a reply: refunds, fallbacks and stops are said out loud."""
+    if completed.settlement == "released":
+        reason = completed.release_reason or completed.error or "the reply failed"
+        return notice_html(
+            "warning",
+            f"The reply did not complete ({reason}); its hold of "
+            f"{credits_label(completed.hold_credits)} was refunded in full.",
+        )
+    if completed.model_answered != completed.model_requested:
+        return notice_html(
+            "info",
+            f"{completed.model_requested} was unavailable, so {completed.model_answered} answered "
+            f"at its own price ({credits_label(completed.cost_credits)}).",
+        )
+    if stopped:
+        return notice_html(
+            "info",
+            f"Stopped. Billed {credits_label(completed.cost_credits)} for the "
+            f"{completed.completion_tokens} tokens generated.",
+        )
+    return notice_html("info", "")

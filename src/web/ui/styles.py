@@ -1,0 +1,41 @@
+"""The page's CSS: a compact header with the balance badge, notices, cards, and a layout that
+stacks on narrow screens. Kept as one string so the mount can pass it to Gradio."""
+
+from __future__ import annotations
+
+PAGE_CSS = """
+#lc-header { align-items: center; gap: 12px; padding: 4px 0 8px;
+  border-bottom: 1px solid var(--border-color-primary); margin-bottom: 8px; }
+#lc-brand h2 { margin: 0; font-weight: 700; letter-spacing: -0.02em; }
+#lc-user { text-align: right; }
+.lc-balance { display: inline-flex; gap: 6px; align-items: baseline; white-space: nowrap;
+  padding: 6px 12px; border-radius: 999px; background: var(--color-accent-soft);
+  border: 1px solid var(--border-color-accent); font-size: 0.95rem; }
+.lc-balance-label { opacity: 0.7; }
+.lc-balance-amount { font-weight: 700; font-variant-numeric: tabular-nums; }
+.lc-held { opacity: 0.7; font-size: 0.85em; }
+#lc-signin { max-width: 440px; margin: 32px auto; }
+.lc-notice { padding: 8px 12px; border-radius: 8px; margin: 4px 0; font-size: 0.92rem;
+  border: 1px solid transparent; }
+.lc-notice-info { background: #eef2ff; border-color: #c7d2fe; color: #312e81; }
+.lc-notice-success { background: #ecfdf5; border-color: #a7f3d0; color: #065f46; }
+.lc-notice-warning { background: #fffbeb; border-color: #fde68a; color: #92400e; }
+.lc-notice-error { background: #fef2f2; border-color: #fecaca; color: #991b1b; }
+.lc-cards { display: flex; gap: 12px; flex-wrap: wrap; }
+.lc-card { flex: 1 1 140px; padding: 12px 16px; border-radius: 12px;
+  border: 1px solid var(--border-color-primary); background: var(--background-fill-secondary); }
+.lc-card-label { font-size: 0.8rem; text-transform: uppercase; opacity: 0.7; }
+.lc-card-value { font-size: 1.6rem; font-weight: 700; font-variant-numeric: tabular-nums; }
+.lc-available .lc-card-value { color: var(--color-accent); }
+.lc-violations { margin: 8px 0; padding-left: 20px; }
+.lc-violation { background: #fef2f2; color: #991b1b; border-left: 4px solid #dc2626;
+  padding: 4px 8px; margin: 4px 0; list-style: none; font-family: var(--font-mono); }
+.lc-audit-table th { text-align: left; padding-right: 16px; }
+#chatbot .message-wrap em:last-child { opacity: 0.75; font-size: 0.85em; }
+@media (max-width: 720px) {
+  #lc-header { flex-wrap: wrap; }
+  #lc-sidebar { min-width: 100% !important; }
+  #chatbot { height: 55vh !important; }
+  .lc-card-value { font-size: 1.2rem; }
+}
+"""

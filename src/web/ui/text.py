@@ -1,0 +1,113 @@
+"""Turning service results into the text the UI shows: safe chat Markdown, credit amounts,
+prices, per-reply cost lines and notices. Pure functions, so they are tested without a browser.
+
+Chat text (the user's and the model's) is Markdown whose HTML is escaped before Gradio renders
+it: `<script>` shows as the characters `<script>`, never as an element. Code spans and fenced
+blocks are left alone because Markdown already shows their content literally.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+# A fenced block runs from ``` (or ~~~) to the same fence or to the end of the text: while a
+# reply streams, an unclosed fence is still code, as Markdown renders it.
+_CODE_PATTERN = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`)", re.DOTALL)
+
+NOTICE_KINDS = ("info", "success", "warning", "error")
+
+
+def escape_chat_markdown(text: str) -> str:
+    """Escape `&`, `<`, `>` outside code so no HTML in `text` reaches the page as markup."""
+    parts = _CODE_PATTERN.split(text)
+    # re.split with one capturing group alternates: prose, code, prose, code, ...
+    return "".join(
+        part if index % 2 == 1 else html.escape(part, quote=False)
+        for index, part in enumerate(parts)
+    )
+
+
+def credits_label(amount: int) -> str:
+    """`1 credit`, `12 credits`, `-3 credits`, with thousands separators."""
+    unit = "credit" if abs(amount) == 1 else "credits"
+    return f"{amount:,} {unit}"
+
+
+@dataclass(frozen=True)
+class PriceTerms:
+    """A model's price as the UI shows it next to the model's name."""
+
+    per_message_credits: int
+    prompt_credits_per_1k_tokens: int
+    completion_credits_per_1k_tokens: int
+
+
+def price_label(price: PriceTerms) -> str:
+    """`2 cr/message + 1 cr/1k prompt + 4 cr/1k reply tokens`, leaving out zero terms."""
+    terms = []
+    if price.per_message_credits:
+        terms.append(f"{price.per_message_credits} cr/message")
+    if price.prompt_credits_per_1k_tokens:
+        terms.append(f"{price.prompt_credits_per_1k_tokens} cr/1k prompt tokens")
+    if price.completion_credits_per_1k_tokens:
+        terms.append(f"{price.completion_credits_per_1k_tokens} cr/1k reply tokens")
+    return " + ".join(terms) if terms else "free"
+
+
+def model_choice_label(display_name: str, price: PriceTerms, unavailable_reason: str | None) -> str:
+    """The model selector's label: name and price, or name and why it cannot be chosen."""
+    if unavailable_reason is not None:
+        return f"{display_name} — unavailable: {unavailable_reason}"
+    return f"{display_name} — {price_label(price)}"
+
+
+@dataclass(frozen=True)
+class ReplyCost:
+    """What one settled reply cost, for the line under it."""
+
+    cost_credits: int
+    prompt_tokens: int
+    completion_tokens: int
+    model_requested: str
+    model_answered: str
+    settlement: str
+    release_reason: str | None = None
+
+
+def reply_footer(cost: ReplyCost) -> str:
+    """One Markdown line under a reply: cost, tokens, model, and why if not fully normal."""
+    pieces = [
+        f"**{credits_label(cost.cost_credits)}**",
+        f"{cost.prompt_tokens} prompt + {cost.completion_tokens} reply tokens",
+        f"`{cost.model_answered}`",
+    ]
+    if cost.model_answered != cost.model_requested:
+        pieces.append(f"fallback: `{cost.model_requested}` was unavailable")
+    if cost.settlement == "partially_captured":
+        pieces.append("stopped: billed for the tokens generated")
+    elif cost.settlement == "released":
+        reason = escape_chat_markdown(cost.release_reason or "the reply failed")
+        pieces.append(f"refunded in full ({reason})")
+    return "*" + " · ".join(pieces) + "*"
+
+
+def notice_html(kind: str, message: str) -> str:
+    """A banner for the chat and account pages; the message is escaped."""
+    if kind not in NOTICE_KINDS:
+        raise ValueError(f"notice kind must be one of {NOTICE_KINDS}, got {kind!r}")
+    if not message:
+        return ""
+    return f'<div class="lc-notice lc-notice-{kind}" role="status">{html.escape(message)}</div>'
+
+
+def balance_html(available: int, held: int) -> str:
+    """The balance badge in the header, always visible while signed in."""
+    held_part = f' <span class="lc-held">({held:,} held)</span>' if held else ""
+    return (
+        '<div class="lc-balance" id="lc-balance-badge">'
+        f'<span class="lc-balance-label">Balance</span> '
+        f'<span class="lc-balance-amount" data-available="{available}">{available:,}</span>'
+        f" credits{held_part}</div>"
+    )
