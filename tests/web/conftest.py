@@ -14,15 +14,15 @@ import structlog
 sys.path.insert(0, str(Path(__file__).parents[1] / "inference"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_model import save_tiny_gemma  # noqa: E402
+from tiny_model import save_tiny_gemma
+from web_testing import LiveServer, start_server
 
-from web_testing import LiveServer, start_server  # noqa: E402
-from web.app import create_app  # noqa: E402
-from web.settings import Settings, load_settings  # noqa: E402
+from web.app import create_app
+from web.settings import Settings, load_settings
 
 TINY = "tiny"
 TINY_BROKEN = "tiny-broken"
-TINY_CAP = 64
+TINY_CAP = 400
 TINY_CONTEXT = 512
 # Cheap argon2 parameters keep registration fast in tests; production defaults are higher.
 FAST_HASHING = {
@@ -53,7 +53,7 @@ dtype = "float32"
 device = "cpu"
 context_limit_tokens = {TINY_CONTEXT}
 max_new_tokens_cap = {TINY_CAP}
-price = {{ per_message_credits = 1, prompt_credits_per_1k_tokens = 100, completion_credits_per_1k_tokens = 500 }}
+price = {{ per_message_credits = 1, prompt_credits_per_1k_tokens = 50, completion_credits_per_1k_tokens = 100 }}
 """
 
     path = tmp_path / "catalog.toml"
@@ -65,9 +65,7 @@ SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
-def make_settings(
-    sqlite_url: str, web_catalog: Path, tmp_path: Path
-) -> SettingsFactory:
+def make_settings(sqlite_url: str, web_catalog: Path, tmp_path: Path) -> SettingsFactory:
     """make_settings(database_url=None, **LEDGERCHAT_* overrides) -> Settings."""
 
     def factory(database_url: str | None = None, **overrides: str) -> Settings:

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 class TestJourney:
-    async def test_register_login_chat_history_balance(self, make_server, make_settings, database_url):
+    async def test_register_login_chat_history_balance(
+        self, make_server, make_settings, database_url
+    ):
         """A new user gets the signup grant, chats, is charged exactly the cost shown in the
         final event, and sees the capture in their history with model and tokens."""
         settings: Settings = make_settings(database_url)
@@ -45,7 +47,8 @@ class TestJourney:
             text = "".join(e.data["text"] for e in events if e.event == "delta")
 
             model = next(
-                m for m in (await client.get("/api/models", headers=headers)).json()
+                m
+                for m in (await client.get("/api/models", headers=headers)).json()
                 if m["id"] == done["model_answered"]
             )
             expected = (
