@@ -24,6 +24,10 @@ TINY = "tiny"
 TINY_BROKEN = "tiny-broken"
 TINY_CAP = 400
 TINY_CONTEXT = 512
+PRICE = (
+    "price = { per_message_credits = 1, prompt_credits_per_1k_tokens = 50, "
+    "completion_credits_per_1k_tokens = 100 }"
+)
 # Cheap argon2 parameters keep registration fast in tests; production defaults are higher.
 FAST_HASHING = {
     "LEDGERCHAT_AUTH_ARGON2_TIME_COST": "1",
@@ -53,7 +57,7 @@ dtype = "float32"
 device = "cpu"
 context_limit_tokens = {TINY_CONTEXT}
 max_new_tokens_cap = {TINY_CAP}
-price = {{ per_message_credits = 1, prompt_credits_per_1k_tokens = 50, completion_credits_per_1k_tokens = 100 }}
+{PRICE}
 """
 
     path = tmp_path / "catalog.toml"

@@ -3,8 +3,6 @@ disconnect, full release on engine failure, idempotent retries, shutdown."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from prometheus_client import REGISTRY
 from web_testing import chat, signed_in, sse_events
@@ -68,9 +66,7 @@ class TestDisconnect:
                         break
             start = seen[0].data
             chat_service = server.services.chat
-            async with asyncio.timeout(10):
-                while chat_service.active_streams:
-                    await asyncio.sleep(0.01)
+            assert await chat_service.wait_idle(10)
             await chat_service.wait_settlements(10)
             rows = await history(client, headers)
             capture = rows[0]
@@ -101,9 +97,7 @@ class TestDisconnect:
                 async for event in sse_events(response):
                     if event.event == "delta":
                         break
-            async with asyncio.timeout(10):
-                while server.services.chat.active_streams:
-                    await asyncio.sleep(0.01)
+            assert await server.services.chat.wait_idle(10)
             await server.services.chat.wait_settlements(10)
             rows = await history(client, headers)
             assert rows[0]["type"] == "hold_released"
