@@ -109,17 +109,11 @@ def render_csv(report: AuditReport) -> str:
 
 def render_table(report: AuditReport, console: Console) -> None:
     accounts = Table(title="Accounts (replayed)")
-    for column in (
-        "account",
-        "owner",
-        "events",
-        "posted",
-        "held",
-        "available",
-        "snapshots",
-        "violations",
-    ):
-        accounts.add_column(column, justify="left" if column in ("account", "owner") else "right")
+    id_width = max((len(a.account_id) for a in report.accounts), default=10)
+    accounts.add_column("account", no_wrap=True, min_width=id_width)
+    accounts.add_column("owner", overflow="fold")
+    for column in ("events", "posted", "held", "available", "snapshots", "violations"):
+        accounts.add_column(column, justify="right")
     for a in report.accounts:
         accounts.add_row(
             a.account_id,

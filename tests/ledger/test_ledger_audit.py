@@ -1,0 +1,267 @@
+"""The audit and the `ledgerchat audit` command: clean runs, tampering, exit codes, formats."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from ledger import Ledger, LedgerSettings
+from ledger.cli import EXIT_CLEAN, EXIT_USAGE, EXIT_VIOLATIONS
+from ledger.clock import ManualClock
+from web.cli import main as ledgerchat
+
+
+async def populate(ledger: Ledger) -> str:
+    account = await ledger.open_account("alice")
+    await ledger.add_credits(account, 1_000, source="grant", idempotency_key="seed")
+    hold = await ledger.place_hold(account, 100, purpose="p", reference="r", idempotency_key="h")
+    await ledger.capture_hold(account, hold.hold, 40, idempotency_key="c")
+    charge = await ledger.charge(account, 30, idempotency_key="ch")
+    await ledger.refund(account, charge.event_id, 10, reason="x", idempotency_key="rf")
+    for n in range(6):
+        await ledger.charge(account, 1, idempotency_key=f"small{n}")
+    return account
+
+
+@pytest.fixture
+async def sqlite_ledger_file(sqlite_url: str, settings: LedgerSettings) -> tuple[str, Path, str]:
+    ledger = await Ledger.open(sqlite_url, settings=settings)
+    try:
+        account = await populate(ledger)
+    finally:
+        await ledger.close()
+    database = make_url(sqlite_url).database
+    assert database is not None
+    return sqlite_url, Path(database), account
+
+
+def run_audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = ledgerchat(["audit", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def run_audit_async(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The command runs its own event loop, so tests with async fixtures call it off-loop."""
+    code = await asyncio.to_thread(ledgerchat, ["audit", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+class TestAuditReport:
+    async def test_clean_ledger_reports_totals(self, ledger: Ledger) -> None:
+        """A ledger written only through commands audits clean, with replayed totals."""
+        await populate(ledger)
+        report = await ledger.audit()
+        assert report.clean, report.violations
+        data = report.to_dict()
+        json.dumps(data)  # serialisable as is
+        assert data["totals"]["issued"] == 1000
+        assert data["totals"]["posted"] == 1000 - 40 - 30 + 10 - 6
+        assert data["clean"] is True
+
+    async def test_expired_unreleased_hold_is_reported(
+        self, ledger: Ledger, clock: ManualClock, settings: LedgerSettings
+    ) -> None:
+        """A hold left past expiry plus the grace period is a violation until swept."""
+        account = await ledger.open_account("alice")
+        await ledger.add_credits(account, 10, source="grant", idempotency_key="seed")
+        await ledger.place_hold(
+            account, 5, ttl_s=10, purpose="p", reference="r", idempotency_key="h"
+        )
+        clock.advance(10 + settings.audit_expired_hold_grace_s + 1)
+        kinds = [v.kind for v in (await ledger.audit()).violations]
+        assert kinds == ["expired_hold_unreleased"]
+        await ledger.sweep_expired_holds()
+        assert (await ledger.audit()).clean
+
+
+class TestTampering:
+    """Rows edited behind the ledger's back (sqlite3 module, as a person with the file would)."""
+
+    def edit(self, path: Path, statement: str, *params: object) -> None:
+        connection = sqlite3.connect(path)
+        try:
+            changed = connection.execute(statement, params).rowcount
+            connection.commit()
+        finally:
+            connection.close()
+        assert changed >= 1
+
+    async def audit_kinds(self, url: str, settings: LedgerSettings) -> set[str]:
+        ledger = await Ledger.open(url, settings=settings)
+        try:
+            return {v.kind for v in (await ledger.audit()).violations}
+        finally:
+            await ledger.close()
+
+    async def test_hand_edited_amount_is_caught(
+        self,
+        sqlite_ledger_file: tuple[str, Path, str],
+        settings: LedgerSettings,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Changing one charge's amount breaks its hash and the replayed balance: exit 1."""
+        url, path, account = sqlite_ledger_file
+        assert (await run_audit_async(capsys, "--db", url))[0] == EXIT_CLEAN
+        self.edit(
+            path,
+            "UPDATE ledger_events SET amount = amount - 1 WHERE account_id = ? AND sequence = 5",
+            account,
+        )
+        code, out, _ = await run_audit_async(capsys, "--db", url, "--format", "json")
+        assert code == EXIT_VIOLATIONS
+        kinds = {v["kind"] for v in json.loads(out)["violations"]}
+        assert {"hash_mismatch", "balance_mismatch"} <= kinds
+
+    async def test_deleted_event_is_caught(
+        self, sqlite_ledger_file: tuple[str, Path, str], settings: LedgerSettings
+    ) -> None:
+        """Deleting a row leaves a sequence gap and a broken chain."""
+        url, path, account = sqlite_ledger_file
+        self.edit(path, "DELETE FROM ledger_events WHERE account_id = ? AND sequence = 3", account)
+        assert {"sequence_gap", "chain_broken"} <= await self.audit_kinds(url, settings)
+
+    async def test_deleted_last_event_is_caught(
+        self, sqlite_ledger_file: tuple[str, Path, str], settings: LedgerSettings
+    ) -> None:
+        """Deleting the newest row is caught by the account head."""
+        url, path, account = sqlite_ledger_file
+        self.edit(
+            path,
+            "DELETE FROM ledger_events WHERE account_id = ? AND sequence = "
+            "(SELECT max(sequence) FROM ledger_events WHERE account_id = ?)",
+            account,
+            account,
+        )
+        assert "head_mismatch" in await self.audit_kinds(url, settings)
+
+    async def test_edited_snapshot_is_caught(
+        self, sqlite_ledger_file: tuple[str, Path, str], settings: LedgerSettings
+    ) -> None:
+        """A snapshot that disagrees with replay is reported."""
+        url, path, account = sqlite_ledger_file
+        self.edit(
+            path,
+            "UPDATE ledger_snapshots SET posted = posted + 5 WHERE account_id = ? AND sequence > 0",
+            account,
+        )
+        assert "snapshot_mismatch" in await self.audit_kinds(url, settings)
+
+    async def test_rehashed_overdraft_and_overrefund_are_caught(
+        self, sqlite_ledger_file: tuple[str, Path, str], settings: LedgerSettings
+    ) -> None:
+        """Even with hashes recomputed, rule breaks (negative available, refund above what
+        was taken) are found by replay."""
+        from ledger.domain import Event
+        from ledger.storage.store import event_to_row
+
+        url, path, account = sqlite_ledger_file
+        ledger = await Ledger.open(url, settings=settings)
+        try:
+            events = [e async for e in ledger.store.stream_events(account)]
+        finally:
+            await ledger.close()
+        # Rewrite the log: the refund now gives back 100 (the charge took 30), the last charge
+        # takes 5,000; hashes and stored balances recomputed so only the rules are broken.
+        import dataclasses
+
+        from ledger.domain import AccountState, apply
+
+        state = AccountState(account, "alice")
+        rewritten: list[Event] = []
+        for event in events:
+            amount = event.amount
+            if event.event_type == "refunded":
+                amount = 100
+            if event is events[-1]:
+                amount = 5_000
+            draft = dataclasses.replace(event, amount=amount, prev_hash=state.head_hash, hash="")
+            probe = state.copy()
+            apply(probe, dataclasses.replace(draft, hash="x"))
+            draft = dataclasses.replace(draft, posted_after=probe.posted, held_after=probe.held)
+            final = dataclasses.replace(draft, hash=draft.compute_hash())
+            apply(state, final)
+            rewritten.append(final)
+        connection = sqlite3.connect(path)
+        try:
+            connection.execute("DELETE FROM ledger_events WHERE account_id = ?", (account,))
+            connection.execute("DELETE FROM ledger_snapshots WHERE account_id = ?", (account,))
+            for event in rewritten:
+                row = event_to_row(event)
+                names = ", ".join(row)
+                marks = ", ".join("?" for _ in row)
+                connection.execute(
+                    f"INSERT INTO ledger_events ({names}) VALUES ({marks})", tuple(row.values())
+                )
+            connection.execute(
+                "UPDATE ledger_accounts SET head_sequence = ?, head_hash = ? WHERE account_id = ?",
+                (state.sequence, state.head_hash, account),
+            )
+            connection.commit()
+        finally:
+            connection.close()
+        kinds = await self.audit_kinds(url, settings)
+        assert {"negative_available", "refund_exceeds_taken"} <= kinds
+        assert "hash_mismatch" not in kinds
+
+
+class TestAuditCommand:
+    async def test_formats(
+        self, sqlite_ledger_file: tuple[str, Path, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """table (default), json and csv all describe the same clean ledger."""
+        url, _, account = sqlite_ledger_file
+        code, out, _ = await run_audit_async(capsys, "--db", url)
+        assert code == EXIT_CLEAN and "clean" in out and account in out
+        code, out, _ = await run_audit_async(capsys, "--db", url, "--format", "json")
+        assert code == EXIT_CLEAN and json.loads(out)["accounts_checked"] == 1
+        code, out, _ = await run_audit_async(
+            capsys, "--db", url, "--format", "csv", "--account", account
+        )
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert code == EXIT_CLEAN
+        assert {"account_id": account, "value": "934"}.items() <= next(
+            r for r in rows if r["record"] == "account"
+        ).items()
+
+    async def test_default_database_comes_from_the_environment(
+        self,
+        sqlite_ledger_file: tuple[str, Path, str],
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Without --db the audit reads LEDGERCHAT_DATABASE_URL, like the service."""
+        url, _, _ = sqlite_ledger_file
+        monkeypatch.setenv("LEDGERCHAT_DATABASE_URL", url)
+        assert (await run_audit_async(capsys))[0] == EXIT_CLEAN
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--db", "sqlite+aiosqlite:////nonexistent/dir/ledger.db"], "no database file"),
+            (["--db", "mysql://x@y/z"], "unsupported database"),
+            (["--db", "not a url"], "not a database URL"),
+            (["--db", "postgresql+asyncpg://nobody@127.0.0.1:1/none"], "cannot"),
+        ],
+    )
+    def test_errors_exit_2_without_traceback(
+        self, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+    ) -> None:
+        """Bad or unreachable databases: exit 2 and one clear line on stderr."""
+        code, _, err = run_audit(capsys, *args)
+        assert code == EXIT_USAGE
+        assert message in err and "Traceback" not in err
+
+    def test_usage_error_exits_2(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An unknown format is a usage error (exit 2)."""
+        with pytest.raises(SystemExit) as exited:
+            ledgerchat(["audit", "--format", "xml"])
+        assert exited.value.code == EXIT_USAGE
