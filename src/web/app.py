@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from inference import Engine
-from web.auth import SECURITY_COMPONENTS, SERVICES_DEPENDENCY
+from web.auth import AUTH_MIDDLEWARE, SECURITY_COMPONENTS, SERVICES_DEPENDENCY
 from web.domain.accounts.controllers import AuthController, MeController
 from web.domain.admin.controllers import AdminController
 from web.domain.billing.controllers import BillingController
@@ -74,19 +74,21 @@ def create_app(
         finally:
             await services.close()
 
-    handlers: list[Any] = [
-        health,
-        ready,
-        metrics_endpoint,
-        AuthController,
-        MeController,
-        ApiKeysController,
-        BillingController,
-        ChatController,
-        ConversationsController,
-        AdminController,
-        OpenAIController,
-    ]
+    api = Router(
+        path="/",
+        route_handlers=[
+            AuthController,
+            MeController,
+            ApiKeysController,
+            BillingController,
+            ChatController,
+            ConversationsController,
+            AdminController,
+            OpenAIController,
+        ],
+        middleware=[AUTH_MIDDLEWARE],
+    )
+    handlers: list[Any] = [health, ready, metrics_endpoint, api]
     if mount_ui:
         handlers.extend(_ui_handlers(services))
     config = AppConfig(

@@ -1,5 +1,6 @@
-"""Litestar dependencies that turn the Authorization header into an `Identity` (a JWT access
-token or an API key, both as `Bearer`), applying the per-user rate limit on the way."""
+"""Authentication: a middleware turns the Authorization header (a JWT access token or an API
+key, both as `Bearer`) into an `Identity` before the handler runs, applying the per-user rate
+limit; dependencies hand the identity (or the admin) to handlers."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.middleware import (
+    AbstractAuthenticationMiddleware,
+    AuthenticationResult,
+    DefineMiddleware,
+)
 from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
 
 from web.domain.accounts.schemas import Identity
@@ -18,6 +25,8 @@ from web.middleware import client_address
 from web.services import Services
 
 MAX_AUTHORIZATION_CHARS = 4096
+PUBLIC = "public"
+"""Handler `opt` key of the /api endpoints that need no credentials."""
 SECURITY: list[SecurityRequirement] = [{"BearerAuth": []}]
 SECURITY_COMPONENTS = Components(
     security_schemes={
@@ -36,8 +45,8 @@ def provide_services(state: State) -> Services:
     return services
 
 
-def bearer_token(request: Request[Any, Any, Any]) -> str:
-    header = request.headers.get("authorization")
+def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    header = connection.headers.get("authorization")
     if not header:
         raise NotAuthenticated("missing Authorization header")
     if len(header) > MAX_AUTHORIZATION_CHARS:
@@ -48,18 +57,34 @@ def bearer_token(request: Request[Any, Any, Any]) -> str:
     return token.strip()
 
 
-async def provide_identity(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
-) -> Identity:
-    token = bearer_token(request)
-    if token.startswith(API_KEY_PREFIX):
-        identity = await services.api_keys.authenticate(token)
-    else:
-        identity = await services.accounts.identity_from_access_token(token)
-    retry_after = services.user_limiter.hit(f"user:{identity.user_id}")
-    if retry_after:
-        raise RateLimited("too many requests for this user", retry_after_s=retry_after)
-    request.state.identity = identity
+class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
+    """Authenticates /api and /v1 before any parameter or body is parsed, so a request
+    without valid credentials always gets 401 (never a validation error first). Handlers marked
+    `opt={PUBLIC: True}` (register, login, refresh) are skipped."""
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        services: Services = connection.app.state.services
+        token = bearer_token(connection)
+        if token.startswith(API_KEY_PREFIX):
+            identity = await services.api_keys.authenticate(token)
+        else:
+            identity = await services.accounts.identity_from_access_token(token)
+        retry_after = services.user_limiter.hit(f"user:{identity.user_id}")
+        if retry_after:
+            raise RateLimited("too many requests for this user", retry_after_s=retry_after)
+        return AuthenticationResult(user=identity, auth=token)
+
+
+# Applied by the router of /api and /v1 only, so probes, /schema and the UI are untouched.
+AUTH_MIDDLEWARE = DefineMiddleware(BearerAuthMiddleware, exclude_from_auth_key=PUBLIC)
+
+
+def provide_identity(request: Request[Any, Any, Any]) -> Identity:
+    identity = request.scope.get("user")
+    if not isinstance(identity, Identity):
+        raise NotAuthenticated("this endpoint needs credentials")
     return identity
 
 
@@ -82,5 +107,8 @@ def client_of(request: Request[Any, Any, Any]) -> str:
 SERVICES_DEPENDENCY: dict[str, Provide | Callable[..., Any]] = {
     "services": Provide(provide_services, sync_to_thread=False)
 }
-IDENTITY_DEPENDENCY = {"identity": Provide(provide_identity)}
-ADMIN_DEPENDENCY = {"identity": Provide(provide_identity), "admin": Provide(provide_admin)}
+IDENTITY_DEPENDENCY = {"identity": Provide(provide_identity, sync_to_thread=False)}
+ADMIN_DEPENDENCY = {
+    "identity": Provide(provide_identity, sync_to_thread=False),
+    "admin": Provide(provide_admin),
+}

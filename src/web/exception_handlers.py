@@ -28,6 +28,7 @@ from ledger.errors import (
     LedgerBusy,
     LedgerClosed,
     LedgerError,
+    TooManyActiveHolds,
 )
 from web import errors
 from web.logging import get_logger
@@ -55,6 +56,7 @@ LEDGER_STATUS: dict[type[LedgerError], int] = {
     IdempotencyConflict: 422,
     LedgerBusy: 503,
     LedgerClosed: 503,
+    TooManyActiveHolds: 429,
 }
 INFERENCE_STATUS: dict[type[InferenceError], int] = {
     InvalidRequest: 422,

@@ -235,3 +235,36 @@ class TestRolesAndKeys:
             revoked = await client.delete(f"/api/keys/{created['key']['id']}", headers=headers)
             assert revoked.status_code == 200
             assert (await client.get("/api/me", headers=key_headers)).status_code == 401
+
+
+PUBLIC_ROUTES = {
+    "/health",
+    "/ready",
+    "/metrics",
+    "/api/auth/register",
+    "/api/auth/login",
+    "/api/auth/refresh",
+}
+
+
+class TestEveryRouteIsProtected:
+    async def test_all_api_routes_need_credentials(self, server):
+        """Every route of the app except the public ones answers 401 without credentials,
+        so a handler cannot forget authentication."""
+        checked = set()
+        async with server.client() as client:
+            for route in server.app.routes:
+                path = route.path
+                if path in PUBLIC_ROUTES or path.startswith("/schema"):
+                    continue
+                concrete = path.replace("{user_id:int}", "1").replace("{key_id:int}", "1")
+                concrete = concrete.replace("{conversation_id:str}", "x")
+                for method in sorted(route.methods - {"OPTIONS", "HEAD"}):
+                    response = await client.request(method, concrete, json={})
+                    assert response.status_code == 401, (method, path, response.status_code)
+                    checked.add((method, path))
+        assert {
+            ("POST", "/api/chat"),
+            ("POST", "/v1/chat/completions"),
+            ("GET", "/v1/models"),
+        } <= checked

@@ -413,12 +413,12 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
             [session, conversation_list],
             [chatbot, conversation_id, rename_title, chat_notice],
         ).then(views, [session], view_outputs, show_progress="hidden")
-        rename_button.click(
+        renamed = rename_button.click(
             chat.rename,
             [session, conversation_id, rename_title],
             [conversation_list, chat_notice],
         )
-        delete_button.click(
+        deleted = delete_button.click(
             chat.delete,
             [session, conversation_id],
             [conversation_list, chatbot, conversation_id, rename_title, chat_notice],
@@ -435,34 +435,51 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
         async def older_page(state: UISession, page_label: str) -> tuple[Any, ...]:
             return await account.turn_page(state, page_label, +1)
 
-        history_prev.click(
+        newer = history_prev.click(
             newer_page,
             [session, history_page],
             [history_table, history_page, account_notice],
         )
-        history_next.click(
+        older = history_next.click(
             older_page,
             [session, history_page],
             [history_table, history_page, account_notice],
         )
-        csv_button.click(account.export_csv, [session], [csv_file, account_notice])
-        create_key_button.click(
+        exported = csv_button.click(account.export_csv, [session], [csv_file, account_notice])
+        key_created = create_key_button.click(
             account.create_key, [session, key_name], [key_secret, keys_table, account_notice]
         )
-        revoke_button.click(account.revoke_key, [session, revoke_id], [keys_table, account_notice])
+        key_revoked = revoke_button.click(
+            account.revoke_key, [session, revoke_id], [keys_table, account_notice]
+        )
 
         # -- admin -------------------------------------------------------------------------
-        gr.on(
+        users_listed = gr.on(
             [admin_tab.select, refresh_users.click],
             admin.users,
             [session],
             [users_table, topup_user, admin_notice],
         )
-        topup_button.click(
+        topped_up = topup_button.click(
             admin.top_up,
             [session, topup_user, topup_amount, topup_note, topup_key],
             [users_table, admin_notice, topup_key],
         )
-        audit_button.click(admin.audit, [session], [audit_report, admin_notice])
+        audited = audit_button.click(admin.audit, [session], [audit_report, admin_notice])
+        # Any action may have refreshed (rotated) the tokens or ended the session: keep the
+        # browser's stored token current and show the sign-in screen when it ended.
+        for action in (
+            renamed,
+            deleted,
+            newer,
+            older,
+            exported,
+            key_created,
+            key_revoked,
+            users_listed,
+            topped_up,
+            audited,
+        ):
+            action.then(views, [session], view_outputs, show_progress="hidden")
     built: gr.Blocks = blocks
     return built

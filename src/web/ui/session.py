@@ -10,6 +10,7 @@ The rules themselves (token lifetimes, rotation, revocation) live in the account
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +45,8 @@ class UISession:
     stop_requested: bool = False
     # Cursors of the transaction pages already shown, for the Previous button.
     history_cursors: list[str | None] = field(default_factory=lambda: [None])
+    # Made on first use: Gradio deep-copies the initial value, which a lock cannot survive.
+    refresh_lock: asyncio.Lock | None = None
 
     @property
     def signed_in(self) -> bool:
@@ -67,19 +70,30 @@ class UISession:
 
 async def identity(session: UISession, authority: TokenAuthority) -> Identity:
     """The signed-in identity; refreshes once when the access token has expired."""
-    if session.tokens is None:
+    tokens = session.tokens
+    if tokens is None:
         raise SessionEnded(session.ended_reason or "Please sign in.")
     try:
-        return await authority.identity_from_access_token(session.tokens.access_token)
+        return await authority.identity_from_access_token(tokens.access_token)
     except NotAuthenticated:
         pass
-    try:
-        session.tokens = await authority.refresh(session.tokens.refresh_token)
-        return await authority.identity_from_access_token(session.tokens.access_token)
-    except NotAuthenticated as exc:
-        message = f"Your session has ended ({exc.message}). Please sign in again."
-        session.end(message)
-        raise SessionEnded(message) from exc
+    if session.refresh_lock is None:
+        session.refresh_lock = asyncio.Lock()
+    # Two events of one tab may find the access token expired together; refreshing twice with
+    # one refresh token would look like token theft and revoke the session. One refreshes,
+    # the other uses its result.
+    async with session.refresh_lock:
+        try:
+            if session.tokens is not None and session.tokens is not tokens:
+                return await authority.identity_from_access_token(session.tokens.access_token)
+            if session.tokens is None:
+                raise SessionEnded(session.ended_reason or "Please sign in.")
+            session.tokens = await authority.refresh(tokens.refresh_token)
+            return await authority.identity_from_access_token(session.tokens.access_token)
+        except NotAuthenticated as exc:
+            message = f"Your session has ended ({exc.message}). Please sign in again."
+            session.end(message)
+            raise SessionEnded(message) from exc
 
 
 async def resume(refresh_token: str, authority: TokenAuthority) -> tuple[TokenPair, Identity]:

@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from web.auth import IDENTITY_DEPENDENCY, SECURITY, client_of
+from web.auth import IDENTITY_DEPENDENCY, PUBLIC, SECURITY, client_of
 from web.domain.accounts.schemas import (
     Identity,
     LoginRequest,
@@ -30,14 +30,14 @@ class AuthController(Controller):
     path = "/api/auth"
     tags = ("auth",)
 
-    @post("/register", status_code=HTTP_201_CREATED)
+    @post("/register", status_code=HTTP_201_CREATED, opt={PUBLIC: True})
     async def register(
         self, data: JSONBody[RegisterRequest], services: NamedDependency[Services]
     ) -> UserView:
         """Create an account; it starts with the signup grant."""
         return await services.accounts.register(data.username, data.email, data.password)
 
-    @post("/login", status_code=HTTP_200_OK)
+    @post("/login", status_code=HTTP_200_OK, opt={PUBLIC: True})
     async def login(
         self,
         data: JSONBody[LoginRequest],
@@ -47,7 +47,7 @@ class AuthController(Controller):
         """Exchange username (or email) and password for an access and a refresh token."""
         return await services.accounts.login(data.username, data.password, client_of(request))
 
-    @post("/refresh", status_code=HTTP_200_OK)
+    @post("/refresh", status_code=HTTP_200_OK, opt={PUBLIC: True})
     async def refresh(
         self, data: JSONBody[RefreshRequest], services: NamedDependency[Services]
     ) -> TokenPair:

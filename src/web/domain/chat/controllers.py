@@ -97,7 +97,9 @@ class ChatController(Controller):
         return ServerSentEvent(sse_events(prepared), headers={"Cache-Control": "no-store"})
 
     @get("/models")
-    async def models(self, services: NamedDependency[Services]) -> list[ModelView]:
+    async def models(
+        self, identity: NamedDependency[Identity], services: NamedDependency[Services]
+    ) -> list[ModelView]:
         """The catalog with prices and load state."""
         return [
             ModelView(

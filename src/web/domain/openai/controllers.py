@@ -134,7 +134,9 @@ class OpenAIController(Controller):
     security = SECURITY
 
     @get("/models")
-    async def models(self, services: NamedDependency[Services]) -> ModelList:
+    async def models(
+        self, identity: NamedDependency[Identity], services: NamedDependency[Services]
+    ) -> ModelList:
         """Models that can answer now (OpenAI format)."""
         created = int(time.time())
         return ModelList(

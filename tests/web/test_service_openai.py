@@ -1,0 +1,94 @@
+"""The official `openai` client against /v1, unchanged: models, completions streaming and
+not, billed through the same ledger as /api/chat."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from web_testing import signed_in
+
+pytestmark = pytest.mark.slow
+
+
+async def api_key(server) -> tuple[str, dict[str, str]]:
+    async with server.client() as client:
+        headers = await signed_in(client, "olga")
+        created = (await client.post("/api/keys", json={"name": "sdk"}, headers=headers)).json()
+    return created["secret"], headers
+
+
+async def balance(server, headers) -> dict[str, int]:
+    async with server.client() as client:
+        return (await client.get("/api/balance", headers=headers)).json()
+
+
+class TestOpenAIClient:
+    async def test_models_and_non_streaming_completion(self, server):
+        """`models.list` shows the model; a completion has text, usage, and its cost is what
+        left the balance."""
+        secret, headers = await api_key(server)
+        client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=secret)
+        models = await client.models.list()
+        assert "tiny" in [m.id for m in models.data]
+        before = await balance(server, headers)
+        completion = await client.chat.completions.create(
+            model="tiny",
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Say something"},
+            ],
+            max_tokens=10,
+            temperature=0,
+        )
+        assert completion.choices[0].message.role == "assistant"
+        assert completion.choices[0].finish_reason in {"stop", "length"}
+        assert completion.usage is not None
+        assert 1 <= completion.usage.completion_tokens <= 10
+        cost = completion.model_extra["x_ledgerchat"]["cost_credits"]
+        after = await balance(server, headers)
+        assert after["posted"] == before["posted"] - cost
+        assert after["held"] == 0
+        await client.close()
+
+    async def test_streaming_completion_has_usage_in_the_final_chunk(self, server):
+        """Streaming yields content deltas, then a final chunk with usage; the streamed text
+        equals what a non-streaming greedy call returns."""
+        secret, _ = await api_key(server)
+        client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=secret)
+        messages = [{"role": "user", "content": "Count with me"}]
+        stream = await client.chat.completions.create(
+            model="tiny",
+            messages=messages,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        parts, usage = [], None
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+            if chunk.usage is not None:
+                usage = chunk.usage
+        assert usage is not None and usage.completion_tokens >= 1
+        plain = await client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=8, temperature=0
+        )
+        assert "".join(parts) == plain.choices[0].message.content
+        assert usage.completion_tokens == plain.usage.completion_tokens
+        await client.close()
+
+    async def test_errors_reach_the_client_as_typed_exceptions(self, server):
+        """A wrong key is AuthenticationError; an unknown model is NotFoundError; not enough
+        credits is a 402 APIStatusError."""
+        secret, _ = await api_key(server)
+        wrong = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="lc-wrong")
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.models.list()
+        client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=secret)
+        with pytest.raises(openai.NotFoundError):
+            await client.chat.completions.create(
+                model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+            )
+        await wrong.close()
+        await client.close()
