@@ -247,6 +247,7 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     unknown = set(raw) - known
     if unknown:
         raise CatalogError(f"{where}: unknown fields {sorted(unknown)}")
+    source = _build_source(raw.get("source"), where, override_path)
     context_limit = _int_in(raw, "context_limit_tokens", 16, MAX_CONTEXT_LIMIT_TOKENS, where)
     cap = _int_in(raw, "max_new_tokens_cap", 1, MAX_NEW_TOKENS_CAP, where)
     price_raw = raw.get("price")
@@ -269,7 +270,7 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     return CatalogEntry(
         id=model_id,
         display_name=str(raw.get("display_name", model_id)),
-        source=_build_source(raw.get("source"), where, override_path),
+        source=source,
         quantization=cast(Quantization, _choice(raw, "quantization", QUANTIZATIONS, "none", where)),
         dtype=cast(DType, _choice(raw, "dtype", DTYPES, "auto", where)),
         device=cast(Device, _choice(raw, "device", DEVICES, "auto", where)),

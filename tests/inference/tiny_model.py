@@ -53,7 +53,7 @@ def build_config(vocab_size: int) -> Gemma3TextConfig:
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=1,
-        head_dim=16,
+        head_dim=32,  # bitsandbytes CPU 4-bit kernels need output sizes divisible by 32
         sliding_window=SLIDING_WINDOW,
         layer_types=["sliding_attention"] * 2 + ["full_attention", "sliding_attention"],
         max_position_embeddings=1024,

