@@ -89,7 +89,7 @@ def create_app(
         middleware=[AUTH_MIDDLEWARE],
     )
     handlers: list[Any] = [health, ready, metrics_endpoint, api]
-    if mount_ui:
+    if mount_ui and settings.server.ui_enabled:
         handlers.extend(_ui_handlers(services))
     config = AppConfig(
         route_handlers=handlers,

@@ -37,6 +37,8 @@ class ServerSettings:
     """Minimum level of the JSON log lines (debug, info, warning, error)."""
     data_dir: Path = Path("data")
     """Directory for the default SQLite database file."""
+    ui_enabled: bool = True
+    """Serve the Gradio UI at / (when the UI package is importable)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

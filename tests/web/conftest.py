@@ -3,6 +3,7 @@ engine, service settings over a fresh database, and a live uvicorn server per te
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -123,8 +124,12 @@ async def server(make_server: ServerFactory, settings: Settings) -> LiveServer:
 
 
 @pytest.fixture(autouse=True)
-def reset_structlog() -> Iterator[None]:
-    """Log configuration is global; each test starts from structlog's defaults."""
+def reset_logging() -> Iterator[None]:
+    """Log configuration is global: a test that configures JSON logging must not leave its
+    handler (bound to that test's captured stderr) behind."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     yield
+    root.handlers, root.level = handlers, level
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()

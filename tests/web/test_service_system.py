@@ -1,0 +1,147 @@
+"""Probes, metrics, request ids in JSON logs, settings, and the retention job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from web_testing import chat, signed_in
+
+from web.background import clear_old_interaction_text
+from web.settings import SettingsError, load_settings
+from web.tables import ModelInteractionRow
+
+
+class TestProbes:
+    async def test_health_and_ready(self, make_server, settings):
+        """/health answers at once; /ready is 503 until the default model is loaded."""
+        server = await make_server(settings)
+        async with server.client() as client:
+            assert (await client.get("/health")).json() == {"status": "ok"}
+            await server.services.engine.load("tiny")
+            ready = await client.get("/ready")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == {
+                "database": "ok",
+                "schema": "ok",
+                "default_model": "ok",
+            }
+
+    async def test_not_ready_without_the_default_model(self, make_server, make_settings):
+        """A default model that cannot load keeps /ready at 503 with the reason."""
+        server = await make_server(make_settings(LEDGERCHAT_CHAT_DEFAULT_MODEL="tiny-broken"))
+        async with server.client() as client:
+            ready = await client.get("/ready")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["default_model"] != "ok"
+
+    async def test_metrics_after_a_chat(self, server):
+        """/metrics exposes request latency, tokens, holds, ledger operations, model state and
+        memory in Prometheus text format."""
+        async with server.client() as client:
+            headers = await signed_in(client, "metric")
+            await chat(client, headers, sampling={"max_tokens": 4})
+            text = (await client.get("/metrics")).text
+        for name in (
+            "ledgerchat_http_request_duration_seconds_bucket",
+            "ledgerchat_tokens_generated_total",
+            "ledgerchat_chat_tokens_per_second",
+            "ledgerchat_inference_queue_depth",
+            "ledgerchat_active_holds",
+            'ledgerchat_ledger_operations_total{operation="place_hold"}',
+            'ledgerchat_model_loaded{model="tiny"} 1.0',
+            "ledgerchat_process_resident_memory_bytes",
+        ):
+            assert name in text, name
+
+
+class TestRequestIds:
+    async def test_every_log_line_of_a_request_has_its_id(self, make_server, make_settings, capfd):
+        """The X-Request-ID given by the client is echoed and is on every JSON log line
+        written while handling the request."""
+        settings = make_settings(LEDGERCHAT_LOG_LEVEL="info")
+        server = await make_server(settings, configure_logs=True)
+        async with server.client() as client:
+            capfd.readouterr()
+            response = await client.post(
+                "/api/auth/register",
+                json={"username": "logger", "email": "l@example.com", "password": "pass word 123"},
+                headers={"X-Request-ID": "req-abc-123"},
+            )
+            assert response.headers["x-request-id"] == "req-abc-123"
+            generated = await client.get("/health")
+            assert len(generated.headers["x-request-id"]) == 32
+        captured = capfd.readouterr().err.splitlines()
+        lines = [json.loads(line) for line in captured if line.startswith("{")]
+        mine = [line for line in lines if line.get("request_id") == "req-abc-123"]
+        events = {line["event"] for line in mine}
+        assert {"user_registered", "request_finished"} <= events
+        for line in lines:
+            if line.get("path") == "/api/auth/register":
+                assert line["request_id"] == "req-abc-123"
+
+
+class TestSettings:
+    def test_env_file_and_environment(self, tmp_path: Path):
+        """The environment overrides .env, which overrides defaults; bad values are errors."""
+        env_file = tmp_path / ".env"
+        env_file.write_text("LEDGERCHAT_PORT=9000\nLEDGERCHAT_AUTH_LOCKOUT_FAILURES='7'\n# c\n")
+        settings = load_settings(environ={"LEDGERCHAT_PORT": "9100"}, env_file=env_file)
+        assert settings.server.port == 9100
+        assert settings.auth.lockout_failures == 7
+        assert settings.billing.signup_grant_credits == 100
+        with pytest.raises(SettingsError, match="LEDGERCHAT_PORT"):
+            load_settings(environ={"LEDGERCHAT_PORT": "eighty"}, env_file=None)
+        with pytest.raises(SettingsError, match="BILLING_PARTIAL"):
+            load_settings(
+                environ={"LEDGERCHAT_BILLING_PARTIAL_CAPTURE_ON_DISCONNECT": "maybe"},
+                env_file=None,
+            )
+
+    def test_docs_list_every_setting(self):
+        """docs/configuration.md names every LEDGERCHAT_* variable the service reads."""
+        import dataclasses
+
+        from web.settings import Settings, env_name
+
+        text = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+        for concern in dataclasses.fields(Settings):
+            if concern.name == "environ":
+                continue
+            for field in dataclasses.fields(concern.default_factory()):  # type: ignore[misc]
+                assert env_name(concern.name, field.name) in text, field.name
+
+
+class TestRetention:
+    async def test_old_prompt_and_response_text_is_cleared(self, server):
+        """Interactions older than the retention period lose their text but keep tokens and
+        credits; recent ones are untouched."""
+        async with server.client() as client:
+            headers = await signed_in(client, "keeper")
+            await chat(client, headers, "old message", sampling={"max_tokens": 4})
+            await chat(client, headers, "new message", sampling={"max_tokens": 4})
+        services = server.services
+        sessions = services.chat._sessions
+        retention_days = services.settings.chat.retention_days
+        async with sessions() as session:
+            rows = list(
+                await session.scalars(select(ModelInteractionRow).order_by(ModelInteractionRow.id))
+            )
+            old_id = rows[0].id
+            await session.execute(
+                update(ModelInteractionRow)
+                .where(ModelInteractionRow.id == old_id)
+                .values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days + 1))
+            )
+            await session.commit()
+        assert await clear_old_interaction_text(sessions, retention_days) == 1
+        async with sessions() as session:
+            old, new = list(
+                await session.scalars(select(ModelInteractionRow).order_by(ModelInteractionRow.id))
+            )
+        assert old.prompt is None and old.response is None and old.text_cleared_at is not None
+        assert old.credits_charged > 0 and old.completion_tokens > 0
+        assert new.prompt == "new message" and new.response is not None
