@@ -1,0 +1,85 @@
+"""GGUF sources: converted once into the cache keyed by the file's hash, reused on later
+loads, converted again when the file changes, and served by the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from helpers import collect, request
+from structlog.testing import capture_logs
+from tiny_gguf import tiny_gguf_model, write_tiny_gguf
+
+from inference import Engine, InferenceSettings, load_catalog
+from inference.gguf_cache import ensure_converted, is_converted
+
+
+def _events(logs: list[dict[str, object]]) -> list[object]:
+    return [entry["event"] for entry in logs]
+
+
+class TestConversionCache:
+    def test_converts_once_then_reuses(self, tmp_path: Path) -> None:
+        """The first call converts (faithfully: same logits as the source model); the second
+        reuses the same directory without converting."""
+        gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf")
+        cache_dir = tmp_path / "cache"
+        with capture_logs() as first_logs:
+            converted = ensure_converted(gguf_path, cache_dir, torch.float32, show_progress=False)
+        assert "gguf_conversion_finished" in _events(first_logs)
+        assert is_converted(converted)
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+        probe = torch.tensor([[2, 10, 20, 30, 40]])
+        with torch.inference_mode():
+            expected = tiny_gguf_model(seed=0)(probe).logits
+            assert torch.allclose(loaded(probe).logits, expected, atol=1e-5)
+        with capture_logs() as second_logs:
+            again = ensure_converted(gguf_path, cache_dir, torch.float32, show_progress=False)
+        assert again == converted
+        assert _events(second_logs) == ["gguf_conversion_reused"]
+        assert [p.name for p in cache_dir.iterdir()] == [converted.name], "no staging left over"
+
+    def test_changed_file_is_converted_again(self, tmp_path: Path) -> None:
+        """A GGUF with different contents at the same path gets its own conversion."""
+        gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf", seed=0)
+        cache_dir = tmp_path / "cache"
+        first = ensure_converted(gguf_path, cache_dir, torch.float32, show_progress=False)
+        write_tiny_gguf(gguf_path, seed=1)
+        with capture_logs() as logs:
+            second = ensure_converted(gguf_path, cache_dir, torch.float32, show_progress=False)
+        assert second != first
+        assert "gguf_conversion_started" in _events(logs)
+        assert is_converted(first) and is_converted(second)
+
+
+class TestGgufThroughEngine:
+    async def test_engine_serves_gguf_file_entry(self, tmp_path: Path) -> None:
+        """A catalog entry with a gguf_file source loads through conversion and streams."""
+        gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf")
+        catalog_path = tmp_path / "catalog.toml"
+        catalog_path.write_text(
+            f"""
+[[models]]
+id = "tiny-gguf"
+source = {{ kind = "gguf_file", path = "{gguf_path}" }}
+dtype = "float32"
+device = "cpu"
+context_limit_tokens = 256
+max_new_tokens_cap = 16
+price = {{ per_message_credits = 0, prompt_credits_per_1k_tokens = 0, \
+completion_credits_per_1k_tokens = 0 }}
+""",
+            encoding="utf-8",
+        )
+        settings = InferenceSettings(cache_dir=tmp_path / "cache")
+        engine = Engine(load_catalog(catalog_path, environ={}), settings)
+        try:
+            _, finished = await collect(engine.stream(request("tiny-gguf", "hello", 6)))
+            assert finished.model_id_answered == "tiny-gguf"
+            assert 1 <= finished.completion_tokens <= 6
+            loaded = engine.loaded_model("tiny-gguf")
+            assert loaded is not None and loaded.weights_dir.parent == tmp_path / "cache"
+        finally:
+            await engine.close()
