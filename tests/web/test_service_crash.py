@@ -1,0 +1,153 @@
+"""A server process killed with SIGKILL in the middle of a stream leaves its hold behind; after
+a restart the sweeper releases it once it expires, no credit is lost and the audit is clean."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from web_testing import free_port, signed_in, sse_events
+
+from conftest import FAST_HASHING, TINY, TINY_CAP
+from ledger import Ledger
+
+pytestmark = pytest.mark.slow
+
+HOLD_TTL_S = 3
+READY_TIMEOUT_S = 120.0
+
+
+class ServerProcess:
+    """`python -m web.cli serve` in a child process."""
+
+    def __init__(self, environ: dict[str, str], port: int, log_path: Path) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "web.cli", "serve", "--port", str(port)],
+            env=environ,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def wait_ready(self) -> None:
+        async with (
+            httpx.AsyncClient(base_url=self.base_url) as client,
+            asyncio.timeout(READY_TIMEOUT_S),
+        ):
+            while True:
+                assert self.process.poll() is None, "server exited during start"
+                try:
+                    if (await client.get("/ready")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        self._log.close()
+
+
+@pytest.fixture
+def server_environ(sqlite_url: str, web_catalog: Path, tmp_path: Path) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LEDGERCHAT_")},
+        "LEDGERCHAT_DATABASE_URL": sqlite_url,
+        "LEDGERCHAT_DATA_DIR": str(tmp_path / "data"),
+        "LEDGERCHAT_CATALOG": str(web_catalog),
+        "LEDGERCHAT_CHAT_DEFAULT_MODEL": TINY,
+        "LEDGERCHAT_INFERENCE_CACHE_DIR": str(tmp_path / "model-cache"),
+        "LEDGERCHAT_AUTH_JWT_SECRET": "crash-test-secret-long-enough-for-hs256",
+        "LEDGERCHAT_UI_ENABLED": "false",
+        "LEDGERCHAT_BILLING_HOLD_TTL_S": str(HOLD_TTL_S),
+        "LEDGERCHAT_BILLING_SWEEP_INTERVAL_S": "0.5",
+        "LEDGERCHAT_LEDGER_AUDIT_EXPIRED_HOLD_GRACE_S": "60",
+        **FAST_HASHING,
+    }
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+class TestCrashRecovery:
+    async def test_sigkill_mid_stream_then_restart(
+        self, server_environ, processes, sqlite_url, tmp_path
+    ):
+        """SIGKILL during a stream: the hold survives the crash, the restarted server's
+        sweeper releases it after expiry (reason `expired`), and the audit is clean."""
+        port = free_port()
+        first = ServerProcess(server_environ, port, tmp_path / "server.log")
+        processes.append(first)
+        await first.wait_ready()
+        async with httpx.AsyncClient(base_url=first.base_url, timeout=60) as client:
+            headers = await signed_in(client, "crash")
+            async with client.stream(
+                "POST",
+                "/api/chat",
+                json={"message": "go on", "sampling": {"max_tokens": TINY_CAP}},
+                headers=headers,
+            ) as response:
+                assert response.status_code == 200
+                async for event in sse_events(response):
+                    if event.event == "delta":
+                        first.kill()
+                        break
+
+        ledger = await Ledger.open(sqlite_url, run_sweeper=False)
+        try:
+            account_id = await ledger.open_account("user:1")  # idempotent: the user's account
+            crashed = await ledger.balance(account_id)
+        finally:
+            await ledger.close()
+        assert crashed.held > 0, "the killed process had a hold in flight"
+
+        second = ServerProcess(server_environ, port, tmp_path / "server.log")
+        processes.append(second)
+        await second.wait_ready()
+        async with httpx.AsyncClient(base_url=second.base_url, timeout=60) as client:
+            login = await client.post(
+                "/api/auth/login", json={"username": "crash", "password": "correct horse 42"}
+            )
+            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            async with asyncio.timeout(HOLD_TTL_S + 30):
+                while True:
+                    balance = (await client.get("/api/balance", headers=headers)).json()
+                    if balance["held"] == 0:
+                        break
+                    await asyncio.sleep(0.25)
+            assert balance["posted"] == crashed.posted
+            rows = (await client.get("/api/transactions", headers=headers)).json()["transactions"]
+            assert rows[0]["type"] == "hold_released"
+            assert rows[0]["reason"] == "expired"
+        second.stop()
+
+        ledger = await Ledger.open(sqlite_url, run_sweeper=False)
+        try:
+            report = await ledger.audit()
+        finally:
+            await ledger.close()
+        assert report.clean, report.to_dict()["violations"]
