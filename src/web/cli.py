@@ -30,7 +30,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ledgerchat", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(
+        prog="ledgerchat",
+        description="Self-hosted chat for Gemma 3 models, paid for from a credit ledger.",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     bench = subparsers.add_parser("bench", help="run a benchmark and print its figures")
     bench_subparsers = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
