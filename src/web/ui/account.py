@@ -96,11 +96,11 @@ class AccountActions:
 
     async def overview(self, session: UISession) -> tuple[Any, ...]:
         """Everything on the page, first history page. Returns (badge, cards, history,
-        page label, credits plot, tokens plot, keys, notice)."""
+        page label, credits plot, tokens plot, key table, revoke choices, notice)."""
         try:
             caller = await self._identity(session)
         except SessionEnded as ended:
-            return (*([gr.skip()] * 7), notice_html("error", ended.message))
+            return (*([gr.skip()] * 8), notice_html("error", ended.message))
         session.history_cursors = [None]
         balance = await self._services.billing.balance(caller)
         history, page_label = await self._history_page(caller, session, 0)
@@ -112,7 +112,7 @@ class AccountActions:
             page_label,
             credits,
             tokens,
-            await self._key_rows(caller),
+            *await self._keys(caller),
             notice_html("info", ""),
         )
 
@@ -154,9 +154,13 @@ class AccountActions:
         path.write_text(text, encoding="utf-8")
         return gr.update(value=str(path), visible=True), notice_html("success", "CSV ready.")
 
-    async def _key_rows(self, caller: Identity) -> list[list[Any]]:
+    async def _keys(self, caller: Identity) -> tuple[list[list[Any]], Any]:
+        """The key table and the revoke selector's choices (active keys only)."""
         keys = await self._services.api_keys.list(caller)
-        return [
+        choices = [
+            (f"{key.name} ({key.prefix}…)", key.id) for key in keys if key.revoked_at is None
+        ]
+        rows = [
             [
                 key.id,
                 key.name,
@@ -167,38 +171,39 @@ class AccountActions:
             ]
             for key in keys
         ]
+        return rows, gr.update(choices=choices, value=None)
 
     async def create_key(self, session: UISession, name: str) -> tuple[Any, ...]:
-        """Returns (secret box, key table, notice); the secret is never shown again."""
+        """Returns (secret box, key table, revoke choices, notice); the secret is shown once."""
         try:
             caller = await self._identity(session)
             created = await self._services.api_keys.create(caller, name.strip() or "default")
         except SessionEnded as ended:
-            return gr.skip(), gr.skip(), notice_html("error", ended.message)
+            return gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
         except ServiceError as error:
-            return gr.skip(), gr.skip(), notice_html("error", error.message)
+            return gr.skip(), gr.skip(), gr.skip(), notice_html("error", error.message)
         return (
             gr.update(value=created.secret, visible=True),
-            await self._key_rows(caller),
+            *await self._keys(caller),
             notice_html(
                 "success",
                 f"Key {created.key.name!r} created. Copy it now: it is shown only this once.",
             ),
         )
 
-    async def revoke_key(self, session: UISession, key_id: Any) -> tuple[Any, str]:
-        """Returns (key table, notice)."""
+    async def revoke_key(self, session: UISession, key_id: Any) -> tuple[Any, Any, str]:
+        """Returns (key table, revoke choices, notice)."""
+        if key_id in (None, ""):
+            return gr.skip(), gr.skip(), notice_html("error", "Choose the key to revoke.")
         try:
             caller = await self._identity(session)
-            number = int(key_id)
-            await self._services.api_keys.revoke(caller, number)
+            revoked = await self._services.api_keys.revoke(caller, int(key_id))
         except SessionEnded as ended:
-            return gr.skip(), notice_html("error", ended.message)
-        except (TypeError, ValueError):
-            return gr.skip(), notice_html("error", "Enter the id of the key to revoke.")
+            return gr.skip(), gr.skip(), notice_html("error", ended.message)
         except ServiceError as error:
-            return gr.skip(), notice_html("error", error.message)
-        return await self._key_rows(caller), notice_html("success", f"Key {number} revoked.")
+            return gr.skip(), gr.skip(), notice_html("error", error.message)
+        rows, choices = await self._keys(caller)
+        return rows, choices, notice_html("success", f"Key {revoked.name!r} revoked.")
 
 
 def audit_html(clean: bool, report: dict[str, Any]) -> str:

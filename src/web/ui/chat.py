@@ -5,6 +5,7 @@ chat service; this module turns its events and errors into what the page shows.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -30,6 +31,7 @@ from web.errors import (
     CreditsExhausted,
     NotFound,
     RateLimited,
+    RequestInProgress,
     ServiceError,
     ShuttingDown,
     ValidationFailed,
@@ -51,6 +53,9 @@ from web.ui.text import (
 TEMPERATURE_MIN = 0.0
 TEMPERATURE_MAX = 2.0
 MAX_TOKENS_MIN = 1
+# How long a stopped reply waits for its settlement to be stored: 100 x 0.05 s = 5 s.
+STOPPED_OUTCOME_ATTEMPTS = 100
+STOPPED_OUTCOME_POLL_S = 0.05
 
 ChatHistory = list[dict[str, str]]
 
@@ -163,6 +168,9 @@ class ChatTurn:
 
     def render(self) -> ChatHistory:
         content = escape_chat_markdown(self.reply_text)
+        if self.footer and content.count("```") % 2 == 1:
+            # A reply cut inside a code block: close it so the cost line is not code.
+            content += "\n```"
         if self.footer:
             content = f"{content}\n\n{self.footer}" if content else self.footer
         return [*self.history, {"role": "assistant", "content": content}]
@@ -252,7 +260,7 @@ class ChatActions:
             yield (
                 turn.render(),
                 gr.skip(),
-                notice_html("error", "The reply ended without a result."),
+                notice_html("warning", "The reply ended; its cost will show in your history."),
                 await self._balance(caller),
                 conversation_id,
             )
@@ -279,13 +287,21 @@ class ChatActions:
     async def _stored_outcome(
         self, caller: Identity, chat_input: ChatInput
     ) -> ChatCompleted | None:
-        replay = await self._services.chat.prepare(caller, chat_input)
-        outcome: ChatCompleted | None = None
-        async with aclosing(_generator(replay.events())) as events:
-            async for event in events:
-                if isinstance(event, ChatCompleted):
-                    outcome = event
-        return outcome
+        """The settled outcome of a stopped chat, replayed through its Idempotency-Key. The
+        settlement may still be running when the stream is closed, so wait for it, briefly."""
+        for _ in range(STOPPED_OUTCOME_ATTEMPTS):
+            try:
+                replay = await self._services.chat.prepare(caller, chat_input)
+            except RequestInProgress:
+                await asyncio.sleep(STOPPED_OUTCOME_POLL_S)
+                continue
+            outcome: ChatCompleted | None = None
+            async with aclosing(_generator(replay.events())) as events:
+                async for event in events:
+                    if isinstance(event, ChatCompleted):
+                        outcome = event
+            return outcome
+        return None
 
     async def _balance(self, caller: Identity) -> str:
         balance = await self._services.chat.balance(caller)

@@ -282,8 +282,8 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
                         headers=KEY_COLUMNS, interactive=False, elem_id="keys-table"
                     )
                     with gr.Row(equal_height=True):
-                        revoke_id = gr.Number(
-                            label="Key id to revoke", precision=0, elem_id="revoke-id", scale=3
+                        revoke_choice = gr.Dropdown(
+                            choices=[], label="Key to revoke", elem_id="revoke-choice", scale=3
                         )
                         revoke_button = gr.Button(
                             "Revoke", variant="stop", elem_id="revoke-key", scale=1
@@ -329,6 +329,7 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
             credits_plot,
             tokens_plot,
             keys_table,
+            revoke_choice,
             account_notice,
         ]
 
@@ -447,10 +448,14 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
         )
         exported = csv_button.click(account.export_csv, [session], [csv_file, account_notice])
         key_created = create_key_button.click(
-            account.create_key, [session, key_name], [key_secret, keys_table, account_notice]
+            account.create_key,
+            [session, key_name],
+            [key_secret, keys_table, revoke_choice, account_notice],
         )
         key_revoked = revoke_button.click(
-            account.revoke_key, [session, revoke_id], [keys_table, account_notice]
+            account.revoke_key,
+            [session, revoke_choice],
+            [keys_table, revoke_choice, account_notice],
         )
 
         # -- admin -------------------------------------------------------------------------

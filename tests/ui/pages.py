@@ -1,0 +1,126 @@
+"""Page helpers for the browser tests: how to reach each control of the ledgerchat page by the
+element ids `web.ui.page` gives them, and how to read back what the page shows."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from playwright.sync_api import Locator, Page, expect
+
+REPLY_TIMEOUT_MS = 120_000
+FOOTER_PATTERN = re.compile(
+    r"(?P<cost>[\d,]+) credits? · (?P<prompt>\d+) prompt \+ (?P<completion>\d+) reply tokens"
+)
+
+
+def field(page: Page, elem_id: str) -> Locator:
+    """The text input inside a Gradio Textbox/Number (a textarea, or an input for passwords)."""
+    return page.locator(f"#{elem_id}").locator("textarea, input").first
+
+
+def open_home(page: Page) -> None:
+    page.goto("/")
+    expect(page.locator("#login-button")).to_be_visible()
+
+
+def register(page: Page, username: str, email: str, password: str, confirm: str) -> None:
+    page.get_by_role("tab", name="Create account").click()
+    field(page, "register-username").fill(username)
+    field(page, "register-email").fill(email)
+    field(page, "register-password").fill(password)
+    field(page, "register-confirm").fill(confirm)
+    page.locator("#register-button").click()
+
+
+def login(page: Page, username: str, password: str) -> None:
+    page.get_by_role("tab", name="Sign in").click()
+    field(page, "login-username").fill(username)
+    field(page, "login-password").fill(password)
+    page.locator("#login-button").click()
+    expect(page.locator("#chat-input")).to_be_visible()
+    expect(page.locator("#lc-balance [data-available]")).to_be_visible()
+
+
+def sign_up_and_in(page: Page, username: str, password: str) -> None:
+    open_home(page)
+    register(page, username, f"{username}@example.com", password, password)
+    expect(page.locator("#login-notice")).to_contain_text("Account created")
+    login(page, username, password)
+
+
+def available_balance(page: Page) -> int:
+    return int(page.locator("#lc-balance [data-available]").get_attribute("data-available") or "")
+
+
+def set_sampling(page: Page, temperature: float, max_tokens: int) -> None:
+    accordion = page.locator("#sampling")
+    if not field(page, "temperature").is_visible():
+        accordion.get_by_text("Sampling settings").click()
+    field(page, "temperature").fill(str(temperature))
+    field(page, "temperature").press("Enter")
+    field(page, "max-tokens").fill(str(max_tokens))
+    field(page, "max-tokens").press("Enter")
+
+
+def choose_model(page: Page, label_start: str) -> None:
+    page.locator("#model-select input").click()
+    page.locator('[data-testid="dropdown-option"]', has_text=label_start).first.click()
+
+
+def send(page: Page, message: str) -> None:
+    field(page, "chat-input").fill(message)
+    page.locator("#send-button").click()
+
+
+def user_messages(page: Page) -> Locator:
+    return page.locator('#chatbot [data-testid="user"]')
+
+
+def bot_messages(page: Page) -> Locator:
+    return page.locator('#chatbot [data-testid="bot"]')
+
+
+def wait_for_footer(page: Page) -> dict[str, int]:
+    """Wait until the last reply carries its cost line; return cost and token counts."""
+    last = bot_messages(page).last
+    expect(last).to_contain_text("reply tokens", timeout=REPLY_TIMEOUT_MS)
+    match = FOOTER_PATTERN.search(last.inner_text())
+    assert match is not None, f"no cost line in {last.inner_text()!r}"
+    return {
+        "cost": int(match["cost"].replace(",", "")),
+        "prompt": int(match["prompt"]),
+        "completion": int(match["completion"]),
+    }
+
+
+def reply_lengths_while_streaming(page: Page, timeout_s: float) -> list[int]:
+    """Lengths of the last reply's text sampled until its cost line appears."""
+    lengths: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    last = bot_messages(page).last
+    while time.monotonic() < deadline:
+        if bot_messages(page).count():
+            text = last.inner_text()
+            if "reply tokens" in text:
+                break
+            lengths.append(len(text))
+        time.sleep(0.05)
+    return lengths
+
+
+def open_account(page: Page) -> None:
+    page.get_by_role("tab", name="Account").click()
+    expect(page.locator("#balance-cards [data-value]").first).to_be_visible()
+
+
+def history_rows(page: Page) -> list[list[str]]:
+    rows: list[list[str]] = page.locator("#history-table tbody tr").evaluate_all(
+        "rows => rows.map(r => Array.from(r.querySelectorAll('td')).map(c => c.textContent.trim()))"
+    )
+    return rows
+
+
+def evaluate(page: Page, script: str) -> Any:
+    return page.evaluate(script)
