@@ -30,6 +30,7 @@ from web.domain.system.controllers import health, metrics_endpoint, ready
 from web.exception_handlers import EXCEPTION_HANDLERS
 from web.logging import configure_logging, get_logger
 from web.middleware import RequestContextMiddleware
+from web.openapi import document_errors
 from web.services import Services
 from web.settings import Settings, load_settings
 
@@ -108,4 +109,6 @@ def create_app(
         ),
         debug=False,
     )
-    return Litestar.from_config(config)
+    app = Litestar.from_config(config)
+    document_errors(app.openapi_schema)
+    return app

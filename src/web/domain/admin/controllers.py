@@ -6,12 +6,13 @@ from typing import Annotated
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import HeaderParameter, JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from web.auth import ADMIN_DEPENDENCY, SECURITY
 from web.domain.accounts.schemas import Identity
 from web.domain.admin.schemas import AuditResult, TopUpRequest, TopUpResult, UserWithBalance
+from web.params import RowId
 from web.services import Services
 
 
@@ -26,7 +27,7 @@ class AdminController(Controller):
         self,
         admin: NamedDependency[Identity],
         services: NamedDependency[Services],
-        user_id: FromPath[int],
+        user_id: RowId,
         data: JSONBody[TopUpRequest],
         idempotency_key: Annotated[
             str, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200)

@@ -9,7 +9,7 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
@@ -27,6 +27,7 @@ from web.domain.chat.schemas import (
 from web.domain.chat.services import ChatInput, PreparedChat
 from web.exception_handlers import error_body
 from web.logging import get_logger
+from web.params import ConversationId
 from web.services import Services
 
 log = get_logger(__name__)
@@ -141,7 +142,7 @@ class ConversationsController(Controller):
         self,
         identity: NamedDependency[Identity],
         services: NamedDependency[Services],
-        conversation_id: FromPath[str],
+        conversation_id: ConversationId,
     ) -> ConversationDetail:
         return await services.conversations.get(identity, conversation_id)
 
@@ -150,7 +151,7 @@ class ConversationsController(Controller):
         self,
         identity: NamedDependency[Identity],
         services: NamedDependency[Services],
-        conversation_id: FromPath[str],
+        conversation_id: ConversationId,
         data: JSONBody[RenameConversationRequest],
     ) -> ConversationView:
         return await services.conversations.rename(identity, conversation_id, data.title)
@@ -160,6 +161,6 @@ class ConversationsController(Controller):
         self,
         identity: NamedDependency[Identity],
         services: NamedDependency[Services],
-        conversation_id: FromPath[str],
+        conversation_id: ConversationId,
     ) -> None:
         await services.conversations.delete(identity, conversation_id)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from web.auth import IDENTITY_DEPENDENCY, SECURITY
 from web.domain.accounts.schemas import Identity
 from web.domain.keys.schemas import ApiKeyView, CreatedApiKey, CreateKeyRequest
+from web.params import RowId
 from web.services import Services
 
 
@@ -40,7 +41,7 @@ class ApiKeysController(Controller):
         self,
         identity: NamedDependency[Identity],
         services: NamedDependency[Services],
-        key_id: FromPath[int],
+        key_id: RowId,
     ) -> ApiKeyView:
         """Revoke a key; it stops working at once."""
         return await services.api_keys.revoke(identity, key_id)
