@@ -49,3 +49,9 @@ MODEL_AVAILABLE = Gauge(
 )
 PROCESS_RSS_BYTES = Gauge("ledgerchat_process_resident_memory_bytes", "Resident set size.")
 HOLDS_SWEPT = Counter("ledgerchat_holds_swept_total", "Expired holds released by the sweeper.")
+BILLING_OVERHEAD_S = Histogram(
+    "ledgerchat_billing_overhead_seconds",
+    "Time one chat request spends on billing: idempotency claim, hold, capture or release, "
+    "balance and history writes.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

@@ -17,6 +17,7 @@ The settlement runs shielded from cancellation, so a cancelled response task sti
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -65,6 +66,7 @@ from web.tables import ChatRequestRow, ModelInteractionRow, utc_now
 
 log = get_logger(__name__)
 
+BILLING_SAMPLES_KEPT = 10_000
 STATUS_STARTED = "started"
 STATUS_DONE = "done"
 
@@ -109,6 +111,8 @@ class _Generation:
     stream: AsyncIterator[TextDelta | Finished]
     first_event: TextDelta | Finished
     started_at: float
+    billing_s: float = 0.0
+    """Time spent on billing (claim, hold, capture or release, balance, records)."""
 
 
 def _replay_events(stored: dict[str, Any]) -> list[ChatEvent]:
@@ -191,6 +195,10 @@ class ChatService:
         self._active: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.billing_overhead_ms: collections.deque[float] = collections.deque(
+            maxlen=BILLING_SAMPLES_KEPT
+        )
+        """Billing time of recent requests (for `ledgerchat bench service`)."""
         # Settlements run as tasks so cancellation of the response cannot interrupt them.
         self._settlements: set[asyncio.Task[Any]] = set()
 
@@ -230,15 +238,18 @@ class ChatService:
         self._validate(chat_input)
         model = self.find_model(chat_input.model_id)
         key = chat_input.idempotency_key or f"auto-{uuid.uuid4()}"
+        claim_started = time.perf_counter()
         claimed = await self._claim(identity, key, chat_input.fingerprint())
         if isinstance(claimed, list):
             return PreparedChat(self, None, replay=claimed)
         request_id = claimed
+        claim_s = time.perf_counter() - claim_started
         try:
             generation = await self._start(identity, chat_input, model, request_id, key)
         except BaseException:
             await self._unclaim(request_id)
             raise
+        generation.billing_s += claim_s
         return PreparedChat(self, generation)
 
     def _validate(self, chat_input: ChatInput) -> None:
@@ -360,6 +371,7 @@ class ChatService:
         hold_credits = cost_credits(
             model.price, estimate.prompt_tokens, estimate.max_completion_tokens
         )
+        hold_started = time.perf_counter()
         try:
             async with counted("place_hold"):
                 receipt = await self._ledger.place_hold(
@@ -379,6 +391,7 @@ class ChatService:
                 price=price_as_dict(model.price),
             ) from exc
         metrics.ACTIVE_HOLDS.inc()
+        hold_s = time.perf_counter() - hold_started
         hold_id = str(receipt.hold_id)
         started_at = time.monotonic()
         stream = aiter(self._engine.stream(request))
@@ -396,6 +409,7 @@ class ChatService:
             stream=stream,
             first_event=TextDelta(text=""),
             started_at=started_at,
+            billing_s=hold_s,
         )
         try:
             # Waiting for the first event lets an engine refusal (busy, unavailable) become an
@@ -516,6 +530,7 @@ class ChatService:
             release_reason = "failed" if finish_reason == "error" else "timeout"
         elif finish_reason == "cancelled":
             release_reason = "cancelled" if self._closing else "aborted"
+        settle_started = time.perf_counter()
         cost = 0
         settlement: SettlementKind = "released"
         if release_reason is None:
@@ -551,6 +566,9 @@ class ChatService:
             release_reason=release_reason if cost == 0 else None,
         )
         await self._record(generation, text, done, int(elapsed_s * 1000))
+        billing_s = generation.billing_s + time.perf_counter() - settle_started
+        metrics.BILLING_OVERHEAD_S.observe(billing_s)
+        self.billing_overhead_ms.append(billing_s * 1000)
         log.info(
             "chat_settled",
             request_id=generation.request_id,

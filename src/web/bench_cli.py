@@ -1,0 +1,245 @@
+"""`ledgerchat bench service`: throughput and billing overhead of the whole service.
+
+Runs the real app under uvicorn on a free port with a scratch SQLite database (or `--db`) and
+measures, in one run:
+- `engine_tok_s` and `sse_tok_s`: the same greedy request run directly on the engine and
+  through POST /api/chat (Server-Sent Events, billed), alternating, median of `--repeats`;
+  tokens / wall time from the call to the final event in both cases;
+- `billing_overhead_ms_p50` / `_p99`: per chat request, the time spent on the idempotency
+  claim, the hold, the capture, the balance read and the history writes (measured inside the
+  chat service over `--billing-requests` one-token chats);
+- `aggregate_tok_s_8_users`: 8 users chatting at once through HTTP, total completion tokens
+  / wall time.
+Prints a table, then one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from inference import ChatMessage, Finished, GenerationRequest, SamplingParams
+from web.commands import free_port
+from web.domain.admin.services import INTERNAL_ADMIN
+from web.services import Services
+from web.settings import load_settings
+
+BENCH_PASSWORD = "bench password 1"
+BENCH_PROMPT = "Write a short story about a lighthouse keeper and the sea."
+CONCURRENT_USERS = 8
+BENCH_CREDITS = 1_000_000
+
+
+def register_bench(bench_subparsers: Any) -> None:
+    parser = bench_subparsers.add_parser(
+        "service",
+        help="SSE vs engine tokens/s, billing overhead, 8-user aggregate through HTTP",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
+    parser.add_argument("--model", help="model id (default: the configured default model)")
+    parser.add_argument("--catalog", type=Path, help="catalog file (LEDGERCHAT_CATALOG)")
+    parser.add_argument("--db", help="database URL (default: a scratch SQLite file)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="completion tokens per stream")
+    parser.add_argument("--repeats", type=int, default=3, help="single-stream runs of each kind")
+    parser.add_argument("--billing-requests", type=int, default=50, help="one-token chats timed")
+    parser.set_defaults(handler=bench_service)
+
+
+def bench_service(args: argparse.Namespace) -> int:
+    for name in ("max_tokens", "repeats", "billing_requests"):
+        if getattr(args, name) < 1:
+            print(f"ledgerchat bench service: --{name.replace('_', '-')} must be >= 1")
+            return 2
+    with tempfile.TemporaryDirectory(prefix="ledgerchat-bench-") as scratch:
+        results = asyncio.run(_run(args, Path(scratch)))
+    _print_table(results)
+    print(json.dumps(results, sort_keys=True))
+    return 0
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def _run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    import uvicorn
+
+    from web.app import create_app
+
+    settings = load_settings()
+    settings = dataclasses.replace(
+        settings,
+        database=dataclasses.replace(
+            settings.database, url=args.db or f"sqlite+aiosqlite:///{scratch / 'bench.db'}"
+        ),
+        server=dataclasses.replace(settings.server, ui_enabled=False, log_level="warning"),
+        models=dataclasses.replace(
+            settings.models, catalog=str(args.catalog) if args.catalog else settings.models.catalog
+        ),
+        chat=dataclasses.replace(
+            settings.chat, max_max_tokens=max(args.max_tokens, settings.chat.max_max_tokens)
+        ),
+        rate_limit=dataclasses.replace(
+            settings.rate_limit,
+            per_address_per_minute=1_000_000,
+            per_user_per_minute=1_000_000,
+            chat_per_user_per_minute=1_000_000,
+        ),
+    )
+    model_id = args.model or settings.chat.default_model
+    app = create_app(settings)
+    services: Services = app.state.services
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.05)
+        load_started = time.perf_counter()
+        await services.engine.load(model_id)
+        load_s = time.perf_counter() - load_started
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+            users = [
+                await _bench_user(client, services, f"bench{i}") for i in range(CONCURRENT_USERS)
+            ]
+            results = await _measure(args, services, client, users, model_id)
+        results["model"] = model_id
+        results["model_load_s"] = round(load_s, 2)
+        return results
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def _bench_user(client: httpx.AsyncClient, services: Services, name: str) -> dict[str, str]:
+    await client.post(
+        "/api/auth/register",
+        json={"username": name, "email": f"{name}@bench.invalid", "password": BENCH_PASSWORD},
+    )
+    user = await services.accounts.find_user(name)
+    await services.admin.top_up(
+        INTERNAL_ADMIN, user.id, BENCH_CREDITS, idempotency_key=f"bench-{name}", note="bench"
+    )
+    tokens = (
+        await client.post("/api/auth/login", json={"username": name, "password": BENCH_PASSWORD})
+    ).json()
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+async def _engine_stream(services: Services, model_id: str, max_tokens: int) -> tuple[int, float]:
+    request = GenerationRequest(
+        model_id=model_id,
+        messages=(ChatMessage(role="user", content=BENCH_PROMPT),),
+        sampling=SamplingParams(temperature=0.0, max_new_tokens=max_tokens),
+    )
+    started = time.perf_counter()
+    tokens = 0
+    async for event in services.engine.stream(request):
+        if isinstance(event, Finished):
+            tokens = event.completion_tokens
+    return tokens, time.perf_counter() - started
+
+
+async def _sse_stream(
+    client: httpx.AsyncClient, headers: dict[str, str], model_id: str, max_tokens: int
+) -> tuple[int, float]:
+    body = {
+        "message": BENCH_PROMPT,
+        "model": model_id,
+        "sampling": {"temperature": 0.0, "max_tokens": max_tokens},
+    }
+    started = time.perf_counter()
+    done: dict[str, Any] = {}
+    async with client.stream("POST", "/api/chat", json=body, headers=headers) as response:
+        if response.status_code != 200:
+            await response.aread()
+            raise RuntimeError(f"/api/chat answered {response.status_code}: {response.text}")
+        event = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "done":
+                done = json.loads(line[5:])
+    return int(done.get("completion_tokens", 0)), time.perf_counter() - started
+
+
+async def _measure(
+    args: argparse.Namespace,
+    services: Services,
+    client: httpx.AsyncClient,
+    users: list[dict[str, str]],
+    model_id: str,
+) -> dict[str, Any]:
+    # Warm-up: the first generation pays one-off costs (allocations, kernels).
+    await _engine_stream(services, model_id, min(8, args.max_tokens))
+    engine_rates: list[float] = []
+    sse_rates: list[float] = []
+    for _ in range(args.repeats):
+        tokens, seconds = await _engine_stream(services, model_id, args.max_tokens)
+        engine_rates.append(tokens / seconds)
+        tokens, seconds = await _sse_stream(client, users[0], model_id, args.max_tokens)
+        sse_rates.append(tokens / seconds)
+
+    services.chat.billing_overhead_ms.clear()
+    for _ in range(args.billing_requests):
+        await _sse_stream(client, users[0], model_id, 1)
+    billing = list(services.chat.billing_overhead_ms)
+
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(
+        *(_sse_stream(client, headers, model_id, args.max_tokens) for headers in users)
+    )
+    aggregate_s = time.perf_counter() - started
+    aggregate_tokens = sum(tokens for tokens, _ in outcomes)
+
+    engine_tok_s = statistics.median(engine_rates)
+    sse_tok_s = statistics.median(sse_rates)
+    return {
+        "engine_tok_s": round(engine_tok_s, 2),
+        "sse_tok_s": round(sse_tok_s, 2),
+        "sse_to_engine_ratio": round(sse_tok_s / engine_tok_s, 3),
+        "billing_overhead_ms_p50": round(_percentile(billing, 0.5), 2),
+        "billing_overhead_ms_p99": round(_percentile(billing, 0.99), 2),
+        "billing_samples": len(billing),
+        "aggregate_tok_s_8_users": round(aggregate_tokens / aggregate_s, 2),
+        "aggregate_tokens_8_users": aggregate_tokens,
+        "max_tokens": args.max_tokens,
+        "repeats": args.repeats,
+        "database": "postgresql" if (args.db or "").startswith("postgresql") else "sqlite",
+    }
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ledgerchat bench service ({results['model']})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("engine tokens/s (single stream, direct)", results["engine_tok_s"]),
+        ("SSE tokens/s (same request via /api/chat)", results["sse_tok_s"]),
+        ("SSE / engine", results["sse_to_engine_ratio"]),
+        ("billing overhead p50 (ms per chat)", results["billing_overhead_ms_p50"]),
+        ("billing overhead p99 (ms per chat)", results["billing_overhead_ms_p99"]),
+        ("aggregate tokens/s, 8 users via HTTP", results["aggregate_tok_s_8_users"]),
+        ("model load (s)", results["model_load_s"]),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
