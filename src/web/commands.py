@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from web.domain.admin.services import INTERNAL_ADMIN
 from web.errors import ServiceError
+from web.logging import configure_logging
 from web.services import Services
 from web.settings import Settings, SettingsError, load_settings
 
@@ -50,10 +51,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _run_with_services(args: argparse.Namespace, work: Callable[[Services], Awaitable[T]]) -> T:
+    settings = settings_from_args(args)
+    # Logs go to stderr as JSON so that stdout carries only the command's answer (a key
+    # secret can be piped).
+    configure_logging(settings.server.log_level)
+
     async def main() -> T:
-        services = Services(
-            settings_from_args(args), start_engine=False, start_background_jobs=False
-        )
+        services = Services(settings, start_engine=False, start_background_jobs=False)
         await services.start()
         try:
             return await work(services)
@@ -88,14 +92,27 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     app = create_app(settings)
-    uvicorn.run(
+    services: Services = app.state.services
+
+    class GracefulServer(uvicorn.Server):
+        """Marks the chat service as shutting down the moment a signal arrives: new chats get
+        503, and streams still running when uvicorn's grace period ends are released in full
+        (reason `cancelled`) rather than billed as a client disconnect."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if services.started:
+                services.chat.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         app,
         host=settings.server.host,
         port=settings.server.port,
         log_config=None,  # our structlog configuration stays in charge
         access_log=False,
-        timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) + 5,
+        timeout_graceful_shutdown=max(1, int(settings.server.shutdown_grace_s)),
     )
+    GracefulServer(config).run()
     return 0
 
 

@@ -4,6 +4,7 @@ a restart the sweeper releases it once it expires, no credit is lost and the aud
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -151,3 +152,44 @@ class TestCrashRecovery:
         finally:
             await ledger.close()
         assert report.clean, report.to_dict()["violations"]
+
+
+class TestGracefulShutdown:
+    async def test_sigterm_mid_stream_releases_the_hold(
+        self, server_environ, processes, sqlite_url, tmp_path
+    ):
+        """SIGTERM while a long stream runs: after the grace period the stream is cut, its hold
+        is released in full with reason `cancelled`, the process shuts down cleanly, and no credit moved."""
+        environ = {**server_environ, "LEDGERCHAT_SHUTDOWN_GRACE_S": "1"}
+        server = ServerProcess(environ, free_port(), tmp_path / "server.log")
+        processes.append(server)
+        await server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            headers = await signed_in(client, "graceful")
+            async with client.stream(
+                "POST",
+                "/api/chat",
+                json={"message": "go on", "sampling": {"max_tokens": TINY_CAP}},
+                headers=headers,
+            ) as response:
+                with contextlib.suppress(httpx.HTTPError):
+                    async for event in sse_events(response):
+                        if event.event == "delta":
+                            server.process.send_signal(signal.SIGTERM)
+                            break
+        # uvicorn re-raises the signal after its graceful shutdown, so the status is -SIGTERM.
+        assert await asyncio.to_thread(server.process.wait, 60) in (0, -signal.SIGTERM)
+        assert b"services_closed" in (tmp_path / "server.log").read_bytes()
+
+        ledger = await Ledger.open(sqlite_url, run_sweeper=False)
+        try:
+            account_id = await ledger.open_account("user:1")
+            balance = await ledger.balance(account_id)
+            page = await ledger.history(account_id, limit=1)
+            report = await ledger.audit()
+        finally:
+            await ledger.close()
+        assert balance.held == 0
+        assert page.entries[0].event_type == "hold_released"
+        assert page.entries[0].reason == "cancelled"
+        assert report.clean
