@@ -159,7 +159,8 @@ class TestGracefulShutdown:
         self, server_environ, processes, sqlite_url, tmp_path
     ):
         """SIGTERM while a long stream runs: after the grace period the stream is cut, its hold
-        is released in full with reason `cancelled`, the process shuts down cleanly, and no credit moved."""
+        is released in full with reason `cancelled`, the process shuts down cleanly, and no
+        credit moved."""
         environ = {**server_environ, "LEDGERCHAT_SHUTDOWN_GRACE_S": "1"}
         server = ServerProcess(environ, free_port(), tmp_path / "server.log")
         processes.append(server)
