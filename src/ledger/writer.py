@@ -1,24 +1,28 @@
 """The per-process single writer: group commit of ledger commands.
 
 Callers put commands on a bounded asyncio queue and await a future. One task drains up to
-`batch_size` commands, opens one write transaction, reads the heads of the batch's accounts in
-one statement (locked on PostgreSQL), reloads any account another process has moved since it
-was cached, looks up earlier outcomes of the batch's idempotency keys in one statement, decides
-every command in order against in-memory state, writes all events/refusals/snapshots with one
-executemany per table, commits, and only then resolves the futures. Few statements per batch is
-where the speed is (aiosqlite pays a thread hop per statement). The unique constraints on
-(account_id, sequence) and (account_id, idempotency_key) are the backstop: a violation rolls the
-batch back and it is retried a bounded number of times against fresh state.
+`batch_size` commands and hands the batch to one write transaction that reads the heads of the
+batch's accounts in one statement (locked, in sorted order, on PostgreSQL), reloads any account
+another process has moved since it was cached, looks up earlier outcomes of the batch's
+idempotency keys in one statement, decides every command in order against in-memory state,
+writes all events/refusals/snapshots with one executemany per table and commits; only then are
+the futures resolved and the cache updated. Few statements per batch is where the speed is. On
+SQLite the transaction runs in the writer's own thread on a pysqlite connection (one hand-off
+per batch instead of one per statement, which is what aiosqlite costs); on PostgreSQL it runs
+through `run_sync` on the asyncpg connection. The unique constraints on (account_id, sequence)
+and (account_id, idempotency_key) are the backstop: a violation rolls the batch back and it is
+retried a bounded number of times against fresh state.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 
 from ledger.clock import Clock
 from ledger.domain import (
@@ -77,6 +81,7 @@ class _BatchContext:
 
 
 _STOP = None
+_Results = list[Outcome | LedgerError]
 
 
 class Writer:
@@ -96,6 +101,8 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.batches_committed = 0
+        # SQLite batches run here (one thread: pysqlite connections stay on it).
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
@@ -107,6 +114,7 @@ class Writer:
         await self._queue.put(_STOP)
         if self._task is not None:
             await self._task
+        self._thread.shutdown(wait=True)
         # Anything queued behind the stop marker never runs.
         while not self._queue.empty():
             pending = self._queue.get_nowait()
@@ -157,7 +165,7 @@ class Writer:
         attempt = 0
         while True:
             try:
-                results = await self._commit(batch)
+                results, states = await self._commit(batch)
                 break
             except Exception as exc:
                 for pending in batch:
@@ -177,6 +185,11 @@ class Writer:
                         pending.future.set_exception(error)
                 return
         self.batches_committed += 1
+        for account_id, state in states.items():
+            self._cache[account_id] = state
+            self._cache.move_to_end(account_id)
+        while len(self._cache) > self._settings.cache_max_accounts:
+            self._cache.popitem(last=False)
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue  # caller gave up waiting; the effect stands and a retry replays it
@@ -187,50 +200,60 @@ class Writer:
         for pending, result in zip(batch, results, strict=True):
             _log_outcome(pending.command, result)
 
-    async def _commit(self, batch: list[_Pending]) -> list[Outcome | LedgerError]:
+    async def _commit(self, batch: list[_Pending]) -> tuple[_Results, dict[str, AccountState]]:
+        """Decide and write one batch in one transaction; the cache is updated by the caller
+        only after the commit succeeded."""
+        engines = self._store.engines
+        if engines.writer_thread is not None:
+            # SQLite: the whole transaction in the writer's thread, one hand-off per batch.
+            return await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._commit_in_thread, batch
+            )
+        async with engines.write.begin() as connection:
+            return await connection.run_sync(self._decide_and_write, batch)
+
+    def _commit_in_thread(self, batch: list[_Pending]) -> tuple[_Results, dict[str, AccountState]]:
+        engine = self._store.engines.writer_thread
+        assert engine is not None
+        with engine.begin() as connection:
+            return self._decide_and_write(connection, batch)
+
+    def _decide_and_write(
+        self, connection: Connection, batch: list[_Pending]
+    ) -> tuple[_Results, dict[str, AccountState]]:
         now_us = to_us(self._clock())
         store = self._store
+        heads = store.lock_heads(connection, (p.command.account_id for p in batch))
+        states: dict[str, AccountState] = {}
+        for account_id, head in heads.items():
+            cached = self._cache.get(account_id)
+            if cached is None or (cached.sequence, cached.head_hash) != (
+                head.sequence,
+                head.head_hash,
+            ):
+                # Another process wrote (or first touch): rebuild from snapshot plus tail.
+                cached = store.load_state(connection, account_id, head.owner_id)
+                if (cached.sequence, cached.head_hash) != (head.sequence, head.head_hash):
+                    raise StorageError(f"account {account_id} head disagrees with its log")
+            states[account_id] = cached.copy()
+        keys = [
+            (p.command.account_id, p.command.idempotency_key)
+            for p in batch
+            if p.command.account_id in heads
+        ]
+        earlier = store.find_outcomes(connection, keys)
+        context = _BatchContext()
+        write = BatchWrite()
+        results: _Results = [
+            self._decide_one(connection, pending, states, heads, earlier, context, write, now_us)
+            for pending in batch
+        ]
+        store.write(connection, write)
+        return results, states
 
-        async with store.engines.write.begin() as connection:
-            heads = await store.lock_heads(connection, (p.command.account_id for p in batch))
-            states: dict[str, AccountState] = {}
-            for account_id, head in heads.items():
-                cached = self._cache.get(account_id)
-                if (
-                    cached is None
-                    or cached.sequence != head.sequence
-                    or cached.head_hash != head.head_hash
-                ):
-                    cached = await store.load_state(connection, account_id, head.owner_id)
-                    if cached.sequence != head.sequence or cached.head_hash != head.head_hash:
-                        raise StorageError(f"account {account_id} head disagrees with its log")
-                states[account_id] = cached.copy()
-            keys = [
-                (p.command.account_id, p.command.idempotency_key)
-                for p in batch
-                if p.command.account_id in heads
-            ]
-            earlier = await store.find_outcomes(connection, keys)
-            context = _BatchContext()
-            write = BatchWrite()
-            results: list[Outcome | LedgerError] = []
-            for pending in batch:
-                results.append(
-                    await self._decide_one(
-                        connection, pending, states, heads, earlier, context, write, now_us
-                    )
-                )
-            await store.write(connection, write)
-        for account_id, state in states.items():
-            self._cache[account_id] = state
-            self._cache.move_to_end(account_id)
-        while len(self._cache) > self._settings.cache_max_accounts:
-            self._cache.popitem(last=False)
-        return results
-
-    async def _decide_one(
+    def _decide_one(
         self,
-        connection: AsyncConnection,
+        connection: Connection,
         pending: _Pending,
         states: dict[str, AccountState],
         heads: dict[str, AccountHead],
@@ -269,10 +292,10 @@ class Writer:
                 and command.hold_id not in state.holds
             ):
                 hold_was_placed = command.hold_id in context.resolved_holds or (
-                    await self._was_placed(connection, state, command.hold_id)
+                    self._was_placed(connection, state, command.hold_id)
                 )
             if isinstance(command, Refund):
-                refund_target = await self._refund_target(connection, state, command, context)
+                refund_target = self._refund_target(connection, state, command, context)
             draft = decide(
                 state,
                 command,
@@ -325,19 +348,17 @@ class Writer:
         context.decided[key] = (fingerprint, outcome)
         return outcome
 
-    async def _was_placed(
-        self, connection: AsyncConnection, state: AccountState, hold_id: str
-    ) -> bool:
+    def _was_placed(self, connection: Connection, state: AccountState, hold_id: str) -> bool:
         """Whether a hold id that is not active names a hold once placed on this account."""
         parsed = parse_event_id(hold_id)
         if parsed is None or parsed[0] != state.account_id or parsed[1] > state.sequence:
             return False
-        event = await self._store.event_at(connection, *parsed)
+        event = self._store.event_at(connection, *parsed)
         return event is not None and event.event_type is EventType.HOLD_PLACED
 
-    async def _refund_target(
+    def _refund_target(
         self,
-        connection: AsyncConnection,
+        connection: Connection,
         state: AccountState,
         command: Refund,
         context: _BatchContext,
@@ -347,10 +368,10 @@ class Writer:
             return None
         event = context.written.get(command.event_id)
         if event is None:
-            event = await self._store.event_at(connection, *parsed)
+            event = self._store.event_at(connection, *parsed)
         if event is None:
             return None
-        refunded = await self._store.refunded_total(connection, state.account_id, command.event_id)
+        refunded = self._store.refunded_total(connection, state.account_id, command.event_id)
         return RefundTarget(
             event.event_id,
             event.event_type,

@@ -14,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -32,10 +32,14 @@ class Engines:
     backend: str  # "sqlite" or "postgresql"
     write: AsyncEngine
     read: AsyncEngine
+    # SQLite only: a synchronous engine the writer uses from its own thread (see writer.py).
+    writer_thread: Engine | None = None
 
     async def dispose(self) -> None:
         await self.write.dispose()
         await self.read.dispose()
+        if self.writer_thread is not None:
+            self.writer_thread.dispose()
 
 
 def normalise_url(url: str) -> str:
@@ -68,8 +72,25 @@ def sqlite_engine(url: str, settings: LedgerSettings, *, pool_size: int, begin: 
         max_overflow=0,
         connect_args={"timeout": settings.busy_timeout_ms / 1000},
     )
+    _configure_sqlite(engine.sync_engine, settings, begin)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def sqlite_thread_engine(url: str, settings: LedgerSettings) -> Engine:
+    """A pysqlite engine with one connection, used only from the writer's thread."""
+    sync_url = make_url(url).set(drivername="sqlite+pysqlite")
+    engine = create_engine(
+        sync_url,
+        pool_size=1,
+        max_overflow=0,
+        connect_args={"timeout": settings.busy_timeout_ms / 1000, "check_same_thread": False},
+    )
+    _configure_sqlite(engine, settings, "BEGIN IMMEDIATE")
+    return engine
+
+
+def _configure_sqlite(engine: Engine, settings: LedgerSettings, begin: str) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN instead of the driver's implicit one.
         dbapi_connection.isolation_level = None
@@ -80,11 +101,9 @@ def sqlite_engine(url: str, settings: LedgerSettings, *, pool_size: int, begin: 
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql(begin)
-
-    return engine
 
 
 def create_engines(url: str, settings: LedgerSettings) -> Engines:
@@ -96,7 +115,7 @@ def create_engines(url: str, settings: LedgerSettings) -> Engines:
         path.parent.mkdir(parents=True, exist_ok=True)
         write = sqlite_engine(url, settings, pool_size=2, begin="BEGIN IMMEDIATE")
         read = sqlite_engine(url, settings, pool_size=settings.read_pool_size, begin="BEGIN")
-        return Engines("sqlite", write, read)
+        return Engines("sqlite", write, read, sqlite_thread_engine(url, settings))
     write = create_async_engine(url, pool_size=2, max_overflow=0)
     read = create_async_engine(url, pool_size=settings.read_pool_size, max_overflow=0)
     return Engines("postgresql", write, read)

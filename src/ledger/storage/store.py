@@ -1,5 +1,9 @@
 """The event store contract: every query the ledger makes, written once in SQLAlchemy Core.
 
+The writer's queries are synchronous functions of a `Connection`: on PostgreSQL the writer
+runs them through `AsyncConnection.run_sync`; on SQLite it runs the whole batch in its own
+thread on a pysqlite connection, so a batch costs one hand-off instead of one per statement.
+
 Two implementations differ only where the backends do: PostgreSQL locks the batch's account
 rows (SELECT ... FOR UPDATE, in sorted order so concurrent writers cannot deadlock), SQLite is
 already serialised by BEGIN IMMEDIATE; and each names the driver errors worth a retry.
@@ -14,9 +18,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, Select, func, insert, literal, null, select, union_all
+from sqlalchemy import Connection, Row, Select, func, insert, literal, null, select, union_all
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.domain import (
     AccountState,
@@ -226,8 +229,8 @@ class EventStore:
 
     # -- inside the writer's transaction ----------------------------------------------
 
-    async def lock_heads(
-        self, connection: AsyncConnection, account_ids: Iterable[str]
+    def lock_heads(
+        self, connection: Connection, account_ids: Iterable[str]
     ) -> dict[str, AccountHead]:
         """Heads of the accounts in one statement (locked, in sorted order, on PostgreSQL)."""
         query = self.lock_rows(
@@ -240,12 +243,10 @@ class EventStore:
             .where(accounts.c.account_id.in_(sorted(set(account_ids))))
             .order_by(accounts.c.account_id)
         )
-        rows = (await connection.execute(query)).all()
+        rows = connection.execute(query).all()
         return {row[0]: AccountHead(row[0], row[1], int(row[2]), row[3]) for row in rows}
 
-    async def load_state(
-        self, connection: AsyncConnection, account_id: str, owner_id: str
-    ) -> AccountState:
+    def load_state(self, connection: Connection, account_id: str, owner_id: str) -> AccountState:
         """Latest snapshot plus the events after it: constant cost however long the log."""
         snapshot_query = (
             select(snapshots)
@@ -253,7 +254,7 @@ class EventStore:
             .order_by(snapshots.c.sequence.desc())
             .limit(1)
         )
-        row = (await connection.execute(snapshot_query)).one_or_none()
+        row = connection.execute(snapshot_query).one_or_none()
         state = AccountState(account_id, owner_id)
         if row is not None:
             m = row._mapping
@@ -269,12 +270,12 @@ class EventStore:
         )
         from ledger.domain import apply  # local: keeps the import list of this module short
 
-        for event_row in (await connection.execute(tail_query)).all():
+        for event_row in connection.execute(tail_query).all():
             apply(state, event_from_row(event_row))
         return state
 
-    async def find_outcomes(
-        self, connection: AsyncConnection, keys: Sequence[tuple[str, str]]
+    def find_outcomes(
+        self, connection: Connection, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], Event | Refusal]:
         """Earlier outcomes (events or refusals) of these (account_id, idempotency_key) pairs."""
         found: dict[tuple[str, str], Event | Refusal] = {}
@@ -302,20 +303,18 @@ class EventStore:
                 commands.c.account_id.in_(account_ids), commands.c.idempotency_key.in_(keys_only)
             ),
         )
-        hits = [
-            row for row in (await connection.execute(probe)).all() if (row[0], row[1]) in wanted
-        ]
+        hits = [row for row in connection.execute(probe).all() if (row[0], row[1]) in wanted]
         # Hits are retries, rare next to first attempts: fetch their full rows one by one.
         for account_id, key, sequence, kind in hits:
             if kind == "event":
-                event = await self.event_at(connection, account_id, int(sequence))
+                event = self.event_at(connection, account_id, int(sequence))
                 assert event is not None, "an event vanished inside a write transaction"
                 found[(account_id, key)] = event
                 continue
             query = select(commands).where(
                 commands.c.account_id == account_id, commands.c.idempotency_key == key
             )
-            m = (await connection.execute(query)).one()._mapping
+            m = connection.execute(query).one()._mapping
             found[(account_id, key)] = Refusal(
                 account_id,
                 key,
@@ -325,24 +324,20 @@ class EventStore:
             )
         return found
 
-    async def event_at(
-        self, connection: AsyncConnection, account_id: str, sequence: int
-    ) -> Event | None:
+    def event_at(self, connection: Connection, account_id: str, sequence: int) -> Event | None:
         query = select(*EVENT_COLUMNS).where(
             events.c.account_id == account_id, events.c.sequence == sequence
         )
-        row = (await connection.execute(query)).one_or_none()
+        row = connection.execute(query).one_or_none()
         return None if row is None else event_from_row(row)
 
-    async def refunded_total(
-        self, connection: AsyncConnection, account_id: str, event_id: str
-    ) -> int:
+    def refunded_total(self, connection: Connection, account_id: str, event_id: str) -> int:
         query = select(func.coalesce(func.sum(events.c.amount), 0)).where(
             events.c.account_id == account_id,
             events.c.refers_to == event_id,
             events.c.event_type == str(EventType.REFUNDED),
         )
-        return int((await connection.execute(query)).scalar_one())
+        return int(connection.execute(query).scalar_one())
 
     def _sql(self, template: str, count: int) -> str:
         """Fill `{}` with `count` driver placeholders in this backend's paramstyle."""
@@ -352,18 +347,18 @@ class EventStore:
             marks = ["?"] * count
         return template.format(*marks)
 
-    async def write(self, connection: AsyncConnection, batch: BatchWrite) -> None:
+    def write(self, connection: Connection, batch: BatchWrite) -> None:
         """Commit-ready writes of one batch, one executemany per table touched.
 
         Plain driver SQL with tuples: SQLAlchemy's per-row parameter processing was the
         largest cost of a batch, and these statements never change.
         """
         if batch.events:
-            await connection.exec_driver_sql(
+            connection.exec_driver_sql(
                 self._insert_events_sql, [_event_tuple(e) for e in batch.events]
             )
         if batch.refusals:
-            await connection.execute(
+            connection.execute(
                 insert(commands),
                 [
                     {
@@ -378,21 +373,21 @@ class EventStore:
                 ],
             )
         if batch.holds_opened:
-            await connection.exec_driver_sql(
+            connection.exec_driver_sql(
                 self._insert_hold_sql,
                 [(e.hold_id, e.account_id, e.amount, e.expires_at_us) for e in batch.holds_opened],
             )
         if batch.holds_closed:
-            await connection.exec_driver_sql(
+            connection.exec_driver_sql(
                 self._delete_hold_sql, [(hold_id,) for hold_id in batch.holds_closed]
             )
         if batch.heads:
-            await connection.exec_driver_sql(
+            connection.exec_driver_sql(
                 self._update_head_sql,
                 [(h.sequence, h.head_hash, h.account_id) for h in batch.heads.values()],
             )
         if batch.snapshots:
-            await connection.execute(
+            connection.execute(
                 insert(snapshots),
                 [
                     {
@@ -420,7 +415,7 @@ class EventStore:
             ).one_or_none()
             if row is None:
                 return None
-            return await self.load_state(connection, account_id, row[0])
+            return await connection.run_sync(self.load_state, account_id, row[0])
 
     async def history(
         self,
