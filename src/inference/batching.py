@@ -1,7 +1,7 @@
 """The running batch of one model: its KV cache, attention mask, next inputs and positions,
-and the three phases that change it: `prefill` (a new request alone), `join` (its cache
-left-padded into the batch between decode steps), `decode_step` (one token for every row) and
-`keep_rows` (finished rows leave).
+and the phases that change it: `prefill` (newly admitted prompts, together), `join` (their
+cache left-padded into the running batch between decode steps), `decode_step` (one token for
+every row) and `keep_rows` (finished rows leave).
 
 The cache is a plain `DynamicCache()` built without the model config, so every layer, the
 sliding-window ones included, keeps full length and can be padded and concatenated alike; the
@@ -16,15 +16,6 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-
-
-@dataclass
-class PrefilledRow:
-    """A request's state after its prompt went through the model alone."""
-
-    cache: DynamicCache
-    prompt_length: int
-    last_logits: torch.Tensor  # [1, vocab]
 
 
 @dataclass
@@ -43,39 +34,51 @@ class RunningBatch:
         return int(self.attention_mask.shape[1])
 
 
-def prefill(model: Any, prompt_ids: list[int], device: torch.device) -> PrefilledRow:
-    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # [1, prompt]
-    length = input_ids.shape[1]
+def prefill(
+    model: Any, prompts: list[list[int]], device: torch.device
+) -> tuple[RunningBatch, torch.Tensor]:
+    """Runs new prompts through the model together, left-padded to a common length, as a
+    batch of their own; returns it (next tokens still to be set) and the logits of each
+    prompt's last position [prompts, vocab]. One forward serves all of them: on this
+    memory-bound model that is far cheaper than one forward per prompt."""
+    length = max(len(prompt) for prompt in prompts)
+    input_ids = torch.zeros(len(prompts), length, dtype=torch.long)  # [prompts, length]
+    attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)  # [prompts, length]
+    for row, prompt in enumerate(prompts):
+        input_ids[row, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[row, length - len(prompt) :] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    # Positions count a row's own tokens; padding gets a harmless 0 (it is masked anyway).
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [prompts, length]
     cache = DynamicCache()
     output = model(
         input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),  # [1, prompt]
-        position_ids=torch.arange(length, device=device).unsqueeze(0),  # [1, prompt]
+        attention_mask=attention_mask,
+        position_ids=position_ids,
         past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
     )
-    return PrefilledRow(cache=cache, prompt_length=length, last_logits=output.logits[:, -1, :])
-
-
-def start_batch(row: PrefilledRow, first_token_id: int) -> RunningBatch:
-    device = row.last_logits.device
-    return RunningBatch(
-        cache=row.cache,
-        attention_mask=torch.ones(1, row.prompt_length, dtype=torch.long, device=device),
-        next_token_ids=torch.tensor([[first_token_id]], dtype=torch.long, device=device),
-        next_positions=torch.tensor([row.prompt_length], dtype=torch.long, device=device),
+    lengths = torch.tensor([len(prompt) for prompt in prompts], dtype=torch.long, device=device)
+    batch = RunningBatch(
+        cache=cache,
+        attention_mask=attention_mask,
+        next_token_ids=torch.zeros(len(prompts), 1, dtype=torch.long, device=device),
+        next_positions=lengths,  # [prompts]
     )
+    logits: torch.Tensor = output.logits[:, -1, :]
+    return batch, logits
 
 
-def join(batch: RunningBatch, row: PrefilledRow, first_token_id: int) -> RunningBatch:
-    """The batch with `row` appended as its last row."""
-    incoming = start_batch(row, first_token_id)
+def join(batch: RunningBatch | None, incoming: RunningBatch) -> RunningBatch:
+    """`incoming`'s rows appended after `batch`'s, both left-padded to a common length."""
+    if batch is None:
+        return incoming
     length = max(batch.cache_length, incoming.cache_length)
     _left_pad(batch, length - batch.cache_length)
     _left_pad(incoming, length - incoming.cache_length)
     for layer, new_layer in zip(_layers(batch.cache), _layers(incoming.cache), strict=True):
-        layer.keys = torch.cat([layer.keys, new_layer.keys], dim=0)  # [batch+1, heads, len, dim]
+        layer.keys = torch.cat([layer.keys, new_layer.keys], dim=0)  # [rows, heads, len, dim]
         layer.values = torch.cat([layer.values, new_layer.values], dim=0)
     batch.attention_mask = torch.cat([batch.attention_mask, incoming.attention_mask], dim=0)
     batch.next_token_ids = torch.cat([batch.next_token_ids, incoming.next_token_ids], dim=0)

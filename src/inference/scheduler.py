@@ -24,7 +24,6 @@ from inference.batching import (
     keep_rows,
     prefill,
     set_next_tokens,
-    start_batch,
 )
 from inference.errors import EngineBusy, ModelUnavailable, OutOfMemory
 from inference.events import Finished, FinishReason, StreamEvent, TextDelta, Timings
@@ -37,6 +36,9 @@ log = structlog.get_logger(__name__)
 
 # How long an idle scheduler sleeps before re-checking its queue even without a wake-up.
 _IDLE_POLL_S = 1.0
+# Prompts admitted together are prefilled in one forward while their padded size stays under
+# this many tokens; longer ones go alone so one long prompt does not pad many short ones.
+MAX_PREFILL_GROUP_TOKENS = 2048
 
 
 @dataclass(eq=False)
@@ -155,8 +157,8 @@ class ModelScheduler:
             for slot, reason in expired:
                 self._finish(slot, reason, None)
             self._drop_ended_rows()
-            for slot in admitted:
-                self._admit(slot)
+            for group in _prefill_groups(self._admissible(admitted)):
+                self._admit(group)
             if self._rows:
                 self._decode()
 
@@ -183,33 +185,50 @@ class ModelScheduler:
                 self._finish(row.slot, "timeout", row)
         self._remove_finished_rows()
 
-    def _admit(self, slot: Slot) -> None:
-        slot.admitted_at = time.monotonic()
-        if slot.cancel_requested or slot.admitted_at >= slot.deadline_at:
-            self._finish(slot, "cancelled" if slot.cancel_requested else "timeout", None)
-            return
+    def _admissible(self, slots: list[Slot]) -> list[Slot]:
+        """The admitted slots still wanted; the others finish without running."""
+        now = time.monotonic()
+        wanted = []
+        for slot in slots:
+            slot.admitted_at = now
+            if slot.cancel_requested:
+                self._finish(slot, "cancelled", None)
+            elif now >= slot.deadline_at:
+                self._finish(slot, "timeout", None)
+            else:
+                wanted.append(slot)
+        return wanted
+
+    def _admit(self, slots: list[Slot]) -> None:
+        """Prefill `slots` together, emit their first tokens, and join the still-running
+        ones to the batch."""
         loaded = self._loaded
-        row = _Row(slot, loaded)
+        rows = [_Row(slot, loaded) for slot in slots]
         try:
-            prefilled = prefill(loaded.model, slot.prompt_ids, loaded.device)
-            first_token = sample_next_tokens(
-                prefilled.last_logits, [slot.sampling], [row.generator]
-            )[0]
+            incoming, logits = prefill(loaded.model, [s.prompt_ids for s in slots], loaded.device)
+            first_tokens = sample_next_tokens(
+                logits, [slot.sampling for slot in slots], [row.generator for row in rows]
+            )
         except (torch.OutOfMemoryError, MemoryError):
             free_memory()
-            self._finish(slot, "error", None, OutOfMemory(self.model_id, "prefilling for"))
+            for slot in slots:
+                self._finish(slot, "error", None, OutOfMemory(self.model_id, "prefilling for"))
             return
-        except Exception as exc:  # a failed forward ends this request, not the scheduler
-            log.exception("generation_failed", model=self.model_id, request_id=slot.request_id)
-            self._finish(slot, "error", None, error_text=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a failed forward ends these requests, not the scheduler
+            log.exception("generation_failed", model=self.model_id, prefill_rows=len(slots))
+            for slot in slots:
+                self._finish(slot, "error", None, error_text=f"{type(exc).__name__}: {exc}")
             return
-        if self._accept_token(row, first_token):
-            return
-        if self._batch is None:
-            self._batch = start_batch(prefilled, first_token)
-        else:
-            self._batch = join(self._batch, prefilled, first_token)
-        self._rows.append(row)
+        set_next_tokens(incoming, first_tokens)
+        still_running = [
+            index
+            for index, (row, token_id) in enumerate(zip(rows, first_tokens, strict=True))
+            if not self._accept_token(row, token_id)
+        ]
+        remaining = keep_rows(incoming, still_running)
+        if remaining is not None:
+            self._batch = join(self._batch, remaining)
+            self._rows += [rows[index] for index in still_running]
 
     def _decode(self) -> None:
         assert self._batch is not None and self._batch.size == len(self._rows)
@@ -316,6 +335,23 @@ class _Row:
         self.stop_matcher = StopStringMatcher(slot.sampling.stop)
         self.generator = make_generator(slot.sampling.seed, loaded.device)
         self.stop_string_hit = False
+
+
+def _prefill_groups(slots: list[Slot]) -> list[list[Slot]]:
+    """Consecutive slots whose left-padded prompts fit MAX_PREFILL_GROUP_TOKENS together."""
+    groups: list[list[Slot]] = []
+    current: list[Slot] = []
+    longest = 0
+    for slot in slots:
+        length = max(longest, len(slot.prompt_ids))
+        if current and length * (len(current) + 1) > MAX_PREFILL_GROUP_TOKENS:
+            groups.append(current)
+            current, length = [], len(slot.prompt_ids)
+        current.append(slot)
+        longest = length
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _timings(slot: Slot, finished_at: float) -> Timings:
