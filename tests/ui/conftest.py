@@ -260,7 +260,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=SERVER_STOP_TIMEOUT_S)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API runs, its event loop is the thread's
+# running loop, and async tests of later modules (pytest-asyncio) could not start their own.
+@pytest.fixture(scope="module")
 def browser(chromium_executable: Path) -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright

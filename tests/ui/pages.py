@@ -115,12 +115,5 @@ def open_account(page: Page) -> None:
     expect(page.locator("#balance-cards [data-value]").first).to_be_visible()
 
 
-def history_rows(page: Page) -> list[list[str]]:
-    rows: list[list[str]] = page.locator("#history-table tbody tr").evaluate_all(
-        "rows => rows.map(r => Array.from(r.querySelectorAll('td')).map(c => c.textContent.trim()))"
-    )
-    return rows
-
-
 def evaluate(page: Page, script: str) -> Any:
     return page.evaluate(script)

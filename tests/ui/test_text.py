@@ -1,0 +1,118 @@
+"""What the page shows for service results: escaping, prices, cost lines, notices, sampling."""
+
+from __future__ import annotations
+
+import pytest
+
+from web.errors import ValidationFailed
+from web.ui.chat import ChatTurn, validate_sampling
+from web.ui.text import (
+    PriceTerms,
+    ReplyCost,
+    balance_html,
+    escape_chat_markdown,
+    model_choice_label,
+    notice_html,
+    price_label,
+    reply_footer,
+)
+
+
+class TestEscapeChatMarkdown:
+    def test_html_outside_code_becomes_text(self) -> None:
+        """Tags are escaped so the browser shows them instead of building elements."""
+        escaped = escape_chat_markdown('<script>alert(1)</script> <img src=x onerror="y()">')
+        assert "<" not in escaped and ">" not in escaped
+        assert escaped.startswith("&lt;script&gt;")
+
+    def test_code_spans_and_fences_are_left_for_markdown_to_show_literally(self) -> None:
+        """Markdown already shows code verbatim; escaping it would show `&lt;` to the user."""
+        text = "see `<b>` and\n```html\n<div>x</div>\n```\nthen <i>"
+        escaped = escape_chat_markdown(text)
+        assert "`<b>`" in escaped
+        assert "```html\n<div>x</div>\n```" in escaped
+        assert escaped.endswith("then &lt;i&gt;")
+
+    def test_an_unclosed_fence_while_streaming_is_code_to_the_end(self) -> None:
+        """Mid-stream, an opened fence is rendered as code by Markdown, so it stays raw."""
+        assert escape_chat_markdown("a < b\n```\n<x>") == "a &lt; b\n```\n<x>"
+
+    def test_ampersands_are_escaped_so_entities_cannot_smuggle_markup(self) -> None:
+        assert escape_chat_markdown("&lt;script&gt;") == "&amp;lt;script&amp;gt;"
+
+
+class TestLabels:
+    def test_price_label_leaves_out_zero_terms(self) -> None:
+        assert price_label(PriceTerms(0, 0, 0)) == "free"
+        assert price_label(PriceTerms(2, 0, 6)) == "2 cr/message + 6 cr/1k reply tokens"
+
+    def test_unavailable_model_label_gives_the_reason_not_the_price(self) -> None:
+        label = model_choice_label("Big", PriceTerms(1, 1, 1), "weights not on this machine")
+        assert label == "Big — unavailable: weights not on this machine"
+
+    def test_footer_names_fallback_stop_and_refund(self) -> None:
+        """Each unusual settlement is said under the reply."""
+        base = dict(cost_credits=3, prompt_tokens=10, completion_tokens=5)
+        fallback = reply_footer(
+            ReplyCost(**base, model_requested="a", model_answered="b", settlement="captured")
+        )
+        assert "fallback: `a` was unavailable" in fallback
+        stopped = reply_footer(
+            ReplyCost(
+                **base, model_requested="a", model_answered="a", settlement="partially_captured"
+            )
+        )
+        assert "stopped" in stopped and "3 credits" in stopped
+        refunded = reply_footer(
+            ReplyCost(
+                **base,
+                model_requested="a",
+                model_answered="a",
+                settlement="released",
+                release_reason="<engine> failed",
+            )
+        )
+        assert "refunded in full (&lt;engine&gt; failed)" in refunded
+
+    def test_notice_escapes_its_message_and_rejects_unknown_kinds(self) -> None:
+        assert "&lt;b&gt;" in notice_html("error", "<b>")
+        assert notice_html("info", "") == ""
+        with pytest.raises(ValueError, match="notice kind"):
+            notice_html("shout", "x")
+
+    def test_balance_badge_carries_the_exact_available_amount(self) -> None:
+        badge = balance_html(1234, 5)
+        assert 'data-available="1234"' in badge and "1,234" in badge and "5 held" in badge
+
+
+class TestChatTurn:
+    def test_footer_is_kept_out_of_an_unclosed_code_block(self) -> None:
+        """A reply stopped inside a fence gets the fence closed before its cost line."""
+        turn = ChatTurn(history=[], reply_text="```python\nprint(1)", footer="*1 credit*")
+        rendered = turn.render()[-1]["content"]
+        assert rendered.endswith("\n```\n\n*1 credit*")
+
+
+class TestValidateSampling:
+    @pytest.mark.parametrize(
+        ("temperature", "max_tokens", "field"),
+        [
+            (-0.1, 10, "temperature"),
+            (2.5, 10, "temperature"),
+            ("warm", 10, "temperature"),
+            (1.0, 0, "max_tokens"),
+            (1.0, 101, "max_tokens"),
+            (1.0, 1.5, "max_tokens"),
+            (1.0, None, "max_tokens"),
+        ],
+    )
+    def test_out_of_range_values_name_their_field(
+        self, temperature: object, max_tokens: object, field: str
+    ) -> None:
+        with pytest.raises(ValidationFailed) as raised:
+            validate_sampling(temperature, max_tokens, max_tokens_limit=100)
+        assert raised.value.details["field"] == field
+
+    def test_bounds_are_inclusive(self) -> None:
+        assert validate_sampling(0, 1, 100).temperature == 0.0
+        assert validate_sampling(2, 100.0, 100).max_tokens == 100
