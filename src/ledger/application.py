@@ -217,8 +217,7 @@ class Ledger:
             metadata=check_metadata(metadata),
         )
         outcome = await self._writer.submit(command)
-        receipt = Receipt.from_event(outcome.event, replayed=outcome.replayed)
-        return HoldReceipt(**{name: getattr(receipt, name) for name in Receipt.__slots__})
+        return HoldReceipt.from_event(outcome.event, replayed=outcome.replayed)
 
     async def capture_hold(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Self
 
 from ledger.domain import Event, EventType, Metadata, from_us
 
@@ -41,7 +42,7 @@ class Receipt:
     replayed: bool
 
     @classmethod
-    def from_event(cls, event: Event, *, replayed: bool) -> Receipt:
+    def from_event(cls, event: Event, *, replayed: bool) -> Self:
         return cls(
             event_id=event.event_id,
             account_id=event.account_id,
