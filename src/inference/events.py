@@ -30,7 +30,9 @@ class Timings:
 
 @dataclass(frozen=True)
 class Finished:
-    """The last event of every stream: exact token counts for billing, and why it ended."""
+    """The last event of every stream: exact token counts for billing, and why it ended.
+    With finish_reason "error", `error` says what happened and `error_code` is
+    "out_of_memory" (memory was freed; a smaller model is suggested) or "generation_failed"."""
 
     model_id_answered: str
     prompt_tokens: int

@@ -55,6 +55,18 @@ def pick_dtype(entry: CatalogEntry, device: torch.device) -> torch.dtype:
     return _DTYPES[entry.dtype]
 
 
+_CPU_ALLOCATION_FAILURES = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA raises torch.OutOfMemoryError, but a failed CPU allocation in torch is a plain
+    RuntimeError from DefaultCPUAllocator, recognisable only by its message."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(t in message for t in _CPU_ALLOCATION_FAILURES)
+
+
 def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -71,13 +83,14 @@ def load_model(
         return _load(entry, settings, show_progress, started)
     except InferenceError:
         raise
-    except (torch.OutOfMemoryError, MemoryError) as exc:
+    except (Exception, MemoryError) as exc:  # every failure of third-party loading code
         free_memory()
-        log.error("model_loading_failed", model=entry.id, error=repr(exc), out_of_memory=True)
-        raise OutOfMemory(entry.id, "loading") from exc
-    except Exception as exc:  # every other failure of third-party loading code is reported alike
-        free_memory()
-        log.error("model_loading_failed", model=entry.id, error=repr(exc))
+        out_of_memory = is_out_of_memory(exc)
+        log.error(
+            "model_loading_failed", model=entry.id, error=repr(exc), out_of_memory=out_of_memory
+        )
+        if out_of_memory:
+            raise OutOfMemory(entry.id, "loading") from exc
         raise ModelLoadFailed(entry.id, f"{type(exc).__name__}: {exc}") from exc
 
 

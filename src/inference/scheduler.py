@@ -27,7 +27,7 @@ from inference.batching import (
 )
 from inference.errors import EngineBusy, ModelUnavailable, OutOfMemory
 from inference.events import Finished, FinishReason, StreamEvent, TextDelta, Timings
-from inference.loading import LoadedModel, free_memory
+from inference.loading import LoadedModel, free_memory, is_out_of_memory
 from inference.requests import SamplingParams
 from inference.sampling import make_generator, sample_next_tokens
 from inference.text import IncrementalDetokenizer, StopStringMatcher
@@ -209,15 +209,11 @@ class ModelScheduler:
             first_tokens = sample_next_tokens(
                 logits, [slot.sampling for slot in slots], [row.generator for row in rows]
             )
-        except (torch.OutOfMemoryError, MemoryError):
-            free_memory()
-            for slot in slots:
-                self._finish(slot, "error", None, OutOfMemory(self.model_id, "prefilling for"))
-            return
-        except Exception as exc:  # a failed forward ends these requests, not the scheduler
+        except (Exception, MemoryError) as exc:  # a failed forward ends these requests only
             log.exception("generation_failed", model=self.model_id, prefill_rows=len(slots))
+            error = _as_out_of_memory(exc, self.model_id, "prefilling for")
             for slot in slots:
-                self._finish(slot, "error", None, error_text=f"{type(exc).__name__}: {exc}")
+                self._finish(slot, "error", None, error, f"{type(exc).__name__}: {exc}")
             return
         set_next_tokens(incoming, first_tokens)
         still_running = [
@@ -239,15 +235,11 @@ class ModelScheduler:
                 [row.slot.sampling for row in self._rows],
                 [row.generator for row in self._rows],
             )
-        except (torch.OutOfMemoryError, MemoryError):
-            self._batch = None
-            free_memory()
-            self._fail_all("error", None, OutOfMemory(self.model_id, "generating with"))
-            return
-        except Exception as exc:  # a failed forward ends the batch's requests, not the thread
+        except (Exception, MemoryError) as exc:  # ends the batch's requests, not the thread
             log.exception("generation_failed", model=self.model_id, batch_size=len(self._rows))
             self._batch = None
-            self._fail_all("error", f"{type(exc).__name__}: {exc}", None)
+            error = _as_out_of_memory(exc, self.model_id, "generating with")
+            self._fail_all("error", f"{type(exc).__name__}: {exc}", error)
             return
         set_next_tokens(self._batch, token_ids)
         for row, token_id in zip(self._rows, token_ids, strict=True):
@@ -321,7 +313,7 @@ class ModelScheduler:
                 error=message if reason == "error" else None,
                 timings=_timings(slot, finished_at),
                 fell_back_from=slot.fell_back_from,
-                error_code=error.code if error is not None else None,
+                error_code=_error_code(reason, error),
             )
         )
 
@@ -335,6 +327,20 @@ class _Row:
         self.stop_matcher = StopStringMatcher(slot.sampling.stop)
         self.generator = make_generator(slot.sampling.seed, loaded.device)
         self.stop_string_hit = False
+
+
+def _error_code(reason: FinishReason, error: OutOfMemory | None) -> str | None:
+    if error is not None:
+        return error.code
+    return "generation_failed" if reason == "error" else None
+
+
+def _as_out_of_memory(error: BaseException, model_id: str, during: str) -> OutOfMemory | None:
+    """OutOfMemory (after freeing what the failed step held) when `error` is one."""
+    if not is_out_of_memory(error):
+        return None
+    free_memory()
+    return OutOfMemory(model_id, during)
 
 
 def _prefill_groups(slots: list[Slot]) -> list[list[Slot]]:

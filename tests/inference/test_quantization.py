@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers import collect, request
 
-from conftest import TINY, TINY_INT4, EngineFactory
+from conftest import TINY, TINY_INT4, TINY_INT4_FAILING, EngineFactory
 
 
 class TestBitsAndBytes:
@@ -22,3 +22,37 @@ class TestBitsAndBytes:
         assert finished.completion_tokens >= 1
         assert finished.finish_reason in ("stop", "length")
         assert finished.finish_reason == "stop" or len(text) > 0
+
+
+class TestGenerationFailure:
+    async def test_failed_forward_ends_request_and_engine_keeps_serving(
+        self, make_engine: EngineFactory
+    ) -> None:
+        """When the model's forward raises, the request ends with finish_reason 'error' and
+        a message; the same model's scheduler and other models keep answering."""
+        engine = make_engine()
+        for _ in range(2):
+            text, finished = await collect(engine.stream(request(TINY_INT4_FAILING, "hi", 4)))
+            assert finished.finish_reason == "error"
+            assert finished.error_code == "generation_failed"
+            assert finished.error and "divisible" in finished.error
+            assert text == "" and finished.completion_tokens == 0
+        _, healthy = await collect(engine.stream(request(TINY, "hi", 4)))
+        assert healthy.finish_reason in ("stop", "length")
+
+
+class TestOutOfMemoryClassification:
+    def test_failed_cpu_allocation_is_out_of_memory(self) -> None:
+        """A real failed CPU allocation (a plain RuntimeError in torch) counts as out of
+        memory, so the engine reports it as such and suggests a smaller model."""
+        import pytest
+        import torch
+
+        from inference.errors import OutOfMemory
+        from inference.loading import is_out_of_memory
+
+        with pytest.raises(RuntimeError) as raised:
+            torch.empty(2**62, dtype=torch.uint8)
+        assert is_out_of_memory(raised.value)
+        assert not is_out_of_memory(RuntimeError("shape mismatch"))
+        assert "smaller" in str(OutOfMemory("m", "loading"))
