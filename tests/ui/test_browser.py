@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -46,6 +47,7 @@ pytestmark = pytest.mark.browser
 
 SHORT_REPLY_TOKENS = 40
 STREAMED_REPLY_TOKENS = 300
+NARROW_VIEWPORT = {"width": 390, "height": 844}
 
 
 class TestSignIn:
@@ -96,20 +98,24 @@ class TestSignIn:
     def test_revoked_session_returns_to_sign_in_with_a_message(
         self, page: Page, shots: Shots, unique_name: Callable[[str], str], live_server: LiveServer
     ) -> None:
-        """When the stored session was revoked elsewhere, the reloaded tab lands on the
-        sign-in screen with the reason instead of an error."""
-        sign_up_and_in(page, unique_name("revoked"), TEST_PASSWORD)
-        # A second tab of the same browser shares the stored session and signs it out.
-        other = page.context.new_page()
-        other.goto("/")
-        expect(other.locator("#logout-button")).to_be_visible()
-        other.locator("#logout-button").click()
-        expect(other.locator("#login-button")).to_be_visible()
-        other.close()
-        # The first tab still holds the rotated-away token in its storage from before.
+        """When every session of the user is revoked elsewhere (the API's logout without a
+        refresh token), the reloaded tab lands on the sign-in screen saying why."""
+        username = unique_name("revoked")
+        sign_up_and_in(page, username, TEST_PASSWORD)
+        with httpx.Client(base_url=live_server.base_url, timeout=30) as api:
+            login_answer = api.post(
+                "/api/auth/login", json={"username": username, "password": TEST_PASSWORD}
+            )
+            assert login_answer.status_code == 200, login_answer.text
+            access_token = login_answer.json()["access_token"]
+            revoked = api.post(
+                "/api/auth/logout", headers={"Authorization": f"Bearer {access_token}"}
+            )
+            assert revoked.status_code in (200, 201, 204), revoked.text
         page.reload()
         expect(page.locator("#login-button")).to_be_visible()
-        shots(page, "back-to-sign-in")
+        expect(page.locator("#signin-notice")).to_contain_text("session has ended")
+        shots(page, "back-to-sign-in-with-reason")
 
 
 class TestChat:
@@ -323,3 +329,28 @@ class TestAccountAndAdmin:
         page.locator("#audit-button").click()
         expect(page.locator("#audit-report")).to_contain_text("Audit clean")
         shots(page, "audit")
+
+
+class TestLayout:
+    def test_narrow_screen_keeps_the_chat_usable(
+        self, page: Page, shots: Shots, unique_name: Callable[[str], str]
+    ) -> None:
+        """On a phone-sized viewport the page does not scroll sideways and the balance,
+        message box and Send button are on screen."""
+        page.set_viewport_size(NARROW_VIEWPORT)
+        sign_up_and_in(page, unique_name("narrow"), TEST_PASSWORD)
+        set_sampling(page, temperature=0, max_tokens=SHORT_REPLY_TOKENS)
+        send(page, "Hello from a small screen")
+        wait_for_footer(page)
+        shots(page, "narrow-chat")
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 1, f"page is {overflow}px wider than the screen"
+        for control in (".lc-balance", "#lc-user p", "#chat-input", "#send-button", "#stop-button"):
+            box = page.locator(control).bounding_box()
+            assert box is not None, control
+            assert box["x"] >= 0 and box["x"] + box["width"] <= NARROW_VIEWPORT["width"] + 1
+        # The signed-in line reads across, not one letter per line.
+        user_line = page.locator("#lc-user p").bounding_box()
+        assert user_line is not None and user_line["height"] < 3 * 24

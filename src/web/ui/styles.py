@@ -33,7 +33,10 @@ PAGE_CSS = """
 .lc-audit-table th { text-align: left; padding-right: 16px; }
 #chatbot .message-wrap em:last-child { opacity: 0.75; font-size: 0.85em; }
 @media (max-width: 720px) {
-  #lc-header { flex-wrap: wrap; }
+  #lc-header { flex-direction: column; align-items: stretch; }
+  #lc-account-bar { flex-wrap: wrap; gap: 8px; }
+  #lc-account-bar > * { flex: 1 1 auto !important; min-width: 0 !important; }
+  #lc-user { text-align: left; }
   #lc-sidebar { min-width: 100% !important; }
   #chatbot { height: 55vh !important; }
   .lc-card-value { font-size: 1.2rem; }
