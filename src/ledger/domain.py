@@ -81,8 +81,14 @@ def parse_event_id(event_id: str) -> tuple[str, int] | None:
     return account_id, int(sequence)
 
 
+# Built once: json.dumps with options builds a new encoder per call, a hot-path cost.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """JSON with sorted keys and no spaces: the same value always gives the same text."""
+    return _CANONICAL.encode(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,8 +163,18 @@ class Command:
         return values
 
     def fingerprint(self) -> str:
-        """Hash of everything the caller asked for except the key: a retry must match it."""
-        return hashlib.sha256(canonical_json(self.parameters()).encode()).hexdigest()
+        """Hash of everything the caller asked for except the key: a retry must match it.
+
+        Encoded as a JSON array (command name, then the fields in declaration order, metadata
+        as sorted pairs): canonical without sorting a dict per command.
+        """
+        row: list[Any] = [type(self).__name__]
+        for item in dataclasses.fields(self):
+            if item.name == "idempotency_key":
+                continue
+            value = getattr(self, item.name)
+            row.append(sorted(value.items()) if isinstance(value, dict) else value)
+        return hashlib.sha256(_COMPACT.encode(row).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,11 +265,15 @@ class Event:
 
 
 def _hash_of(hashed_fields: dict[str, Any]) -> str:
-    """SHA-256 over the canonical JSON of every field but the hash (enums encode as str)."""
-    return hashlib.sha256(canonical_json(hashed_fields).encode()).hexdigest()
+    """SHA-256 of the event's canonical encoding: a JSON array of every field but the hash, in
+    declaration order (enums as their string), metadata as its sorted [key, value] pairs."""
+    row = [hashed_fields[name] for name in _HASHED_FIELDS]
+    row[_METADATA_INDEX] = sorted(hashed_fields["metadata"].items())
+    return hashlib.sha256(_COMPACT.encode(row).encode()).hexdigest()
 
 
 _HASHED_FIELDS = tuple(f.name for f in dataclasses.fields(Event) if f.name != "hash")
+_METADATA_INDEX = _HASHED_FIELDS.index("metadata")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,19 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, func, insert, literal, null, select, union_all
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Row,
+    Select,
+    bindparam,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ledger.domain import (
@@ -137,11 +149,75 @@ def event_from_row(row: Row[Any]) -> Event:
 
 EVENT_COLUMNS = [c for c in events.c if c.name != "position"]
 EVENT_COLUMN_NAMES = [c.name for c in EVENT_COLUMNS]
+assert EVENT_COLUMN_NAMES == [
+    "account_id",
+    "sequence",
+    "event_type",
+    "amount",
+    "released_amount",
+    "hold_id",
+    "refers_to",
+    "expires_at_us",
+    "purpose",
+    "reference",
+    "reason",
+    "source",
+    "note",
+    "posted_after",
+    "held_after",
+    "idempotency_key",
+    "fingerprint",
+    "recorded_at_us",
+    "metadata_json",
+    "prev_hash",
+    "hash",
+], "_event_tuple must follow the column order"
 
 
 def _event_tuple(event: Event) -> tuple[Any, ...]:
-    row = event_to_row(event)
-    return tuple(row[name] for name in EVENT_COLUMN_NAMES)
+    """The row of `event_to_row` as a tuple in EVENT_COLUMN_NAMES order (hot path)."""
+    return (
+        event.account_id,
+        event.sequence,
+        str(event.event_type),
+        event.amount,
+        event.released_amount,
+        event.hold_id,
+        event.refers_to,
+        event.expires_at_us,
+        event.purpose,
+        event.reference,
+        event.reason,
+        event.source,
+        event.note,
+        event.posted_after,
+        event.held_after,
+        event.idempotency_key,
+        event.fingerprint,
+        event.recorded_at_us,
+        canonical_json(event.metadata) if event.metadata else "{}",
+        event.prev_hash,
+        event.hash,
+    )
+
+
+# Built once: a statement object per batch costs more (cache key, coercion) than its SQL.
+_ACCOUNT_IDS: BindParameter[str] = bindparam("account_ids", expanding=True)
+_KEYS: BindParameter[str] = bindparam("keys", expanding=True)
+_OUTCOME_PROBE = union_all(
+    select(
+        events.c.account_id,
+        events.c.idempotency_key,
+        events.c.sequence,
+        literal("event").label("kind"),
+    ).where(events.c.account_id.in_(_ACCOUNT_IDS), events.c.idempotency_key.in_(_KEYS)),
+    select(
+        commands.c.account_id,
+        commands.c.idempotency_key,
+        null().label("sequence"),
+        literal("refusal").label("kind"),
+    ).where(commands.c.account_id.in_(_ACCOUNT_IDS), commands.c.idempotency_key.in_(_KEYS)),
+)
 
 
 class EventStore:
@@ -151,6 +227,16 @@ class EventStore:
 
     def __init__(self, engines: Engines) -> None:
         self.engines = engines
+        self._lock_heads_query = self.lock_rows(
+            select(
+                accounts.c.account_id,
+                accounts.c.owner_id,
+                accounts.c.head_sequence,
+                accounts.c.head_hash,
+            )
+            .where(accounts.c.account_id.in_(_ACCOUNT_IDS))
+            .order_by(accounts.c.account_id)
+        )
         names = ", ".join(EVENT_COLUMN_NAMES)
         self._insert_events_sql = self._sql(
             f"INSERT INTO ledger_events ({names}) VALUES ("
@@ -233,17 +319,9 @@ class EventStore:
         self, connection: Connection, account_ids: Iterable[str]
     ) -> dict[str, AccountHead]:
         """Heads of the accounts in one statement (locked, in sorted order, on PostgreSQL)."""
-        query = self.lock_rows(
-            select(
-                accounts.c.account_id,
-                accounts.c.owner_id,
-                accounts.c.head_sequence,
-                accounts.c.head_hash,
-            )
-            .where(accounts.c.account_id.in_(sorted(set(account_ids))))
-            .order_by(accounts.c.account_id)
-        )
-        rows = connection.execute(query).all()
+        rows = connection.execute(
+            self._lock_heads_query, {"account_ids": sorted(set(account_ids))}
+        ).all()
         return {row[0]: AccountHead(row[0], row[1], int(row[2]), row[3]) for row in rows}
 
     def load_state(self, connection: Connection, account_id: str, owner_id: str) -> AccountState:
@@ -287,23 +365,12 @@ class EventStore:
         # cross product it may return is filtered to the wanted pairs here.
         account_ids = sorted({account_id for account_id, _ in pairs})
         keys_only = sorted({key for _, key in pairs})
-        probe = union_all(
-            select(
-                events.c.account_id,
-                events.c.idempotency_key,
-                events.c.sequence,
-                literal("event").label("kind"),
-            ).where(events.c.account_id.in_(account_ids), events.c.idempotency_key.in_(keys_only)),
-            select(
-                commands.c.account_id,
-                commands.c.idempotency_key,
-                null().label("sequence"),
-                literal("refusal").label("kind"),
-            ).where(
-                commands.c.account_id.in_(account_ids), commands.c.idempotency_key.in_(keys_only)
-            ),
-        )
-        hits = [row for row in connection.execute(probe).all() if (row[0], row[1]) in wanted]
+        parameters = {"account_ids": account_ids, "keys": keys_only}
+        hits = [
+            row
+            for row in connection.execute(_OUTCOME_PROBE, parameters).all()
+            if (row[0], row[1]) in wanted
+        ]
         # Hits are retries, rare next to first attempts: fetch their full rows one by one.
         for account_id, key, sequence, kind in hits:
             if kind == "event":
