@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tiny_model import build_tokenizer
 
 from inference import ChatMessage
@@ -82,3 +86,54 @@ class TestStopStrings:
         matcher = StopStringMatcher(["STOP"])
         assert matcher.feed("go ST") == ("go ", False)
         assert matcher.flush() == "ST"
+
+
+class TestStopStringProperties:
+    @given(
+        text=st.text(alphabet="abc\u00e9", max_size=40),
+        stops=st.lists(st.text(alphabet="abc\u00e9", min_size=1, max_size=4), max_size=3),
+        cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8),
+    )
+    def test_any_chunking_never_leaks_a_stop(
+        self, text: str, stops: list[str], cuts: list[int]
+    ) -> None:
+        """However the text arrives in pieces: the emitted text is a prefix of it that
+        contains no stop string, a stop is reported exactly when the text contains one, and
+        then the text continues with a stop string right where the emitted text ends."""
+        bounds = sorted({0, len(text), *(min(cut, len(text)) for cut in cuts)})
+        emitted, stopped = _stream(StopStringMatcher(stops), text, bounds)
+        assert text.startswith(emitted)
+        assert not any(stop in emitted for stop in stops)
+        assert stopped == any(stop in text for stop in stops)
+        if stopped:
+            assert any(text[len(emitted) :].startswith(stop) for stop in stops)
+        else:
+            assert emitted == text
+
+    @given(
+        text=st.text(alphabet="abc\u00e9", max_size=40),
+        stops=st.lists(st.text(alphabet="abc\u00e9", min_size=1, max_size=4), max_size=3),
+    )
+    def test_one_character_at_a_time_stops_at_first_completed(
+        self, text: str, stops: list[str]
+    ) -> None:
+        """Fed a character at a time, text ends before the stop string that completes first
+        (the longest one when several complete on the same character)."""
+        emitted, _ = _stream(StopStringMatcher(stops), text, list(range(len(text) + 1)))
+        expected = text
+        for end in range(1, len(text) + 1):
+            completed = [stop for stop in stops if text[:end].endswith(stop)]
+            if completed:
+                expected = text[: end - max(len(stop) for stop in completed)]
+                break
+        assert emitted == expected
+
+
+def _stream(matcher: StopStringMatcher, text: str, bounds: list[int]) -> tuple[str, bool]:
+    emitted = ""
+    for start, end in itertools.pairwise(bounds):
+        piece, hit = matcher.feed(text[start:end])
+        emitted += piece
+        if hit:
+            return emitted, True
+    return emitted + matcher.flush(), False
