@@ -48,10 +48,12 @@ VIEWPORT = {"width": 1280, "height": 860}
 
 # Catalog of the live server. Prices are chosen so the tests can reason about them:
 # `tiny` is cheap, `tiny-premium` costs more per message than the signup grant (so it always
-# gets the insufficient-credits notice), `tiny-missing` has no weights (shown unavailable).
+# gets the insufficient-credits notice), `tiny-missing` has no weights (shown unavailable),
+# `tiny-broken` has garbage weights and falls back to `tiny` when asked.
 TINY_MODEL = "tiny"
 PREMIUM_MODEL = "tiny-premium"
 MISSING_MODEL = "tiny-missing"
+BROKEN_MODEL = "tiny-broken"
 TINY_CONTEXT_LIMIT_TOKENS = 1024
 TINY_MAX_NEW_TOKENS_CAP = 900
 SIGNUP_GRANT_CREDITS = 100
@@ -130,7 +132,7 @@ def save_visible_tiny_gemma(directory: Path) -> Path:
     return directory
 
 
-def catalog_toml(model_dir: Path, missing_dir: Path) -> str:
+def catalog_toml(model_dir: Path, missing_dir: Path, broken_dir: Path) -> str:
     def entry(model_id: str, name: str, path: Path, per_message: int, extra: str = "") -> str:
         return f"""
 [[models]]
@@ -150,7 +152,19 @@ completion_credits_per_1k_tokens = 20 }}
         entry(TINY_MODEL, "Tiny Gemma", model_dir, 1, "load_at_start = true")
         + entry(PREMIUM_MODEL, "Tiny Gemma Premium", model_dir, PREMIUM_PER_MESSAGE_CREDITS)
         + entry(MISSING_MODEL, "Tiny Gemma Missing", missing_dir, 1)
+        + entry(
+            BROKEN_MODEL, "Tiny Gemma Broken", broken_dir, 1, f'fallback_model_id = "{TINY_MODEL}"'
+        )
     )
+
+
+def save_broken_model(model_dir: Path, directory: Path) -> Path:
+    """Looks like a model directory, but its weights file is garbage: loading it fails."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model_dir / name, directory / name)
+    (directory / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    return directory
 
 
 @pytest.fixture(scope="session")
@@ -158,7 +172,8 @@ def ui_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ui-models")
     model_dir = save_visible_tiny_gemma(folder / "tiny")
     path = folder / "catalog.toml"
-    path.write_text(catalog_toml(model_dir, folder / "not-there"), encoding="utf-8")
+    broken_dir = save_broken_model(model_dir, folder / "broken")
+    path.write_text(catalog_toml(model_dir, folder / "not-there", broken_dir), encoding="utf-8")
     return path
 
 

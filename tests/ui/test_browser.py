@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
 from ui.conftest import (
+    BROKEN_MODEL,
     MISSING_MODEL,
     PREMIUM_MODEL,
     SIGNUP_GRANT_CREDITS,
@@ -155,6 +157,14 @@ class TestChat:
         expect(page.locator("#balance-cards .lc-available [data-value]")).to_have_attribute(
             "data-value", str(balance_before - usage["cost"])
         )
+        expect(page.locator("#credits-plot").locator("canvas, svg").first).to_be_visible()
+        page.locator("#history-csv").click()
+        with page.expect_download() as download:
+            page.locator("#csv-file a").first.click()
+        csv_text = Path(download.value.path()).read_text(encoding="utf-8")
+        assert csv_text.splitlines()[0].startswith("event_id,")
+        captured = [line for line in csv_text.splitlines() if ",hold_captured," in line]
+        assert len(captured) == 1 and f",{-usage['cost']}," in captured[0], csv_text
 
     def test_stop_keeps_the_partial_reply_and_bills_only_it(
         self, page: Page, shots: Shots, unique_name: Callable[[str], str]
@@ -234,6 +244,21 @@ class TestChat:
         )
         assert "Missing" not in page.locator("#model-select input").input_value()
         assert MISSING_MODEL
+
+    def test_a_fallback_answer_says_which_model_answered(
+        self, page: Page, shots: Shots, unique_name: Callable[[str], str]
+    ) -> None:
+        """A model that fails to load hands the request to its fallback; the page says so."""
+        sign_up_and_in(page, unique_name("fallback"), TEST_PASSWORD)
+        set_sampling(page, temperature=0, max_tokens=SHORT_REPLY_TOKENS)
+        choose_model(page, "Tiny Gemma Broken")
+        send(page, "Hello fallback")
+        wait_for_footer(page)
+        shots(page, "fallback")
+        expect(bot_messages(page).last).to_contain_text(f"fallback: {BROKEN_MODEL} was unavailable")
+        expect(page.locator("#chat-notice")).to_contain_text(
+            f"{BROKEN_MODEL} was unavailable, so {TINY_MODEL} answered"
+        )
 
     def test_conversations_survive_reload_and_can_be_renamed_and_deleted(
         self, page: Page, shots: Shots, unique_name: Callable[[str], str]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
-from web.errors import ValidationFailed
-from web.ui.chat import ChatTurn, validate_sampling
+from inference.errors import EngineBusy
+from web.domain.chat.schemas import BalanceView, ChatCompleted
+from web.errors import CreditsExhausted, ValidationFailed
+from web.ui.chat import ChatTurn, completion_notice, refusal_notice, validate_sampling
 from web.ui.text import (
     PriceTerms,
     ReplyCost,
@@ -116,3 +119,49 @@ class TestValidateSampling:
     def test_bounds_are_inclusive(self) -> None:
         assert validate_sampling(0, 1, 100).temperature == 0.0
         assert validate_sampling(2, 100.0, 100).max_tokens == 100
+
+
+class TestChatNotices:
+    def test_refusals_say_nothing_was_charged(self) -> None:
+        """Insufficient credits names the hold and the balance; busy asks to retry."""
+        poor = refusal_notice(
+            CreditsExhausted(
+                "too expensive", available=7, required=512, price={"per_message_credits": 1}
+            )
+        )
+        assert "512 credits" in poor and "7 credits" in poor and "Nothing was charged" in poor
+        assert "lc-notice-warning" in poor
+        busy = refusal_notice(EngineBusy("queue full"))
+        assert "busy" in busy and "Nothing was charged" in busy
+
+    def test_unexpected_errors_are_not_swallowed(self) -> None:
+        with pytest.raises(KeyError):
+            refusal_notice(KeyError("bug"))
+
+    def test_a_released_reply_says_its_hold_was_refunded(self) -> None:
+        done = _completed(settlement="released", cost_credits=0, release_reason="failed")
+        notice = completion_notice(done, stopped=False, chosen_model="big")
+        assert "refunded in full" in notice and "12 credits" in notice
+
+    def test_a_fallback_answer_is_announced(self) -> None:
+        done = _completed(model_answered="small")
+        notice = completion_notice(done, stopped=False, chosen_model="big")
+        assert "big was unavailable, so small answered" in notice
+
+
+def _completed(**changes: object) -> ChatCompleted:
+    base = ChatCompleted(
+        request_id="r",
+        conversation_id="c",
+        model_requested="big",
+        model_answered="big",
+        prompt_tokens=10,
+        completion_tokens=5,
+        cost_credits=3,
+        hold_credits=12,
+        price_version="v",
+        finish_reason="stop",
+        settlement="captured",
+        balance=BalanceView(posted=10, held=0, available=10),
+    )
+    return msgspec.structs.replace(base, **changes)

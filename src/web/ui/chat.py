@@ -265,12 +265,14 @@ class ChatActions:
                 conversation_id,
             )
             return
+        # The model the person chose: the service may already name the fallback as requested.
+        chosen_model = model_id or completed.model_requested
         turn.footer = reply_footer(
             ReplyCost(
                 cost_credits=completed.cost_credits,
                 prompt_tokens=completed.prompt_tokens,
                 completion_tokens=completed.completion_tokens,
-                model_requested=completed.model_requested,
+                model_requested=chosen_model,
                 model_answered=completed.model_answered,
                 settlement=completed.settlement,
                 release_reason=completed.release_reason,
@@ -279,7 +281,7 @@ class ChatActions:
         yield (
             turn.render(),
             gr.skip(),
-            completion_notice(completed, stopped),
+            completion_notice(completed, stopped, chosen_model),
             balance_html(completed.balance.available, completed.balance.held),
             completed.conversation_id or conversation_id,
         )
@@ -405,7 +407,7 @@ def _generator(events: AsyncIterator[ChatEvent]) -> AsyncGenerator[ChatEvent, No
     return cast(AsyncGenerator[ChatEvent, None], events)
 
 
-def completion_notice(completed: ChatCompleted, stopped: bool) -> str:
+def completion_notice(completed: ChatCompleted, stopped: bool, chosen_model: str) -> str:
     """The banner after a reply: refunds, fallbacks and stops are said out loud."""
     if completed.settlement == "released":
         reason = completed.release_reason or completed.error or "the reply failed"
@@ -414,10 +416,10 @@ def completion_notice(completed: ChatCompleted, stopped: bool) -> str:
             f"The reply did not complete ({reason}); its hold of "
             f"{credits_label(completed.hold_credits)} was refunded in full.",
         )
-    if completed.model_answered != completed.model_requested:
+    if completed.model_answered != chosen_model:
         return notice_html(
             "info",
-            f"{completed.model_requested} was unavailable, so {completed.model_answered} answered "
+            f"{chosen_model} was unavailable, so {completed.model_answered} answered "
             f"at its own price ({credits_label(completed.cost_credits)}).",
         )
     if stopped:
