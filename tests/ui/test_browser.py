@@ -44,6 +44,7 @@ from ui.pages import (
     user_messages,
     wait_for_footer,
 )
+from web.ui.account import HISTORY_PAGE_SIZE
 
 pytestmark = pytest.mark.browser
 
@@ -341,8 +342,38 @@ class TestAccountAndAdmin:
             stdin=TEST_PASSWORD + "\n",
         )
         assert created.returncode == 0, created.stderr
+        # Enough API top-ups that the history needs a second page.
+        with httpx.Client(base_url=live_server.base_url, timeout=30) as api:
+            token = api.post(
+                "/api/auth/login", json={"username": admin_name, "password": TEST_PASSWORD}
+            ).json()["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            admin_id = api.get("/api/me", headers=headers).json()["id"]
+            for number in range(HISTORY_PAGE_SIZE):
+                added = api.post(
+                    f"/api/admin/users/{admin_id}/credits",
+                    json={"amount": 1},
+                    headers={**headers, "Idempotency-Key": f"{admin_name}-{number}"},
+                )
+                assert added.status_code == 200, added.text
         open_home(page)
         login(page, admin_name, TEST_PASSWORD)
+        open_account(page)
+        history = page.locator("#history-table").get_by_role("row")
+        expect(page.locator("#history-page textarea, #history-page input").first).to_have_value(
+            "Page 1"
+        )
+        expect(history).to_have_count(HISTORY_PAGE_SIZE + 1)  # plus the header row
+        page.locator("#history-next").click()
+        expect(page.locator("#history-page textarea, #history-page input").first).to_have_value(
+            "Page 2 (last)"
+        )
+        expect(page.locator("#history-table")).to_contain_text("signup grant")
+        shots(page, "history-page-2")
+        page.locator("#history-prev").click()
+        expect(page.locator("#history-page textarea, #history-page input").first).to_have_value(
+            "Page 1"
+        )
         page.get_by_role("tab", name="Admin").click()
         expect(page.locator("#users-table")).to_contain_text(admin_name)
         page.locator("#topup-user input").click()
