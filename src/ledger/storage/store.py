@@ -29,9 +29,11 @@ from sqlalchemy import (
     literal,
     null,
     select,
+    text,
     union_all,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.sql.base import Executable
 
 from ledger.domain import (
     AccountState,
@@ -219,6 +221,30 @@ _OUTCOME_PROBE = union_all(
     ).where(commands.c.account_id.in_(_ACCOUNT_IDS), commands.c.idempotency_key.in_(_KEYS)),
 )
 
+# PostgreSQL: arrays instead of IN lists, so the SQL text (and its prepared statement) is
+# the same whatever the batch size.
+_PG_OUTCOME_PROBE = text(
+    """
+    SELECT e.account_id, e.idempotency_key, e.sequence, 'event' AS kind
+    FROM ledger_events e
+    JOIN unnest(CAST(:account_ids AS text[]), CAST(:keys AS text[])) AS k(account_id, key)
+      ON e.account_id = k.account_id AND e.idempotency_key = k.key
+    UNION ALL
+    SELECT c.account_id, c.idempotency_key, NULL, 'refusal' AS kind
+    FROM ledger_commands c
+    JOIN unnest(CAST(:account_ids AS text[]), CAST(:keys AS text[])) AS k(account_id, key)
+      ON c.account_id = k.account_id AND c.idempotency_key = k.key
+    """
+)
+_PG_LOCK_HEADS = text(
+    """
+    SELECT account_id, owner_id, head_sequence, head_hash FROM ledger_accounts
+    WHERE account_id = ANY(CAST(:account_ids AS text[]))
+    ORDER BY account_id
+    FOR UPDATE
+    """
+)
+
 
 class EventStore:
     """Backend-neutral queries; subclasses set locking and retryable errors."""
@@ -227,7 +253,7 @@ class EventStore:
 
     def __init__(self, engines: Engines) -> None:
         self.engines = engines
-        self._lock_heads_query = self.lock_rows(
+        self._lock_heads_query: Executable = self.lock_rows(
             select(
                 accounts.c.account_id,
                 accounts.c.owner_id,
@@ -258,6 +284,18 @@ class EventStore:
 
     def lock_rows(self, query: Select[Any]) -> Select[Any]:
         return query
+
+    def outcome_probe(self, pairs: list[tuple[str, str]]) -> tuple[Any, dict[str, Any]]:
+        """Statement and parameters finding which (account_id, key) pairs have an outcome.
+
+        Two IN lists (not a row-value IN, which SQLite does not drive through the index); the
+        cross product it may return is filtered to the wanted pairs by the caller.
+        """
+        parameters = {
+            "account_ids": sorted({account_id for account_id, _ in pairs}),
+            "keys": sorted({key for _, key in pairs}),
+        }
+        return _OUTCOME_PROBE, parameters
 
     def is_retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, IntegrityError)
@@ -361,14 +399,9 @@ class EventStore:
             return found
         pairs = sorted(set(keys))
         wanted = set(pairs)
-        # Two IN lists (not a row-value IN) so both backends probe the unique index; the
-        # cross product it may return is filtered to the wanted pairs here.
-        account_ids = sorted({account_id for account_id, _ in pairs})
-        keys_only = sorted({key for _, key in pairs})
-        parameters = {"account_ids": account_ids, "keys": keys_only}
         hits = [
             row
-            for row in connection.execute(_OUTCOME_PROBE, parameters).all()
+            for row in connection.execute(*self.outcome_probe(pairs)).all()
             if (row[0], row[1]) in wanted
         ]
         # Hits are retries, rare next to first attempts: fetch their full rows one by one.
@@ -623,6 +656,17 @@ class PostgresEventStore(EventStore):
 
     def lock_rows(self, query: Select[Any]) -> Select[Any]:
         return query.with_for_update()
+
+    def __init__(self, engines: Engines) -> None:
+        super().__init__(engines)
+        self._lock_heads_query = _PG_LOCK_HEADS
+
+    def outcome_probe(self, pairs: list[tuple[str, str]]) -> tuple[Any, dict[str, Any]]:
+        """A join with the pairs unnested from two arrays: one index lookup per pair."""
+        return _PG_OUTCOME_PROBE, {
+            "account_ids": [account_id for account_id, _ in pairs],
+            "keys": [key for _, key in pairs],
+        }
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, DBAPIError):
