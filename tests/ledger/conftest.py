@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import structlog
 
 from ledger import Ledger, LedgerSettings
 from ledger.clock import ManualClock
+
+LEDGER_TESTS = Path(__file__).parent
+SLOW_TESTS = ("test_ledger_properties.py", "TestProcesses")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark this package's PostgreSQL cases `postgres` and its long tests `slow`, so that
+    `-m "not postgres"` or `-m "not slow"` select as the registered markers promise."""
+    for item in items:
+        if LEDGER_TESTS not in item.path.parents:
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_backend") == "postgres":
+            item.add_marker(pytest.mark.postgres)
+        if any(name in item.nodeid for name in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
