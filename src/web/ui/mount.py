@@ -37,6 +37,9 @@ GRADIO_PATH_PREFIXES: tuple[str, ...] = (
 )
 
 
+MAX_UPLOAD_BYTES = 1_000_000
+
+
 class GradioASGI:
     """The ASGI app of one `Blocks`, started lazily and called with the request's real path."""
 
@@ -85,7 +88,9 @@ def _create_gradio_app(blocks: gr.Blocks, *, css: str, head: str) -> App:
     blocks_setup.dev_mode = False
     blocks_setup.run_history = False
     blocks_setup.footer_links = []
-    blocks_setup.max_file_size = None
+    # The page uploads nothing; a small cap keeps Gradio's upload route from filling the disk
+    # (Litestar's body limit does not reach into an ASGI mount).
+    blocks_setup.max_file_size = MAX_UPLOAD_BYTES
     blocks_setup.config = blocks.get_config_file()
     blocks_setup.validate_queue_settings()
     blocks_setup.custom_mount_path = "/"

@@ -21,6 +21,12 @@ from web.ui.text import balance_html, notice_html
 # Encrypted browser storage for the refresh token; the key name is stable across restarts.
 BROWSER_STORAGE_KEY = "ledgerchat-session"
 PAGE_TITLE = "ledgerchat"
+# Replies streaming at once through the page; the engine's own queue limit applies behind it.
+CHAT_CONCURRENCY_LIMIT = 64
+# Other page actions running at once (Gradio's default would be one at a time for everyone),
+# and events waiting in Gradio's queue before new ones are refused.
+ACTION_CONCURRENCY_LIMIT = 16
+QUEUE_MAX_EVENTS = 512
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,14 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
     async def conversations_on_open(session: UISession) -> Any:
         return await chat.refresh_conversations(session, None)
 
-    with gr.Blocks(title=PAGE_TITLE, fill_width=True) as blocks:
+    with gr.Blocks(
+        title=PAGE_TITLE,
+        fill_width=True,
+        analytics_enabled=False,
+        # Gradio's cached copies of served files (the CSV exports): checked every 10 minutes,
+        # deleted after an hour.
+        delete_cache=(600, 3600),
+    ) as blocks:
         session = gr.State(UISession())
         stored_refresh_token = gr.BrowserState(
             "", storage_key=BROWSER_STORAGE_KEY, secret=storage_secret
@@ -392,7 +405,7 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
             chat.send,
             [session, message_box, model_select, temperature, max_tokens, conversation_id, chatbot],
             [chatbot, message_box, chat_notice, balance_badge, conversation_id],
-            concurrency_limit=None,
+            concurrency_limit=CHAT_CONCURRENCY_LIMIT,
             show_progress="minimal",
             show_progress_on=[chatbot],
         )
@@ -486,5 +499,6 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
             audited,
         ):
             action.then(views, [session], view_outputs, show_progress="hidden")
+    blocks.queue(max_size=QUEUE_MAX_EVENTS, default_concurrency_limit=ACTION_CONCURRENCY_LIMIT)
     built: gr.Blocks = blocks
     return built
