@@ -68,6 +68,8 @@ class _Pending:
     command: Command
     future: asyncio.Future[Outcome]
     record_refusal: bool
+    # Computed by the caller, off the writer's serial path.
+    fingerprint: str
 
 
 @dataclass(slots=True)
@@ -127,7 +129,7 @@ class Writer:
             raise LedgerClosed()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         timeout_s = self._settings.command_timeout_s
-        pending = _Pending(command, future, record_refusal)
+        pending = _Pending(command, future, record_refusal, command.fingerprint())
         try:
             async with asyncio.timeout(timeout_s):
                 if self._queue.full():
@@ -268,7 +270,7 @@ class Writer:
             return AccountNotFound(account_id)
         owner_id = heads[account_id].owner_id
         key = (account_id, command.idempotency_key)
-        fingerprint = command.fingerprint()
+        fingerprint = pending.fingerprint
         previous: tuple[str, Outcome | LedgerError] | None = context.decided.get(key)
         if previous is None and key in earlier:
             stored = earlier[key]
