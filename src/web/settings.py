@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 ENV_PREFIX = "LEDGERCHAT_"
+MIN_HOLD_TTL_S = 2
 
 
 class SettingsError(ValueError):
@@ -100,7 +101,8 @@ class BillingSettings:
     signup_grant_credits: int = 100
     """Credits granted to every new user, as a ledger event."""
     hold_ttl_s: int = 600
-    """Lifetime of a chat hold; a crashed process leaves holds the sweeper releases after it."""
+    """Lifetime of a chat hold; a crashed process leaves holds the sweeper releases after it.
+    A generation is stopped (timeout) at 3/4 of it (at most 60 s before), before it expires."""
     sweep_interval_s: float = 30.0
     """How often expired holds are released."""
     partial_capture_on_disconnect: bool = True
@@ -274,6 +276,8 @@ def check_settings(settings: Settings) -> None:
         raise SettingsError(
             "LEDGERCHAT_CHAT_DEFAULT_MAX_TOKENS exceeds LEDGERCHAT_CHAT_MAX_MAX_TOKENS"
         )
+    if settings.billing.hold_ttl_s < MIN_HOLD_TTL_S:
+        raise SettingsError(f"LEDGERCHAT_BILLING_HOLD_TTL_S must be at least {MIN_HOLD_TTL_S}")
     if settings.billing.signup_grant_credits < 0:
         raise SettingsError("LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS must not be negative")
     if settings.server.port > 65535:

@@ -21,7 +21,9 @@ from ledger import Ledger
 
 pytestmark = pytest.mark.slow
 
-HOLD_TTL_S = 3
+# Long enough that the first delta arrives before the generation deadline (3/4 of it) on a busy
+# machine, short enough to wait for its expiry.
+HOLD_TTL_S = 12
 READY_TIMEOUT_S = 120.0
 
 

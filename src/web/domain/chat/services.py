@@ -37,7 +37,7 @@ from inference.errors import InferenceError
 from inference.events import Finished, ModelStatus, TextDelta
 from inference.requests import ChatMessage, GenerationRequest, SamplingParams
 from ledger import Ledger
-from ledger.errors import InsufficientCredits
+from ledger.errors import HoldAlreadyResolved, HoldExpired, InsufficientCredits
 from web import metrics
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.conversations import ConversationsService
@@ -67,6 +67,15 @@ from web.tables import ChatRequestRow, ModelInteractionRow, utc_now
 log = get_logger(__name__)
 
 BILLING_SAMPLES_KEPT = 10_000
+HOLD_MARGIN_FRACTION = 0.25
+HOLD_MARGIN_MAX_S = 60.0
+
+
+def generation_deadline_s(hold_ttl_s: float) -> float:
+    """A generation deadline that ends well before the hold expires."""
+    return hold_ttl_s - min(HOLD_MARGIN_MAX_S, hold_ttl_s * HOLD_MARGIN_FRACTION)
+
+
 STATUS_STARTED = "started"
 STATUS_DONE = "done"
 
@@ -361,6 +370,12 @@ class ChatService:
             messages=messages,
             sampling=self._sampling(chat_input.sampling, model),
             request_id=request_id,
+            # The generation must end (timeout) before its hold can expire, so a capture never
+            # races the sweeper.
+            deadline_s=min(
+                self._engine.settings.default_deadline_s,
+                generation_deadline_s(self._billing.hold_ttl_s),
+            ),
         )
         estimate = await self._engine.estimate(request)
         answering_id = getattr(estimate, "model_id", model.id)
@@ -537,11 +552,20 @@ class ChatService:
             cost = min(
                 cost_credits(price, prompt_tokens, completion_tokens), generation.hold_credits
             )
-        if cost > 0:
-            await self._capture(generation, cost, answered, prompt_tokens, completion_tokens, price)
-            settlement = "captured" if stopped is None else "partially_captured"
-        else:
-            await self._release(generation, release_reason or "aborted")
+        try:
+            if cost > 0:
+                await self._capture(
+                    generation, cost, answered, prompt_tokens, completion_tokens, price
+                )
+                settlement = "captured" if stopped is None else "partially_captured"
+            else:
+                await self._release(generation, release_reason or "aborted")
+        except (HoldExpired, HoldAlreadyResolved) as exc:
+            # Only when the hold outlived its TTL (a stalled process): the sweeper released it
+            # in full, so nothing is charged.
+            log.error("hold_resolved_elsewhere", request_id=generation.request_id, code=exc.code)
+            metrics.ACTIVE_HOLDS.dec()
+            cost, settlement, release_reason = 0, "released", "expired"
         elapsed_s = time.monotonic() - generation.started_at
         metrics.TOKENS_GENERATED.labels(answered).inc(completion_tokens)
         metrics.PROMPT_TOKENS.labels(answered).inc(prompt_tokens)
