@@ -57,11 +57,12 @@ def _ask(page: Page, prompt: str, max_tokens: int) -> None:
     page.locator("#temperature input").fill("0.7")
     page.locator("#max-tokens input").fill(str(max_tokens))
     page.locator("#sampling").get_by_text("Sampling settings").click()
+    replies = page.locator('#chatbot [data-testid="bot"]')
+    before = replies.count()
     page.locator("#chat-input textarea").fill(prompt)
     page.locator("#send-button").click()
-    expect(page.locator('#chatbot [data-testid="bot"]').last).to_contain_text(
-        "reply tokens", timeout=REPLY_TIMEOUT_MS
-    )
+    expect(replies).to_have_count(before + 1, timeout=REPLY_TIMEOUT_MS)
+    expect(replies.last).to_contain_text("reply tokens", timeout=REPLY_TIMEOUT_MS)
 
 
 def main() -> int:
@@ -82,6 +83,7 @@ def main() -> int:
         _sign_up(page, username)
         for prompt in PROMPTS:
             _ask(page, prompt, args.max_tokens)
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(args.out / "chat.png"))
         page.get_by_role("tab", name="Account").click()
         expect(page.locator("#history-table")).to_contain_text("hold_captured")
@@ -90,6 +92,7 @@ def main() -> int:
         page.set_viewport_size(PHONE)
         page.get_by_role("tab", name="Chat").click()
         time.sleep(1)
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(args.out / "chat-phone.png"))
         browser.close()
     print(f"screenshots written to {args.out}")
