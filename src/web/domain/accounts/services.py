@@ -8,7 +8,7 @@ import re
 import uuid
 from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -123,7 +123,14 @@ class AccountsService:
                 await session.commit()
             except IntegrityError as exc:
                 raise AlreadyExists("username or email is already registered") from exc
-        account_id = await self._open_account(row)
+        try:
+            account_id = await self._open_account(row)
+        except BaseException:
+            # Without its ledger account the user could never log in; free the name again.
+            async with self._sessions() as session:
+                await session.execute(delete(UserRow).where(UserRow.id == row.id))
+                await session.commit()
+            raise
         async with self._sessions() as session:
             await session.execute(
                 update(UserRow).where(UserRow.id == row.id).values(account_id=account_id)

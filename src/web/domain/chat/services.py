@@ -287,7 +287,9 @@ class ChatService:
                 f"Idempotency-Key must be 1-{self._billing.max_idempotency_key_length} characters"
             )
 
-    async def _claim(self, identity: Identity, key: str, fingerprint: str) -> str | list[ChatEvent]:
+    async def _claim(
+        self, identity: Identity, key: str, fingerprint: str, *, attempts: int = 2
+    ) -> str | list[ChatEvent]:
         """Insert the request row; an existing row means a retry: replay, conflict or busy."""
         request_id = str(uuid.uuid4())
         async with self._sessions() as session:
@@ -311,8 +313,11 @@ class ChatService:
                     ChatRequestRow.idempotency_key == key,
                 )
             )
-        if existing is None:  # deleted between our insert and read: a refused earlier attempt
-            return await self._claim(identity, key, fingerprint)
+        if existing is None:
+            # Deleted between our insert and read: an earlier attempt was refused (402...).
+            if attempts <= 1:
+                raise RequestInProgress("a request with this Idempotency-Key is being retried")
+            return await self._claim(identity, key, fingerprint, attempts=attempts - 1)
         if existing.fingerprint != fingerprint:
             raise IdempotencyKeyReused("this Idempotency-Key was used for a different request")
         if existing.status != STATUS_DONE or existing.outcome_json is None:
