@@ -176,6 +176,12 @@ class Writer:
                     attempt += 1
                     await asyncio.sleep(self._settings.retry_backoff_s * 2 ** (attempt - 1))
                     continue
+                if len(batch) > 1 and not self._store.is_retryable(exc):
+                    # One bad command must not fail its neighbours: run each alone.
+                    logger.warning("ledger_batch_split", error=repr(exc), commands=len(batch))
+                    for pending in batch:
+                        await self._process([pending])
+                    return
                 error: LedgerError
                 if self._store.is_retryable(exc):
                     error = LedgerBusy(f"write conflict persisted after {attempt} retries: {exc}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from ledger import Ledger, LedgerSettings
+from ledger import Ledger, LedgerSettings, StorageError
 from ledger.cli import EXIT_CLEAN, EXIT_USAGE, EXIT_VIOLATIONS
 from ledger.clock import ManualClock
 from web.cli import main as ledgerchat
@@ -211,6 +211,42 @@ class TestTampering:
         kinds = await self.audit_kinds(url, settings)
         assert {"negative_available", "refund_exceeds_taken"} <= kinds
         assert "hash_mismatch" not in kinds
+
+
+class TestCorruptAccount:
+    async def test_a_corrupt_account_fails_alone(
+        self, sqlite_url: str, settings: LedgerSettings
+    ) -> None:
+        """An account whose head disagrees with its log gets StorageError; commands for
+        other accounts in the same batch still commit."""
+        ledger = await Ledger.open(sqlite_url, settings=settings)
+        try:
+            broken = await ledger.open_account("broken")
+            healthy = await ledger.open_account("healthy")
+            for account_id in (broken, healthy):
+                await ledger.add_credits(account_id, 50, source="grant", idempotency_key="seed")
+            path = make_url(sqlite_url).database
+            assert path is not None
+            connection = sqlite3.connect(path)
+            try:
+                connection.execute(
+                    "UPDATE ledger_accounts SET head_sequence = head_sequence + 5 "
+                    "WHERE account_id = ?",
+                    (broken,),
+                )
+                connection.commit()
+            finally:
+                connection.close()
+            results = await asyncio.gather(
+                ledger.charge(broken, 1, idempotency_key="a"),
+                ledger.charge(healthy, 1, idempotency_key="b"),
+                return_exceptions=True,
+            )
+            assert isinstance(results[0], StorageError)
+            assert not isinstance(results[1], BaseException)
+            assert (await ledger.balance(healthy)).posted == 49
+        finally:
+            await ledger.close()
 
 
 class TestAuditCommand:
