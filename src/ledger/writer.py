@@ -329,10 +329,12 @@ class Writer:
         write.events.append(event)
         context.written[event.event_id] = event
         if event.event_type is EventType.HOLD_PLACED:
-            write.holds_opened.append(event)
+            assert event.hold_id is not None
+            write.holds_opened[event.hold_id] = event
         elif event.event_type in (EventType.HOLD_CAPTURED, EventType.HOLD_RELEASED):
             assert event.hold_id is not None
-            write.holds_closed.append(event.hold_id)
+            if write.holds_opened.pop(event.hold_id, None) is None:
+                write.holds_closed.append(event.hold_id)
             context.resolved_holds.add(event.hold_id)
         elif event.event_type is EventType.REFUNDED:
             assert event.refers_to is not None
