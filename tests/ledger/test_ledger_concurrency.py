@@ -162,6 +162,21 @@ class TestSameKey:
         assert (await ledger.balance(funded)).posted == 950
 
 
+class TestSameBatch:
+    async def test_hold_placed_and_captured_in_one_batch(self, ledger: Ledger, funded: str) -> None:
+        """Hold ids are predictable; a capture that arrives in the hold's own batch works and
+        leaves the hold-expiry index consistent (audit clean)."""
+        predicted = f"{funded}:2"  # the seed is event 1
+        hold, capture = await asyncio.gather(
+            ledger.place_hold(funded, 30, purpose="p", reference="r", idempotency_key="h"),
+            ledger.capture_hold(funded, predicted, 10, idempotency_key="c"),
+        )
+        assert hold.hold_id == predicted and capture.hold_id == predicted
+        assert (await ledger.balance(funded)).held == 0
+        report = await ledger.audit()
+        assert report.clean, report.violations
+
+
 class TestProcesses:
     async def test_two_processes_write_the_same_accounts(
         self, database_url: str, settings: LedgerSettings
