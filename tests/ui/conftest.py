@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -132,9 +132,10 @@ def save_visible_tiny_gemma(directory: Path) -> Path:
     return directory
 
 
-def catalog_toml(model_dir: Path, missing_dir: Path, broken_dir: Path) -> str:
-    def entry(model_id: str, name: str, path: Path, per_message: int, extra: str = "") -> str:
-        return f"""
+def catalog_toml_entry(
+    model_id: str, name: str, path: Path, per_message: int, extra: str = ""
+) -> str:
+    return f"""
 [[models]]
 id = "{model_id}"
 display_name = "{name}"
@@ -148,6 +149,9 @@ completion_credits_per_1k_tokens = 20 }}
 {extra}
 """
 
+
+def catalog_toml(model_dir: Path, missing_dir: Path, broken_dir: Path) -> str:
+    entry = catalog_toml_entry
     return (
         entry(TINY_MODEL, "Tiny Gemma", model_dir, 1, "load_at_start = true")
         + entry(PREMIUM_MODEL, "Tiny Gemma Premium", model_dir, PREMIUM_PER_MESSAGE_CREDITS)
@@ -175,6 +179,45 @@ def ui_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     broken_dir = save_broken_model(model_dir, folder / "broken")
     path.write_text(catalog_toml(model_dir, folder / "not-there", broken_dir), encoding="utf-8")
     return path
+
+
+AVAILABLE_MODEL = "here"
+GONE_MODEL = "gone"
+
+
+@pytest.fixture
+async def services(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Any]:
+    """The real application services on a fresh SQLite file, engine not started: for UI
+    actions that need accounts, billing and the catalog but no generation. The catalog has
+    one model whose weights directory exists and one whose directory does not."""
+    from web.services import Services
+    from web.settings import load_settings
+
+    catalog = tmp_path / "catalog.toml"
+    (tmp_path / "weights").mkdir()
+    # Enough for the catalog to call it available; nothing here loads it.
+    (tmp_path / "weights" / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"")
+    catalog.write_text(
+        catalog_toml_entry(AVAILABLE_MODEL, "Here", tmp_path / "weights", 1)
+        + catalog_toml_entry(GONE_MODEL, "Gone", tmp_path / "nope", 1),
+        encoding="utf-8",
+    )
+    settings = load_settings(
+        environ={
+            "LEDGERCHAT_DATABASE_URL": sqlite_url,
+            "LEDGERCHAT_AUTH_JWT_SECRET": "ui-unit-tests-secret-0123456789abcdef",
+            "LEDGERCHAT_CATALOG": str(catalog),
+            "LEDGERCHAT_CHAT_DEFAULT_MODEL": AVAILABLE_MODEL,
+        },
+        env_file=None,
+    )
+    started = Services(settings, start_engine=False, start_background_jobs=False)
+    await started.start()
+    try:
+        yield started
+    finally:
+        await started.close()
 
 
 def _free_port() -> int:

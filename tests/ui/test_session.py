@@ -4,33 +4,14 @@ expired access token, one refresh when two actions race, and an ended session on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
 
 from web.services import Services
-from web.settings import load_settings
 from web.ui.session import SessionEnded, UISession, identity
 
 PASSWORD = "correct-horse-42"
-
-
-@pytest.fixture
-async def services(sqlite_url: str) -> AsyncIterator[Services]:
-    settings = load_settings(
-        environ={
-            "LEDGERCHAT_DATABASE_URL": sqlite_url,
-            "LEDGERCHAT_AUTH_JWT_SECRET": "session-tests-secret-0123456789abcdef",
-        },
-        env_file=None,
-    )
-    started = Services(settings, start_engine=False, start_background_jobs=False)
-    await started.start()
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 async def _signed_in(services: Services, username: str) -> UISession:

@@ -17,7 +17,7 @@ from litestar.handlers import ASGIRouteHandler
 from web.services import Services
 from web.ui.mount import GRADIO_PATH_PREFIXES, GradioASGI, ui_route_handlers
 from web.ui.page import UILimits, build_blocks
-from web.ui.styles import PAGE_CSS
+from web.ui.styles import PAGE_CSS, PAGE_HEAD
 
 
 def storage_secret_for(jwt_secret: str) -> str:
@@ -41,7 +41,7 @@ def mount_ui(services: Services) -> Sequence[ASGIRouteHandler]:
     blocks = build_blocks(
         services, limits, storage_secret=storage_secret_for(services.settings.auth.jwt_secret)
     )
-    return ui_route_handlers(GradioASGI(blocks, css=PAGE_CSS))
+    return ui_route_handlers(GradioASGI(blocks, css=PAGE_CSS, head=PAGE_HEAD))
 
 
 __all__ = ["GRADIO_PATH_PREFIXES", "UILimits", "mount_ui"]

@@ -3,6 +3,8 @@ stacks on narrow screens. Kept as one string so the mount can pass it to Gradio.
 
 from __future__ import annotations
 
+from web.ui.text import UNAVAILABLE_MARKER
+
 PAGE_CSS = """
 #lc-header { align-items: center; gap: 12px; padding: 4px 0 8px;
   border-bottom: 1px solid var(--border-color-primary); margin-bottom: 8px; }
@@ -32,6 +34,7 @@ PAGE_CSS = """
   padding: 4px 8px; margin: 4px 0; list-style: none; font-family: var(--font-mono); }
 .lc-audit-table th { text-align: left; padding-right: 16px; }
 #chatbot .message-wrap em:last-child { opacity: 0.75; font-size: 0.85em; }
+#model-select .lc-option-disabled { opacity: 0.45; cursor: not-allowed; pointer-events: none; }
 @media (max-width: 720px) {
   #lc-header { flex-direction: column; align-items: stretch; }
   #lc-account-bar { flex-wrap: wrap; gap: 8px; }
@@ -42,3 +45,23 @@ PAGE_CSS = """
   .lc-card-value { font-size: 1.2rem; }
 }
 """
+
+# Gradio's dropdown cannot disable single options, so the page marks the options whose label
+# says "unavailable" as disabled (greyed, not clickable, aria-disabled) as they are rendered.
+# The server still refuses an unavailable model if one is chosen some other way.
+PAGE_HEAD = """
+<script>
+(() => {
+  const marker = "__MARKER__";
+  const mark = () => document
+    .querySelectorAll('#model-select [data-testid="dropdown-option"]')
+    .forEach((option) => {
+      if (option.textContent.includes(marker) && !option.classList.contains("lc-option-disabled")) {
+        option.classList.add("lc-option-disabled");
+        option.setAttribute("aria-disabled", "true");
+      }
+    });
+  new MutationObserver(mark).observe(document.documentElement, { childList: true, subtree: true });
+})();
+</script>
+""".replace("__MARKER__", UNAVAILABLE_MARKER)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 _CODE_PATTERN = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`)", re.DOTALL)
 
 NOTICE_KINDS = ("info", "success", "warning", "error")
+# The page's script greys out selector options containing this (see web.ui.styles).
+UNAVAILABLE_MARKER = "— unavailable:"
 
 
 def escape_chat_markdown(text: str) -> str:
@@ -59,7 +61,7 @@ def price_label(price: PriceTerms) -> str:
 def model_choice_label(display_name: str, price: PriceTerms, unavailable_reason: str | None) -> str:
     """The model selector's label: name and price, or name and why it cannot be chosen."""
     if unavailable_reason is not None:
-        return f"{display_name} — unavailable: {unavailable_reason}"
+        return f"{display_name} {UNAVAILABLE_MARKER} {unavailable_reason}"
     return f"{display_name} — {price_label(price)}"
 
 
