@@ -39,10 +39,12 @@ from ledger.domain import (
     AccountState,
     Event,
     EventType,
+    ReplayError,
+    apply,
     canonical_json,
     holds_from_record,
 )
-from ledger.errors import LedgerError, error_from_record
+from ledger.errors import LedgerError, StorageError, error_from_record
 from ledger.storage.database import Engines
 from ledger.storage.schema import accounts, commands, events, hold_expiry, snapshots
 
@@ -416,10 +418,11 @@ class EventStore:
             .where(events.c.account_id == account_id, events.c.sequence > state.sequence)
             .order_by(events.c.sequence)
         )
-        from ledger.domain import apply  # local: keeps the import list of this module short
-
-        for event_row in connection.execute(tail_query).all():
-            apply(state, event_from_row(event_row))
+        try:
+            for event_row in connection.execute(tail_query).all():
+                apply(state, event_from_row(event_row))
+        except ReplayError as exc:
+            raise StorageError(f"the log of account {account_id} does not replay: {exc}") from exc
         return state
 
     def find_outcomes(
