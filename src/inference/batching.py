@@ -70,6 +70,50 @@ def prefill(
     return batch, logits
 
 
+def prefill_after_prefix(
+    model: Any,
+    prefix_layers: tuple[tuple[torch.Tensor, torch.Tensor], ...],
+    reused: int,
+    prompt: list[int],
+    device: torch.device,
+) -> tuple[RunningBatch, torch.Tensor]:
+    """Like `prefill` for one prompt whose first `reused` tokens' keys and values are known:
+    only the rest goes through the model."""
+    assert 0 < reused < len(prompt)
+    cache = DynamicCache(
+        ddp_cache_data=[(k[:, :, :reused, :], v[:, :, :reused, :]) for k, v in prefix_layers]
+    )
+    tail = torch.tensor([prompt[reused:]], dtype=torch.long, device=device)  # [1, new]
+    attention_mask = torch.ones(1, len(prompt), dtype=torch.long, device=device)  # [1, all]
+    output = model(
+        input_ids=tail,
+        attention_mask=attention_mask,
+        position_ids=torch.arange(reused, len(prompt), device=device).unsqueeze(0),  # [1, new]
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    batch = RunningBatch(
+        cache=cache,
+        attention_mask=attention_mask,
+        next_token_ids=torch.zeros(1, 1, dtype=torch.long, device=device),
+        next_positions=torch.tensor([len(prompt)], dtype=torch.long, device=device),
+    )
+    logits: torch.Tensor = output.logits[:, -1, :]
+    return batch, logits
+
+
+def row_layers(batch: RunningBatch, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One row's keys and values without its left padding, per layer [1, heads, real, dim]
+    (a row's real tokens are always its last columns)."""
+    real = int(batch.attention_mask[row].sum().item())
+    start = batch.cache_length - real
+    return [
+        (layer.keys[row : row + 1, :, start:, :], layer.values[row : row + 1, :, start:, :])
+        for layer in _layers(batch.cache)
+    ]
+
+
 def join(batch: RunningBatch | None, incoming: RunningBatch) -> RunningBatch:
     """`incoming`'s rows appended after `batch`'s, both left-padded to a common length."""
     if batch is None:

@@ -194,7 +194,10 @@ class Engine:
                 state.load_error = exc
                 raise
             scheduler = ModelScheduler(
-                loaded, self.settings.queue_limit, self.settings.max_batch_size
+                loaded,
+                self.settings.queue_limit,
+                self.settings.max_batch_size,
+                self.settings.prefix_cache_bytes,
             )
             scheduler.start()
             state.scheduler = scheduler

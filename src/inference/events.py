@@ -42,6 +42,8 @@ class Finished:
     timings: Timings
     fell_back_from: str | None = None
     error_code: str | None = None
+    cached_prompt_tokens: int = 0
+    """Prompt tokens whose keys and values came from the prefix cache (not recomputed)."""
 
 
 StreamEvent = TextDelta | Finished

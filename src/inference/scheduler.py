@@ -23,11 +23,14 @@ from inference.batching import (
     join,
     keep_rows,
     prefill,
+    prefill_after_prefix,
+    row_layers,
     set_next_tokens,
 )
 from inference.errors import EngineBusy, ModelUnavailable, OutOfMemory
 from inference.events import Finished, FinishReason, StreamEvent, TextDelta, Timings
 from inference.loading import LoadedModel, free_memory, is_out_of_memory
+from inference.prefix_cache import PrefixCache, PrefixEntry
 from inference.requests import SamplingParams
 from inference.sampling import make_generator, sample_next_tokens
 from inference.text import IncrementalDetokenizer, StopStringMatcher
@@ -56,6 +59,8 @@ class Slot:
     fell_back_from: str | None = None
     cancel_requested: bool = False
     generated: list[int] = field(default_factory=list)
+    reused_prompt_tokens: int = 0
+    finish_reason: FinishReason | None = None
     admitted_at: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -65,8 +70,15 @@ class Slot:
 class ModelScheduler:
     """Owns the model's running batch; all model calls happen on its thread."""
 
-    def __init__(self, loaded: LoadedModel, queue_limit: int, max_batch_size: int) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        queue_limit: int,
+        max_batch_size: int,
+        prefix_cache_bytes: int = 0,
+    ) -> None:
         self._loaded = loaded
+        self._prefix_cache = PrefixCache(prefix_cache_bytes)
         self._queue_limit = queue_limit
         self._max_batch_size = max_batch_size
         self._condition = threading.Condition()
@@ -157,7 +169,14 @@ class ModelScheduler:
             for slot, reason in expired:
                 self._finish(slot, reason, None)
             self._drop_ended_rows()
-            for group in _prefill_groups(self._admissible(admitted)):
+            plain = []
+            for slot in self._admissible(admitted):
+                match = self._prefix_cache.longest_match(slot.prompt_ids)
+                if match is None:
+                    plain.append(slot)
+                else:
+                    self._admit([slot], match)
+            for group in _prefill_groups(plain):
                 self._admit(group)
             if self._rows:
                 self._decode()
@@ -199,13 +218,22 @@ class ModelScheduler:
                 wanted.append(slot)
         return wanted
 
-    def _admit(self, slots: list[Slot]) -> None:
-        """Prefill `slots` together, emit their first tokens, and join the still-running
-        ones to the batch."""
+    def _admit(self, slots: list[Slot], prefix: tuple[PrefixEntry, int] | None = None) -> None:
+        """Prefill `slots` together (or one slot after a cached prefix), emit their first
+        tokens, and join the still-running ones to the batch."""
         loaded = self._loaded
         rows = [_Row(slot, loaded) for slot in slots]
         try:
-            incoming, logits = prefill(loaded.model, [s.prompt_ids for s in slots], loaded.device)
+            if prefix is None:
+                prompts = [slot.prompt_ids for slot in slots]
+                incoming, logits = prefill(loaded.model, prompts, loaded.device)
+            else:
+                (slot,) = slots
+                entry, reused = prefix
+                incoming, logits = prefill_after_prefix(
+                    loaded.model, entry.layers, reused, slot.prompt_ids, loaded.device
+                )
+                slot.reused_prompt_tokens = reused
             first_tokens = sample_next_tokens(
                 logits, [slot.sampling for slot in slots], [row.generator for row in rows]
             )
@@ -273,9 +301,22 @@ class ModelScheduler:
         keep = [index for index, row in enumerate(self._rows) if not row.slot.finished]
         if len(keep) == len(self._rows):
             return
+        if self._batch is not None:
+            for index, row in enumerate(self._rows):
+                if row.slot.finished and row.slot.finish_reason != "error":
+                    self._remember_prefix(index, row.slot)
         self._rows = [self._rows[index] for index in keep]
         if self._batch is not None:
             self._batch = keep_rows(self._batch, keep)
+
+    def _remember_prefix(self, index: int, slot: Slot) -> None:
+        """Keep the row's keys and values for a next turn that starts with the same tokens."""
+        assert self._batch is not None
+        # Every generated token but the last was fed through the model.
+        fed_ids = slot.prompt_ids + slot.generated[:-1]
+        layers = row_layers(self._batch, index)
+        assert layers[0][0].shape[2] == len(fed_ids), "row cache out of step with its tokens"
+        self._prefix_cache.store(fed_ids, layers)
 
     def _fail_all(
         self, reason: FinishReason, error_text: str | None, error: OutOfMemory | None
@@ -296,6 +337,7 @@ class ModelScheduler:
         if slot.finished:
             return
         slot.finished = True
+        slot.finish_reason = reason
         if row is not None and not row.stop_string_hit:
             # Text held back for an incomplete character or a possible stop string is owed.
             tail, _ = row.stop_matcher.feed(row.detokenizer.flush())
@@ -314,6 +356,7 @@ class ModelScheduler:
                 timings=_timings(slot, finished_at),
                 fell_back_from=slot.fell_back_from,
                 error_code=_error_code(reason, error),
+                cached_prompt_tokens=slot.reused_prompt_tokens,
             )
         )
 

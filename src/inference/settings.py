@@ -47,6 +47,9 @@ class InferenceSettings:
     max_message_chars: int = 100_000
     """Characters per message; more is an InvalidRequest (tokenizing huge text is costly)."""
 
+    prefix_cache_bytes: int = 256 * 2**20
+    """Per model, memory for finished conversations' KV caches reused by their next turn; 0: off."""
+
     torch_threads: int | None = None
     """torch intra-op threads; None leaves torch's default (one per core)."""
 
@@ -59,6 +62,8 @@ class InferenceSettings:
             raise ValueError("default_deadline_s must be positive")
         if self.max_prompt_messages < 1 or self.max_message_chars < 1:
             raise ValueError("max_prompt_messages and max_message_chars must be at least 1")
+        if self.prefix_cache_bytes < 0:
+            raise ValueError("prefix_cache_bytes must be 0 (off) or more")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError("torch_threads must be at least 1")
 
@@ -78,7 +83,13 @@ class InferenceSettings:
 
 
 _PATH_FIELDS = {"cache_dir", "models_dir", "hf_cache_dir"}
-_INT_FIELDS = {"queue_limit", "max_batch_size", "max_prompt_messages", "max_message_chars"}
+_INT_FIELDS = {
+    "queue_limit",
+    "max_batch_size",
+    "max_prompt_messages",
+    "max_message_chars",
+    "prefix_cache_bytes",
+}
 
 
 def _parse(name: str, raw: str) -> Any:

@@ -9,7 +9,16 @@ import torch
 
 from conftest import TINY
 from inference import Catalog, InferenceSettings
-from inference.batching import RunningBatch, decode_step, join, keep_rows, prefill, set_next_tokens
+from inference.batching import (
+    RunningBatch,
+    decode_step,
+    join,
+    keep_rows,
+    prefill,
+    prefill_after_prefix,
+    row_layers,
+    set_next_tokens,
+)
 from inference.loading import LoadedModel, load_model
 
 # Lengths straddle the tiny model's sliding window (8) so padding meets the window mask.
@@ -106,3 +115,29 @@ class TestBatchPhases:
         short.check_against(Alone(tiny_loaded, PROMPTS[0], len(short.tokens)))
         medium.check_against(Alone(tiny_loaded, PROMPTS[1], len(medium.tokens)))
         long.check_against(Alone(tiny_loaded, PROMPTS[3], len(long.tokens)))
+
+
+class TestPrefixPhases:
+    def test_prefill_after_prefix_matches_full_prefill(self, tiny_loaded: LoadedModel) -> None:
+        """Reusing a row's cached keys and values for the first tokens of a prompt gives the
+        same logits, then and in later decode steps, as prefilling the whole prompt."""
+        shorter, prompt = PROMPTS[0], PROMPTS[3]
+        reused = 10
+        with torch.inference_mode():
+            # The source row is padded in its batch: row_layers must strip that padding.
+            source, _ = prefill(tiny_loaded.model, [shorter, prompt], tiny_loaded.device)
+            layers = row_layers(source, 1)
+            assert layers[0][0].shape[2] == len(prompt)
+            assert row_layers(source, 0)[0][0].shape[2] == len(shorter)
+            full_rows, partial_rows = [Recorder()], [Recorder()]
+            full = start(tiny_loaded, [prompt], full_rows)
+            partial, logits = prefill_after_prefix(
+                tiny_loaded.model, tuple(layers), reused, prompt, tiny_loaded.device
+            )
+            set_next_tokens(partial, [partial_rows[0].add(logits[0])])
+            for _ in range(STEPS):
+                step(tiny_loaded, full, full_rows)
+                step(tiny_loaded, partial, partial_rows)
+        assert partial_rows[0].tokens == full_rows[0].tokens
+        for mine, theirs in zip(partial_rows[0].logits, full_rows[0].logits, strict=True):
+            assert torch.allclose(mine, theirs, atol=LOGIT_TOLERANCE)
