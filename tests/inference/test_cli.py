@@ -56,19 +56,26 @@ class TestModelsCommand:
 
 
 class TestBenchCommand:
+    @pytest.mark.parametrize(("streams", "levels"), [("1,2", {"1", "2"}), ("1", {"1"})])
     def test_bench_prints_table_then_json(
-        self, tiny_catalog_path: Path, capsys: pytest.CaptureFixture[str], no_catalog_env: None
+        self,
+        streams: str,
+        levels: set[str],
+        tiny_catalog_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        no_catalog_env: None,
     ) -> None:
         """The benchmark runs on a model and ends with one JSON line of the agreed figures."""
         code = main(
             ["bench", "inference", "--catalog", str(tiny_catalog_path), "--model", TINY,
-             "--max-new-tokens", "6", "--rounds", "1", "--streams", "1,2"]
+             "--max-new-tokens", "6", "--rounds", "1", "--streams", streams]
         )  # fmt: skip
         assert code == 0
         lines = capsys.readouterr().out.strip().splitlines()
         figures = json.loads(lines[-1])
         assert set(figures) >= BENCH_KEYS
-        assert set(figures["aggregate_tok_s"]) == {"1", "2"}
+        assert set(figures["aggregate_tok_s"]) == levels
+        assert figures["ttft_ms_p95"] >= figures["ttft_ms_p50"] > 0
         assert figures["single_stream_tok_s"] > 0 and figures["raw_generate_tok_s"] > 0
         assert figures["load_s_cold"] > 0 and figures["peak_rss_mb"] > 0
         assert any(line.startswith("single_stream_tok_s") for line in lines[:-1])
