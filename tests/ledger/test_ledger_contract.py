@@ -376,3 +376,28 @@ class TestReads:
             assert (await second.balance(account)).posted == 70
         finally:
             await second.close()
+
+
+class TestSchema:
+    async def test_migrations_create_exactly_the_declared_tables(self, ledger: Ledger) -> None:
+        """Alembic's autogenerate finds nothing between the migrated database and schema.py,
+        and the ledger keeps its own version table."""
+        from alembic.autogenerate import compare_metadata
+        from alembic.migration import MigrationContext
+        from sqlalchemy import inspect
+
+        from ledger.storage.schema import VERSION_TABLE, metadata
+
+        def differences(connection: object) -> list[object]:
+            context = MigrationContext.configure(
+                connection,  # type: ignore[arg-type]
+                opts={"version_table": VERSION_TABLE},
+            )
+            return list(compare_metadata(context, metadata))
+
+        def tables(connection: object) -> set[str]:
+            return set(inspect(connection).get_table_names())
+
+        async with ledger.store.engines.read.connect() as connection:
+            assert await connection.run_sync(differences) == []
+            assert VERSION_TABLE in await connection.run_sync(tables)
