@@ -10,6 +10,8 @@ from typing import Any
 from playwright.sync_api import Locator, Page, expect
 
 REPLY_TIMEOUT_MS = 120_000
+FILL_ATTEMPTS = 5
+FILL_SETTLE_S = 0.3
 FOOTER_PATTERN = re.compile(
     r"(?P<cost>[\d,]+) credits? · (?P<prompt>\d+) prompt \+ (?P<completion>\d+) reply tokens"
 )
@@ -58,10 +60,23 @@ def set_sampling(page: Page, temperature: float, max_tokens: int) -> None:
     accordion = page.locator("#sampling")
     if not field(page, "temperature").is_visible():
         accordion.get_by_text("Sampling settings").click()
-    field(page, "temperature").fill(str(temperature))
-    field(page, "temperature").press("Enter")
-    field(page, "max-tokens").fill(str(max_tokens))
-    field(page, "max-tokens").press("Enter")
+    fill_number(page, "temperature", temperature)
+    fill_number(page, "max-tokens", max_tokens)
+
+
+def fill_number(page: Page, elem_id: str, value: float) -> None:
+    """Type into a Gradio Number until it holds the value. A Number that has just been
+    mounted (the sampling accordion was opened) can be re-rendered with its initial value
+    right after the first keystrokes, so the value is checked and typed again if needed."""
+    box = field(page, elem_id)
+    wanted = str(value)
+    for _ in range(FILL_ATTEMPTS):
+        box.fill(wanted)
+        box.press("Tab")
+        time.sleep(FILL_SETTLE_S)
+        if box.input_value() == wanted:
+            return
+    expect(box).to_have_value(wanted)
 
 
 def choose_model(page: Page, label_start: str) -> None:
