@@ -206,7 +206,8 @@ class Writer:
             else:
                 pending.future.set_result(result)
         for pending, result in zip(batch, results, strict=True):
-            _log_outcome(pending.command, result)
+            known = states.get(pending.command.account_id)
+            _log_outcome(pending.command, result, None if known is None else known.owner_id)
 
     async def _commit(self, batch: list[_Pending]) -> tuple[_Results, dict[str, AccountState]]:
         """Decide and write one batch in one transaction; the cache is updated by the caller
@@ -390,7 +391,7 @@ class Writer:
         )
 
 
-def _log_outcome(command: Command, result: Outcome | LedgerError) -> None:
+def _log_outcome(command: Command, result: Outcome | LedgerError, owner_id: str | None) -> None:
     amount = getattr(command, "amount", None)
     metadata = getattr(command, "metadata", {}) or {}
     if isinstance(result, LedgerError):
@@ -399,6 +400,7 @@ def _log_outcome(command: Command, result: Outcome | LedgerError) -> None:
             outcome="refused",
             error=result.code,
             account_id=command.account_id,
+            owner_id=owner_id,
             command=type(command).__name__,
             amount=amount,
             model=metadata.get("model"),

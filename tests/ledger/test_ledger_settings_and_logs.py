@@ -73,3 +73,4 @@ class TestLogging:
             "gemma-3-270m",
         )
         assert transactions[3]["error"] == "insufficient_credits"
+        assert transactions[3]["owner_id"] == "alice"
