@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -186,19 +187,25 @@ async def _measure(
     model_id: str,
 ) -> dict[str, Any]:
     # Warm-up: the first generation pays one-off costs (allocations, kernels).
+    _progress("warm-up")
     await _engine_stream(services, model_id, min(8, args.max_tokens))
     engine_rates: list[float] = []
     sse_rates: list[float] = []
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         tokens, seconds = await _engine_stream(services, model_id, args.max_tokens)
         engine_rates.append(tokens / seconds)
         tokens, seconds = await _sse_stream(client, users[0], model_id, args.max_tokens)
         sse_rates.append(tokens / seconds)
+        _progress(
+            f"single stream {repeat + 1}/{args.repeats}: engine {engine_rates[-1]:.1f} tok/s, "
+            f"SSE {sse_rates[-1]:.1f} tok/s"
+        )
 
     services.chat.billing_overhead_ms.clear()
     for _ in range(args.billing_requests):
         await _sse_stream(client, users[0], model_id, 1)
     billing = list(services.chat.billing_overhead_ms)
+    _progress(f"billing overhead: {len(billing)} one-token chats")
 
     started = time.perf_counter()
     outcomes = await asyncio.gather(
@@ -206,6 +213,7 @@ async def _measure(
     )
     aggregate_s = time.perf_counter() - started
     aggregate_tokens = sum(tokens for tokens, _ in outcomes)
+    _progress(f"{CONCURRENT_USERS} users: {aggregate_tokens} tokens in {aggregate_s:.1f} s")
 
     engine_tok_s = statistics.median(engine_rates)
     sse_tok_s = statistics.median(sse_rates)
@@ -222,6 +230,10 @@ async def _measure(
         "repeats": args.repeats,
         "database": "postgresql" if (args.db or "").startswith("postgresql") else "sqlite",
     }
+
+
+def _progress(message: str) -> None:
+    print(f"bench service: {message}", file=sys.stderr, flush=True)
 
 
 def _print_table(results: dict[str, Any]) -> None:
