@@ -347,3 +347,31 @@ class TestModelsAndFallback:
             assert not statuses[TINY_BROKEN].loaded and not statuses[TINY_BROKEN].available
         finally:
             await engine.close()
+
+
+class TestEventLoop:
+    async def test_loop_stays_responsive_while_generating(self, make_engine: EngineFactory) -> None:
+        """Generation runs off the event loop: a ticker on the loop never waits more than a
+        small part of the time the streams take (on the loop it would wait all of it)."""
+        engine = make_engine(queue_limit=len(PROMPTS))
+        await engine.load(TINY)
+        lags: list[float] = []
+        running = True
+
+        async def ticker() -> None:
+            loop = asyncio.get_running_loop()
+            while running:
+                before = loop.time()
+                await asyncio.sleep(0.005)
+                lags.append(loop.time() - before - 0.005)
+
+        ticking = asyncio.create_task(ticker())
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(
+            *(collect(engine.stream(request(TINY, text, max_new_tokens=150))) for text in PROMPTS)
+        )
+        wall_s = asyncio.get_running_loop().time() - started
+        running = False
+        await ticking
+        assert len(lags) >= 10
+        assert max(lags) < 0.25 * wall_s
