@@ -37,6 +37,7 @@ def mount_ui(services: Services) -> Sequence[ASGIRouteHandler]:
     limits = UILimits(
         default_max_tokens=chat_settings.default_max_tokens,
         max_tokens_limit=chat_settings.max_max_tokens,
+        max_message_chars=chat_settings.max_message_chars,
     )
     blocks = build_blocks(
         services, limits, storage_secret=storage_secret_for(services.settings.auth.jwt_secret)

@@ -35,6 +35,7 @@ class UILimits:
 
     default_max_tokens: int
     max_tokens_limit: int
+    max_message_chars: int
 
 
 def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -> gr.Blocks:
@@ -205,7 +206,7 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
                                     max_lines=8,
                                     scale=6,
                                     elem_id="chat-input",
-                                    max_length=16_000,
+                                    max_length=limits.max_message_chars,
                                 )
                                 send_button = gr.Button(
                                     "Send",
