@@ -44,12 +44,15 @@ from ui.pages import (
     user_messages,
     wait_for_footer,
 )
+from web.settings import AuthSettings
 from web.ui.account import HISTORY_PAGE_SIZE
 
 pytestmark = pytest.mark.browser
 
 SHORT_REPLY_TOKENS = 40
 STREAMED_REPLY_TOKENS = 160
+# The live server keeps the default lockout settings.
+LOCKOUT_FAILURES = AuthSettings().lockout_failures
 NARROW_VIEWPORT = {"width": 390, "height": 844}
 
 
@@ -82,6 +85,29 @@ class TestSignIn:
         assert available_balance(page) == SIGNUP_GRANT_CREDITS
         expect(page.locator("#lc-user")).to_contain_text(username)
         shots(page, "signed-in")
+
+    def test_repeated_wrong_passwords_lock_sign_in_with_a_retry_time(
+        self, page: Page, shots: Shots, unique_name: Callable[[str], str]
+    ) -> None:
+        """After the service's failure limit the form says when to retry, even for the right
+        password."""
+        username = unique_name("locked")
+        open_home(page)
+        register(page, username, f"{username}@example.com", TEST_PASSWORD, TEST_PASSWORD)
+        expect(page.locator("#login-notice")).to_contain_text("Account created")
+        for _ in range(LOCKOUT_FAILURES):
+            field(page, "login-password").fill("wrong password 1")
+            page.locator("#login-button").click()
+            # The handler empties the password box when it answers.
+            expect(field(page, "login-password")).to_have_value("")
+            expect(page.locator("#login-notice")).to_contain_text("Wrong username or password")
+        field(page, "login-password").fill(TEST_PASSWORD)
+        page.locator("#login-button").click()
+        expect(page.locator("#login-notice")).to_contain_text(
+            re.compile(r"Too many failed sign-ins\. Try again in \d+ seconds")
+        )
+        expect(page.locator("#chat-input")).to_have_count(0)
+        shots(page, "locked")
 
     def test_reload_keeps_the_session_and_sign_out_ends_it(
         self, page: Page, shots: Shots, unique_name: Callable[[str], str]
