@@ -176,3 +176,17 @@ class TestShutdown:
             status, _, body = await chat(client, headers)
             assert status == 503
             assert body["error"]["code"] == "shutting_down"
+
+
+class TestNulCharacters:
+    async def test_message_with_nul_is_refused_before_any_hold(self, server):
+        """PostgreSQL text cannot store NUL: a message containing one is refused, naming the
+        field (422, as every validation error), with no hold placed, instead of a failure
+        after the reply was billed."""
+        async with server.client() as client:
+            headers = await signed_in(client, "nul")
+            status, events, body = await chat(client, headers, "hello\x00there")
+            assert status == 422, body
+            assert events == []
+            assert "NUL" in body["error"]["message"]
+            assert [t["type"] for t in await history(client, headers)] == ["credits_added"]

@@ -82,6 +82,8 @@ class ConversationsService:
         self, identity: Identity, conversation_id: str, title: str
     ) -> ConversationView:
         title = title.strip()
+        if "\x00" in title:
+            raise ValidationFailed("title must not contain NUL characters", field="title")
         if not 1 <= len(title) <= 200:
             raise ValidationFailed("title must be 1-200 characters", field="title")
         async with self._sessions() as session:

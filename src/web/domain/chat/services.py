@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import msgspec
@@ -71,6 +71,9 @@ HOLD_MARGIN_FRACTION = 0.25
 HOLD_MARGIN_MAX_S = 60.0
 
 
+NUL = "\x00"
+
+
 def generation_deadline_s(hold_ttl_s: float) -> float:
     """A generation deadline that ends well before the hold expires."""
     return hold_ttl_s - min(HOLD_MARGIN_MAX_S, hold_ttl_s * HOLD_MARGIN_FRACTION)
@@ -113,6 +116,8 @@ class _Generation:
     idempotency_key: str
     conversation_id: str | None
     model: ModelStatus
+    """The model that answers: the requested one, or its fallback when that cannot load."""
+    requested_model_id: str
     hold_id: str
     hold_credits: int
     estimated_prompt_tokens: int
@@ -174,8 +179,12 @@ class PreparedChat:
             return
         generation = self._generation
         assert generation is not None
-        async for event in self._service._run(generation):
-            yield event
+        # aclosing: when the consumer stops early (Stop, disconnect), closing this generator
+        # closes _run at once, so the partial capture settles now rather than at garbage
+        # collection.
+        async with contextlib.aclosing(self._service._run(generation)) as events:
+            async for event in events:
+                yield event
 
     async def cancel(self) -> None:
         """Release the hold of a prepared chat that will never be streamed."""
@@ -264,6 +273,12 @@ class ChatService:
     def _validate(self, chat_input: ChatInput) -> None:
         if (chat_input.message is None) == (chat_input.messages is None):
             raise ValidationFailed("give either a message or a list of messages")
+        texts = [chat_input.message] if chat_input.message is not None else []
+        texts += [m.content for m in chat_input.messages or ()]
+        if any(NUL in text for text in texts):
+            # PostgreSQL text cannot hold NUL, and no chat needs it: refuse it up front rather
+            # than fail while storing the exchange.
+            raise ValidationFailed("messages must not contain NUL characters", field="message")
         if chat_input.message is not None:
             if not chat_input.message.strip():
                 raise ValidationFailed("message must not be blank", field="message")
@@ -383,6 +398,7 @@ class ChatService:
             ),
         )
         estimate = await self._engine.estimate(request)
+        requested_model_id = model.id
         answering_id = getattr(estimate, "model_id", model.id)
         if answering_id != model.id:
             # The engine falls back to another model when this one cannot load; price the
@@ -422,6 +438,7 @@ class ChatService:
             idempotency_key=key,
             conversation_id=conversation_id,
             model=model,
+            requested_model_id=requested_model_id,
             hold_id=hold_id,
             hold_credits=hold_credits,
             estimated_prompt_tokens=estimate.prompt_tokens,
@@ -448,7 +465,7 @@ class ChatService:
         return generation
 
     # -- streaming and settlement --------------------------------------------------------
-    async def _run(self, generation: _Generation) -> AsyncIterator[ChatEvent]:
+    async def _run(self, generation: _Generation) -> AsyncGenerator[ChatEvent, None]:
         self._active.add(generation.request_id)
         self._idle.clear()
         metrics.ACTIVE_STREAMS.inc()
@@ -468,10 +485,14 @@ class ChatService:
                 if isinstance(event, Finished):
                     finished = event
                     break
+                # A model can emit NUL (tiny or confused models do); it renders as nothing and
+                # PostgreSQL text cannot store it, so it never leaves the engine boundary.
+                text = event.text.replace(NUL, "")
                 if event.text:
-                    parts.append(event.text)
-                    streamed_deltas += 1
-                    yield ChatDelta(text=event.text)
+                    streamed_deltas += 1  # counts generated deltas, for billing a disconnect
+                if text:
+                    parts.append(text)
+                    yield ChatDelta(text=text)
                 event = await anext(generation.stream, None)
             assert finished is not None, "the engine ends every stream with Finished"
             settlement = self._settle_task(generation, "".join(parts), finished, None)
@@ -581,7 +602,7 @@ class ChatService:
         done = ChatCompleted(
             request_id=generation.request_id,
             conversation_id=generation.conversation_id,
-            model_requested=model.id,
+            model_requested=generation.requested_model_id,
             model_answered=answered,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
