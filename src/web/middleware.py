@@ -22,8 +22,18 @@ from web.rate_limit import RateLimiter
 
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-# Paths that stay cheap and unlimited so probes and scrapers never get 429.
-UNLIMITED_PATHS = ("/health", "/ready", "/metrics")
+# Paths that stay cheap and unlimited so probes and scrapers never get 429, and the UI's
+# static files (one page load fetches ~85 of them) never use up a client's request budget.
+UNLIMITED_PATHS = (
+    "/health",
+    "/ready",
+    "/metrics",
+    "/assets/",
+    "/static/",
+    "/svelte/",
+    "/theme.css",
+    "/favicon.ico",
+)
 
 log = get_logger("web.request")
 
