@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import cast
 
+from web.logging import configure_logging
+
 # Modules that contribute subcommands, in help order. A module that is not importable yet is
 # skipped so that the command keeps working while the packages grow.
 _COMMAND_MODULES = ("web.commands", "ledger.cli", "inference.cli", "web.bench_cli")
@@ -57,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = cast("Handler | None", getattr(args, "handler", None))
+    # Logs go to stderr so that a command's own output (tables, --json, CSV) stays clean on
+    # stdout; `serve` raises the level to its configured one when it starts.
+    configure_logging("warning")
     if handler is None:
         parser.print_help(sys.stderr)
         return 2

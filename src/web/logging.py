@@ -1,4 +1,7 @@
-"""structlog JSON logging for the whole process, with the request id bound on every line.
+"""structlog logging for the whole process, with the request id bound on every line.
+
+JSON, one object per line, in production (stderr is a file, a pipe or a journal); readable
+coloured lines when stderr is a terminal.
 
 `configure_logging` is idempotent and also routes the standard library's loggers (uvicorn,
 sqlalchemy, alembic) through the same JSON renderer, so every line has one shape.
@@ -15,8 +18,16 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _LEVELS["error"] = logging.ERROR
 
 
-def configure_logging(level: str = "info") -> None:
-    """One JSON object per line on stderr; context variables (request_id, ...) merged in."""
+def configure_logging(level: str = "info", *, readable: bool | None = None) -> None:
+    """Log to stderr with context variables (request_id, ...) merged in.
+
+    `readable=None` picks readable lines for a terminal and JSON otherwise.
+    """
+    if readable is None:
+        readable = sys.stderr.isatty()
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer() if readable else structlog.processors.JSONRenderer()
+    )
     numeric_level = _LEVELS.get(level.lower(), logging.INFO)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -38,8 +49,8 @@ def configure_logging(level: str = "info") -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            *([] if readable else [structlog.processors.format_exc_info]),
+            renderer,
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
