@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 # Long enough that the first delta arrives before the generation deadline (3/4 of it) on a busy
 # machine, short enough to wait for its expiry.
 HOLD_TTL_S = 12
+RETRIED_KEY = "crash-retry-1"
 READY_TIMEOUT_S = 120.0
 
 
@@ -101,7 +102,8 @@ class TestCrashRecovery:
         self, server_environ, processes, sqlite_url, tmp_path
     ):
         """SIGKILL during a stream: the hold survives the crash, the restarted server's
-        sweeper releases it after expiry (reason `expired`), and the audit is clean."""
+        sweeper releases it after expiry (reason `expired`), a retry with the same
+        Idempotency-Key then runs once and is charged once, and the audit is clean."""
         port = free_port()
         first = ServerProcess(server_environ, port, tmp_path / "server.log")
         processes.append(first)
@@ -112,7 +114,7 @@ class TestCrashRecovery:
                 "POST",
                 "/api/chat",
                 json={"message": "go on", "sampling": {"max_tokens": TINY_CAP}},
-                headers=headers,
+                headers={**headers, "Idempotency-Key": RETRIED_KEY},
             ) as response:
                 assert response.status_code == 200
                 async for event in sse_events(response):
@@ -146,6 +148,32 @@ class TestCrashRecovery:
             rows = (await client.get("/api/transactions", headers=headers)).json()["transactions"]
             assert rows[0]["type"] == "hold_released"
             assert rows[0]["reason"] == "expired"
+
+            # The crashed attempt moved no credit, so its key is free again once its hold
+            # has expired: the retry runs as a new request and is charged exactly once.
+            async with client.stream(
+                "POST",
+                "/api/chat",
+                json={"message": "go on", "sampling": {"max_tokens": 2}},
+                headers={**headers, "Idempotency-Key": RETRIED_KEY},
+            ) as response:
+                await response.aread()
+                # Another body under the same key is a reuse error, not a retry.
+                assert response.status_code == 422
+                assert response.json()["error"]["code"] == "idempotency_key_reused"
+            async with client.stream(
+                "POST",
+                "/api/chat",
+                json={"message": "go on", "sampling": {"max_tokens": TINY_CAP}},
+                headers={**headers, "Idempotency-Key": RETRIED_KEY},
+            ) as response:
+                assert response.status_code == 200
+                events = [event async for event in sse_events(response)]
+            done = events[-1]
+            assert done.event == "done", done
+            after_retry = (await client.get("/api/balance", headers=headers)).json()
+            assert after_retry["posted"] == crashed.posted - done.data["cost_credits"]
+            assert after_retry["held"] == 0
         second.stop()
 
         ledger = await Ledger.open(sqlite_url, run_sweeper=False)

@@ -336,8 +336,30 @@ class ChatService:
         if existing.fingerprint != fingerprint:
             raise IdempotencyKeyReused("this Idempotency-Key was used for a different request")
         if existing.status != STATUS_DONE or existing.outcome_json is None:
+            if attempts > 1 and await self._release_abandoned_claim(existing):
+                return await self._claim(identity, key, fingerprint, attempts=attempts - 1)
             raise RequestInProgress("a request with this Idempotency-Key is still running")
         return _replay_events(msgspec.json.decode(existing.outcome_json))
+
+    async def _release_abandoned_claim(self, claim: ChatRequestRow) -> bool:
+        """Free a key whose request never settled because its process died mid-stream.
+
+        Once a claim is older than the hold TTL its hold has expired: it can no longer be
+        captured and the sweeper releases it in full, so no credit moved for that attempt and
+        a retry may run as a new request without charging twice. Returns whether it was freed.
+        """
+        age_s = (utc_now() - claim.created_at).total_seconds()
+        if claim.status != STATUS_STARTED or age_s <= self._billing.hold_ttl_s:
+            return False
+        async with self._sessions() as session:
+            freed = await session.execute(
+                delete(ChatRequestRow).where(
+                    ChatRequestRow.id == claim.id, ChatRequestRow.status == STATUS_STARTED
+                )
+            )
+            await session.commit()
+        log.warning("chat_claim_abandoned", request_id=claim.id, age_s=round(age_s, 1))
+        return bool(getattr(freed, "rowcount", 0))
 
     async def _unclaim(self, request_id: str) -> None:
         """Forget a request refused before any credit moved, so the key can be retried."""
