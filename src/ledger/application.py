@@ -45,7 +45,7 @@ from ledger.errors import (
 )
 from ledger.models import Balance, HistoryEntry, HistoryPage, HoldReceipt, Receipt, Totals
 from ledger.settings import LedgerSettings, default_database_url
-from ledger.storage.database import Engines, create_engines, upgrade_schema
+from ledger.storage.database import Engines, create_engines, schema_is_current, upgrade_schema
 from ledger.storage.store import EventStore, store_for
 from ledger.writer import Writer
 
@@ -104,6 +104,11 @@ class Ledger:
     @property
     def store(self) -> EventStore:
         return self._store
+
+    async def schema_is_current(self) -> bool:
+        """Whether the database holds the newest ledger migration (another process may have
+        opened it with older code, or a newer one may have upgraded it)."""
+        return await schema_is_current(self._engines)
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -234,6 +234,8 @@ class Services:
                 await connection.execute(text("SELECT 1"))
             checks["database"] = "ok"
             checks["schema"] = "ok" if await schema_is_current(started.db) else "outdated"
+            ledger_current = await started.ledger.schema_is_current()
+            checks["ledger_schema"] = "ok" if ledger_current else "outdated"
         except Exception as exc:  # any failure means not ready; the reason is reported
             checks["database"] = f"unreachable: {type(exc).__name__}"
         default = self.settings.chat.default_model

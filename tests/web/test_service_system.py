@@ -27,6 +27,7 @@ class TestProbes:
             assert ready.json()["checks"] == {
                 "database": "ok",
                 "schema": "ok",
+                "ledger_schema": "ok",
                 "default_model": "ok",
             }
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -21,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ledger.errors import InvalidArgument
 from ledger.settings import LedgerSettings
+from ledger.storage.schema import VERSION_TABLE
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Serialises concurrent schema upgrades of several processes on PostgreSQL.
@@ -126,6 +129,20 @@ def _run_alembic_upgrade(connection: Connection) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def _schema_revision_is_head(connection: Connection) -> bool:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision() == head
+
+
+async def schema_is_current(engines: Engines) -> bool:
+    """True when the ledger tables are at the newest migration (for readiness probes)."""
+    async with engines.read.connect() as connection:
+        return bool(await connection.run_sync(_schema_revision_is_head))
 
 
 async def upgrade_schema(engines: Engines) -> None:
