@@ -83,3 +83,18 @@ def database_url(database_backend: str, request: pytest.FixtureRequest) -> str:
     if database_backend == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(autouse=True)
+def reset_logging() -> Iterator[None]:
+    """Tests that run the CLI in-process configure structlog and the root logger for the whole
+    process; put both back so later tests see the library defaults (and capture_logs works)."""
+    import logging
+
+    import structlog
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers, root.level = handlers, level
