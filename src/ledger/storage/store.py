@@ -26,11 +26,8 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    literal,
-    null,
     select,
     text,
-    union_all,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.base import Executable
@@ -208,22 +205,6 @@ def _event_tuple(event: Event) -> tuple[Any, ...]:
 
 # Built once: a statement object per batch costs more (cache key, coercion) than its SQL.
 _ACCOUNT_IDS: BindParameter[str] = bindparam("account_ids", expanding=True)
-_KEYS: BindParameter[str] = bindparam("keys", expanding=True)
-_OUTCOME_PROBE = union_all(
-    select(
-        events.c.account_id,
-        events.c.idempotency_key,
-        events.c.sequence,
-        literal("event").label("kind"),
-    ).where(events.c.account_id.in_(_ACCOUNT_IDS), events.c.idempotency_key.in_(_KEYS)),
-    select(
-        commands.c.account_id,
-        commands.c.idempotency_key,
-        null().label("sequence"),
-        literal("refusal").label("kind"),
-    ).where(commands.c.account_id.in_(_ACCOUNT_IDS), commands.c.idempotency_key.in_(_KEYS)),
-)
-
 # PostgreSQL: arrays instead of IN lists, so the SQL text (and its prepared statement) is
 # the same whatever the batch size.
 _PG_OUTCOME_PROBE = text(
@@ -319,21 +300,11 @@ class EventStore:
     def lock_rows(self, query: Select[Any]) -> Select[Any]:
         return query
 
-    def outcome_probe(self, pairs: list[tuple[str, str]]) -> tuple[Any, dict[str, Any]]:
-        """Statement and parameters finding which (account_id, key) pairs have an outcome.
-
-        Two IN lists (not a row-value IN, which SQLite does not drive through the index); the
-        cross product it may return is filtered to the wanted pairs by the caller.
-        """
-        parameters = {
-            "account_ids": sorted({account_id for account_id, _ in pairs}),
-            "keys": sorted({key for _, key in pairs}),
-        }
-        return _OUTCOME_PROBE, parameters
-
     def outcome_rows(self, connection: Connection, pairs: list[tuple[str, str]]) -> Sequence[Any]:
-        """(account_id, idempotency_key, sequence, kind) of the pairs that have an outcome."""
-        return connection.execute(*self.outcome_probe(pairs)).all()
+        """(account_id, idempotency_key, sequence, kind) of the pairs that have an outcome.
+
+        Each backend probes the pairs its own way: one index lookup per pair."""
+        raise NotImplementedError
 
     def is_retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, IntegrityError)
@@ -763,12 +734,13 @@ class PostgresEventStore(EventStore):
         rare = BatchWrite(refusals=batch.refusals, snapshots=batch.snapshots)
         super().write(connection, rare)
 
-    def outcome_probe(self, pairs: list[tuple[str, str]]) -> tuple[Any, dict[str, Any]]:
+    def outcome_rows(self, connection: Connection, pairs: list[tuple[str, str]]) -> Sequence[Any]:
         """A join with the pairs unnested from two arrays: one index lookup per pair."""
-        return _PG_OUTCOME_PROBE, {
+        parameters = {
             "account_ids": [account_id for account_id, _ in pairs],
             "keys": [key for _, key in pairs],
         }
+        return connection.execute(_PG_OUTCOME_PROBE, parameters).all()
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, DBAPIError):
