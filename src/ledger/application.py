@@ -15,7 +15,7 @@ from datetime import datetime
 from types import TracebackType
 
 import structlog
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from ledger.audit import AuditReport, run_audit
 from ledger.clock import Clock, system_clock
@@ -32,7 +32,9 @@ from ledger.domain import (
     check_amount,
     check_key,
     check_metadata,
+    check_storable,
     check_text,
+    parse_sequence,
     to_us,
 )
 from ledger.errors import (
@@ -45,13 +47,29 @@ from ledger.errors import (
 )
 from ledger.models import Balance, HistoryEntry, HistoryPage, HoldReceipt, Receipt, Totals
 from ledger.settings import LedgerSettings, default_database_url
-from ledger.storage.database import Engines, create_engines, schema_is_current, upgrade_schema
+from ledger.storage.database import (
+    Engines,
+    create_audit_engines,
+    create_engines,
+    schema_is_current,
+    schema_problem,
+    upgrade_schema,
+)
 from ledger.storage.store import EventStore, store_for
 from ledger.writer import Writer
 
 logger = structlog.get_logger("ledger")
 
 SWEEP_KEY_PREFIX = "ledger-sweep:"
+
+
+def _lookup_id(account_id: str) -> str:
+    """An account id to look up: any string the database can hold (an unknown one is
+    AccountNotFound, as before); NUL or a lone surrogate is InvalidArgument on both backends
+    instead of a driver error on one."""
+    if not isinstance(account_id, str):
+        raise InvalidArgument("account_id must be a string")
+    return check_storable("account_id", account_id)
 
 
 class Ledger:
@@ -208,9 +226,15 @@ class Ledger:
         if ttl_s is not None and expires_at is not None:
             raise InvalidArgument("give ttl_s or expires_at, not both")
         if ttl_s is not None and (
-            isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0
+            isinstance(ttl_s, bool)
+            or not isinstance(ttl_s, int | float)
+            or not 0 < ttl_s <= self._settings.hold_ttl_max_s
         ):
-            raise InvalidArgument("ttl_s must be a positive number of seconds")
+            # Also refuses NaN and infinity. Independent of the clock, so not recorded.
+            raise InvalidArgument(
+                f"ttl_s must be a number of seconds above 0 and at most "
+                f"{self._settings.hold_ttl_max_s} (hold_ttl_max_s)"
+            )
         command = PlaceHold(
             account_id=check_text("account_id", account_id, required=True),
             idempotency_key=check_key(idempotency_key),
@@ -302,7 +326,7 @@ class Ledger:
 
     async def balance(self, account_id: str) -> Balance:
         """Latest snapshot plus the events after it (at most snapshot_every - 1)."""
-        state = await self._store.read_state(account_id)
+        state = await self._store.read_state(_lookup_id(account_id))
         if state is None:
             raise AccountNotFound(account_id)
         assert state.available >= 0, f"stored state of {account_id} has negative available"
@@ -325,15 +349,16 @@ class Ledger:
             raise InvalidArgument(f"limit must be an integer from 1 to {page_max}")
         before: int | None = None
         if cursor is not None:
-            if not isinstance(cursor, str) or not cursor.isdigit():
-                raise InvalidArgument(f"malformed history cursor {cursor!r}")
-            before = int(cursor)
+            # A cursor is the sequence number a page's next_cursor gave, as the ledger wrote it.
+            before = parse_sequence(cursor) if isinstance(cursor, str) else None
+            if before is None:
+                raise InvalidArgument(f"malformed history cursor {str(cursor)[:40]!r}")
         if types is not None:
             known = {t.value for t in EventType}
             unknown = [t for t in types if t not in known]
             if unknown:
                 raise InvalidArgument(f"unknown event types {unknown}; known: {sorted(known)}")
-        if await self._store.account_owner(account_id) is None:
+        if await self._store.account_owner(_lookup_id(account_id)) is None:
             raise AccountNotFound(account_id)
         events = await self._store.history(
             account_id,
@@ -350,7 +375,10 @@ class Ledger:
 
     async def totals(self, account_id: str | None = None) -> Totals:
         """Issued, captured, charged, refunded, released and outstanding holds."""
-        if account_id is not None and await self._store.account_owner(account_id) is None:
+        if (
+            account_id is not None
+            and await self._store.account_owner(_lookup_id(account_id)) is None
+        ):
             raise AccountNotFound(account_id)
         return Totals.from_sums(await self._store.sums_by_type(account_id))
 
@@ -398,12 +426,46 @@ class Ledger:
                 logger.info("ledger_sweep", released=released)
 
     async def audit(self, account_id: str | None = None) -> AuditReport:
-        """Replay the log(s) and report violations and totals (see ledger.audit)."""
-        if account_id is not None and await self._store.account_owner(account_id) is None:
-            raise AccountNotFound(account_id)
+        """Replay the log(s) and report violations and totals (see ledger.audit).
+
+        All reads happen in one read transaction, so an audit while commands commit sees one
+        consistent moment of the database."""
         return await run_audit(
             self._store,
-            account_id=account_id,
+            account_id=None if account_id is None else _lookup_id(account_id),
             now_us=to_us(self._clock()),
             grace_s=self._settings.audit_expired_hold_grace_s,
         )
+
+
+async def audit_database(
+    database_url: str,
+    *,
+    account_id: str | None = None,
+    settings: LedgerSettings | None = None,
+    clock: Clock | None = None,
+) -> AuditReport:
+    """Audit a database without opening a `Ledger`: read only, no schema upgrade, no writer.
+
+    For `ledgerchat audit`, which may be pointed at the wrong file or an empty database and
+    must leave it exactly as it was (an SQLite file keeps its journal mode). A database without
+    the ledger schema at its newest revision is a StorageError saying which."""
+    settings = settings or LedgerSettings.from_env()
+    engines = create_audit_engines(database_url, settings)
+    try:
+        try:
+            problem = await schema_problem(engines)
+        except SQLAlchemyError as exc:
+            detail = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
+            first_line = (detail.strip().splitlines() or [type(exc).__name__])[0]
+            raise StorageError(f"cannot read the database: {first_line}") from exc
+        if problem is not None:
+            raise StorageError(problem)
+        return await run_audit(
+            store_for(engines),
+            account_id=None if account_id is None else _lookup_id(account_id),
+            now_us=to_us((clock or system_clock)()),
+            grace_s=settings.audit_expired_hold_grace_s,
+        )
+    finally:
+        await engines.dispose()

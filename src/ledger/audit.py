@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
 from ledger.domain import (
     GENESIS_HASH,
     AccountState,
@@ -25,7 +27,8 @@ from ledger.domain import (
     from_us,
     holds_from_record,
 )
-from ledger.storage.store import AccountHead, EventStore, Snapshot
+from ledger.errors import AccountNotFound, StorageError
+from ledger.storage.store import AccountHead, AuditReads, EventStore, MalformedRow, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +90,21 @@ class _AccountReplay:
     def __init__(
         self,
         head: AccountHead,
-        snapshots: list[Snapshot],
+        snapshots: list[Snapshot | MalformedRow],
         report: AuditReport,
         now_us: int,
         grace_us: int,
     ) -> None:
         self.head = head
         self.state = AccountState(head.account_id, head.owner_id)
-        self.snapshots = {s.sequence: s for s in snapshots}
         self.report = report
+        self.violations = 0
+        self.snapshots: dict[int, Snapshot] = {}
+        for snapshot in snapshots:
+            if isinstance(snapshot, MalformedRow):
+                self.flag("malformed_row", snapshot.sequence, snapshot.detail)
+            else:
+                self.snapshots[snapshot.sequence] = snapshot
         self.now_us = now_us
         self.grace_us = grace_us
         self.keys: set[str] = set()
@@ -103,13 +112,22 @@ class _AccountReplay:
         self.refunded: dict[str, int] = {}
         self.placed_holds: dict[str, int] = {}  # hold id -> expires_at_us
         self.events = 0
-        self.violations = 0
         self.snapshots_checked = 0
         self._check_snapshot(0)
 
     def flag(self, kind: str, sequence: int | None, detail: str) -> None:
         self.violations += 1
         self.report.violations.append(Violation(kind, self.head.account_id, sequence, detail))
+
+    def skip(self, row: MalformedRow) -> None:
+        """Report an event row that does not decode and step over it: the chain and sequence
+        continue from it, so one damaged row is one finding, not a cascade."""
+        self.events += 1
+        self.flag("malformed_row", row.sequence, row.detail)
+        if row.sequence is not None and row.sequence > self.state.sequence:
+            self.state.sequence = row.sequence
+            if row.hash is not None:
+                self.state.head_hash = row.hash
 
     def feed(self, event: Event) -> None:
         state = self.state
@@ -253,40 +271,93 @@ class _AccountReplay:
         )
 
 
-def _group(snapshots: Iterable[Snapshot]) -> dict[str, list[Snapshot]]:
-    grouped: dict[str, list[Snapshot]] = {}
+def _group(
+    snapshots: Iterable[Snapshot | MalformedRow],
+) -> dict[str | None, list[Snapshot | MalformedRow]]:
+    grouped: dict[str | None, list[Snapshot | MalformedRow]] = {}
     for snapshot in snapshots:
         grouped.setdefault(snapshot.account_id, []).append(snapshot)
     return grouped
 
 
+def _malformed(row: MalformedRow) -> Violation:
+    return Violation("malformed_row", row.account_id, row.sequence, row.detail)
+
+
 async def run_audit(
     store: EventStore, *, account_id: str | None, now_us: int, grace_s: float
 ) -> AuditReport:
+    """Audit in one read transaction (one consistent moment even while writers commit).
+
+    Raises AccountNotFound for an unknown `account_id` and StorageError when the database
+    cannot be read (a missing table, say); a row that does not decode is a `malformed_row`
+    violation and the audit goes on."""
+    try:
+        async with store.audit_reads(account_id) as reads:
+            return await _audit(reads, account_id, now_us, grace_s)
+    except SQLAlchemyError as exc:
+        detail = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
+        first_line = (detail.strip().splitlines() or [type(exc).__name__])[0]
+        raise StorageError(f"cannot read the ledger for the audit: {first_line}") from exc
+
+
+async def _audit(
+    reads: AuditReads, account_id: str | None, now_us: int, grace_s: float
+) -> AuditReport:
     report = AuditReport(checked_at=from_us(now_us).isoformat())
-    heads = {h.account_id: h for h in await store.all_heads(account_id)}
-    snapshots = _group(await store.all_snapshots(account_id))
-    hold_index = await store.all_hold_expiry(account_id)
+    heads: dict[str, AccountHead] = {}
+    unreadable: set[str | None] = set()  # accounts whose own row is malformed
+    for stored_head in await reads.heads():
+        if isinstance(stored_head, MalformedRow):
+            report.violations.append(_malformed(stored_head))
+            unreadable.add(stored_head.account_id)
+        else:
+            heads[stored_head.account_id] = stored_head
+    if account_id is not None and not heads and account_id not in unreadable:
+        raise AccountNotFound(account_id)
+    snapshots = _group(await reads.snapshots())
+    hold_index: dict[str, tuple[str, int, int]] = {}
+    for entry in await reads.hold_index():
+        if isinstance(entry, MalformedRow):
+            report.violations.append(_malformed(entry))
+        else:
+            hold_index[entry[0]] = entry[1]
     grace_us = round(grace_s * 1_000_000)
     replays: dict[str, _AccountReplay] = {}
     current: _AccountReplay | None = None
-    async for event in store.stream_events(account_id):
-        if current is None or current.head.account_id != event.account_id:
-            head = heads.get(event.account_id)
-            if head is None:
-                report.violations.append(
-                    Violation("unknown_account", event.account_id, event.sequence, "no account row")
-                )
-                current = None
-                continue
-            current = _AccountReplay(
-                head, snapshots.get(event.account_id, []), report, now_us, grace_us
-            )
-            replays[event.account_id] = current
-        current.feed(event)
+    current_id: str | None = None
+    async for item in reads.events():
         report.events_checked += 1
+        if item.account_id != current_id or current_id is None:
+            current_id = item.account_id
+            head = heads.get(item.account_id or "")
+            if head is None:
+                current = None
+                if item.account_id not in unreadable:
+                    report.violations.append(
+                        Violation(
+                            "unknown_account", item.account_id, item.sequence, "no account row"
+                        )
+                    )
+            else:
+                current = _AccountReplay(
+                    head, snapshots.get(head.account_id, []), report, now_us, grace_us
+                )
+                replays[head.account_id] = current
+        if isinstance(item, MalformedRow):
+            if current is None:
+                report.violations.append(_malformed(item))
+            else:
+                current.skip(item)
+            continue
+        if current is None:
+            continue
+        try:
+            current.feed(item)
+        except Exception as exc:  # a row that decodes but cannot be replayed is a finding too
+            current.flag("malformed_row", item.sequence, f"cannot replay: {exc!r}")
     refusals: dict[str, list[tuple[str, str]]] = {}
-    for refused_account, refused_key, code in await store.all_refusals(account_id):
+    for refused_account, refused_key, code in await reads.refusals():
         refusals.setdefault(refused_account, []).append((refused_key, code))
     for key, head in heads.items():
         replay = replays.get(key) or _AccountReplay(
@@ -303,5 +374,5 @@ async def run_audit(
                         f"key {refused_key!r} is both applied and refused ({code})",
                     )
                 )
-    report.accounts_checked = len(heads)
+    report.accounts_checked = len(heads) + len(unreadable)
     return report

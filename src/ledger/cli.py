@@ -17,8 +17,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
-from ledger.application import Ledger
+from ledger.application import audit_database
 from ledger.audit import AuditReport
 from ledger.errors import LedgerError
 from ledger.settings import LedgerSettings, default_database_url
@@ -59,31 +60,36 @@ def register_bench(bench_subparsers: Any) -> None:
     parser.set_defaults(handler=bench_command)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
 def _fail(message: str) -> int:
     print(f"ledgerchat audit: error: {message}", file=sys.stderr)
     return EXIT_USAGE
 
 
-async def _audit(url: str, account_id: str | None) -> AuditReport:
-    settings = LedgerSettings.from_env()
-    ledger = await Ledger.open(url, settings=settings, run_sweeper=False)
-    try:
-        return await ledger.audit(account_id)
-    finally:
-        await ledger.close()
-
-
 def audit_command(args: argparse.Namespace) -> int:
+    if args.db is not None and not args.db.strip():
+        return _fail("--db is empty: give a database URL, or leave --db out for the default")
     try:
         url = normalise_url(args.db or default_database_url())
         path = sqlite_path(url)
         if path is not None and not path.is_file():
             return _fail(f"no database file at {path}")
-        report = asyncio.run(_audit(url, args.account))
+        # Read only: no migration, no writer; a non-ledger database is reported, not changed.
+        report = asyncio.run(
+            audit_database(url, account_id=args.account, settings=LedgerSettings.from_env())
+        )
     except (LedgerError, ValueError) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot reach the database: {exc}")
+    except SQLAlchemyError as exc:
+        return _fail(f"database error: {_first_line(exc)}")
+    except Exception as exc:  # exit 1 means violations only: anything else is exit 2, one line
+        return _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)}")
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     elif args.format == "csv":
@@ -99,7 +105,8 @@ def render_csv(report: AuditReport) -> str:
     writer = csv.writer(buffer)
     writer.writerow(["record", "kind", "account_id", "sequence", "value", "detail"])
     for v in report.violations:
-        writer.writerow(["violation", v.kind, v.account_id or "", v.sequence or "", "", v.detail])
+        sequence = "" if v.sequence is None else v.sequence
+        writer.writerow(["violation", v.kind, v.account_id or "", sequence, "", v.detail])
     for a in report.accounts:
         writer.writerow(["account", "available", a.account_id, "", a.available, ""])
     for name, value in report.to_dict()["totals"].items():
@@ -137,7 +144,8 @@ def render_table(report: AuditReport, console: Console) -> None:
         for column in ("kind", "account", "sequence", "detail"):
             violations.add_column(column)
         for v in report.violations:
-            violations.add_row(v.kind, v.account_id or "", str(v.sequence or ""), v.detail)
+            sequence = "" if v.sequence is None else str(v.sequence)
+            violations.add_row(v.kind, v.account_id or "", sequence, v.detail)
         console.print(violations)
         console.print(f"[red]audit found {len(report.violations)} violations[/red]")
     else:

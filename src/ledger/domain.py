@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from ledger.errors import (
     CaptureExceedsHold,
     HoldAlreadyResolved,
     HoldExpired,
+    HoldExpiryOutOfRange,
     HoldNotFound,
     InsufficientCredits,
     InvalidAmount,
@@ -74,11 +76,28 @@ def event_id_of(account_id: str, sequence: int) -> str:
     return f"{account_id}:{sequence}"
 
 
+# A sequence as `event_id_of` writes it: ASCII digits, no sign, no leading zero.
+_SEQUENCE = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def parse_sequence(text: str) -> int | None:
+    """A sequence number written as the ledger writes it (ASCII digits, no sign, no leading
+    zero, within 64 bits), else None."""
+    return int(text) if _SEQUENCE.fullmatch(text) else None
+
+
 def parse_event_id(event_id: str) -> tuple[str, int] | None:
-    account_id, _, sequence = event_id.rpartition(":")
-    if not account_id or not sequence.isdigit():
+    """(account_id, sequence) of an event id in its one canonical form, else None.
+
+    Only the spelling `event_id_of` produces names an event: `str.isdigit` would also accept
+    ':02', fullwidth or Arabic-Indic digits, and each such alias of one event would be a new
+    key for what was already refunded or resolved.
+    """
+    account_id, _, text = event_id.rpartition(":")
+    sequence = parse_sequence(text)
+    if not account_id or sequence is None:
         return None
-    return account_id, int(sequence)
+    return account_id, sequence
 
 
 # Built once: json.dumps with options builds a new encoder per call, a hot-path cost.
@@ -107,6 +126,21 @@ def check_amount(amount: object, *, max_amount: int, allow_zero: bool = False) -
     return amount
 
 
+# NUL (PostgreSQL text cannot hold it; SQLite would) and lone surrogates (not encodable as
+# UTF-8, so no database can store them): refused wherever text enters the ledger, so both
+# backends accept exactly the same strings.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_storable(name: str, value: str) -> str:
+    """`value` unless it holds a character no backend stores (NUL, a lone surrogate)."""
+    found = _UNSTORABLE.search(value)
+    if found is not None:
+        what = "NUL" if found.group() == "\x00" else "a lone surrogate (not valid UTF-8)"
+        raise InvalidArgument(f"{name} contains {what} at position {found.start()}")
+    return value
+
+
 def check_text(name: str, value: object, *, required: bool = False) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{name} must be a string")
@@ -114,7 +148,7 @@ def check_text(name: str, value: object, *, required: bool = False) -> str:
         raise InvalidArgument(f"{name} must not be empty")
     if len(value) > MAX_TEXT_LENGTH:
         raise InvalidArgument(f"{name} is longer than {MAX_TEXT_LENGTH} characters")
-    return value
+    return check_storable(name, value)
 
 
 def check_key(idempotency_key: object) -> str:
@@ -122,7 +156,7 @@ def check_key(idempotency_key: object) -> str:
         raise InvalidArgument("idempotency_key must be a non-empty string")
     if len(idempotency_key) > MAX_KEY_LENGTH:
         raise InvalidArgument(f"idempotency_key is longer than {MAX_KEY_LENGTH} characters")
-    return idempotency_key
+    return check_storable("idempotency_key", idempotency_key)
 
 
 def check_metadata(metadata: Mapping[str, str | int] | None) -> Metadata:
@@ -136,10 +170,13 @@ def check_metadata(metadata: Mapping[str, str | int] | None) -> Metadata:
     for key, value in metadata.items():
         if not isinstance(key, str) or not key or len(key) > MAX_METADATA_KEY_LENGTH:
             raise InvalidArgument(f"metadata key {key!r} must be 1..64 characters")
+        check_storable("metadata key", key)
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise InvalidArgument(f"metadata value of {key!r} must be str or int")
-        if isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
-            raise InvalidArgument(f"metadata value of {key!r} is too long")
+        if isinstance(value, str):
+            if len(value) > MAX_TEXT_LENGTH:
+                raise InvalidArgument(f"metadata value of {key!r} is too long")
+            check_storable(f"metadata value of {key!r}", value)
         if isinstance(value, int) and abs(value) >= 2**63:
             raise InvalidArgument(f"metadata value of {key!r} does not fit 64 bits")
         clean[key] = value
@@ -500,9 +537,8 @@ def decide(
             ttl_s = limits.hold_ttl_default_s if command.ttl_s is None else command.ttl_s
             expires_at_us = now_us + round(ttl_s * 1_000_000)
         if not now_us < expires_at_us <= now_us + round(limits.hold_ttl_max_s * 1_000_000):
-            raise InvalidArgument(
-                f"hold expiry must be in the future and within {limits.hold_ttl_max_s} s"
-            )
+            # Depends on the clock, so recorded: a retry must not succeed later.
+            raise HoldExpiryOutOfRange(from_us(expires_at_us).isoformat(), limits.hold_ttl_max_s)
         return EventDraft(
             EventType.HOLD_PLACED,
             command.amount,

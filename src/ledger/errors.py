@@ -80,6 +80,25 @@ class TooManyActiveHolds(LedgerError):
         )
 
 
+class HoldExpiryOutOfRange(InvalidArgument):
+    """A hold's `expires_at` is not in the future or lies beyond `hold_ttl_max_s` from now.
+
+    Unlike other invalid arguments it depends on the clock, so it is recorded: a retry with the
+    same key gets this refusal back instead of succeeding once time has moved.
+    """
+
+    code = "hold_expiry_out_of_range"
+    recorded = True
+
+    def __init__(self, expires_at: str, max_ttl_s: float) -> None:
+        LedgerError.__init__(
+            self,
+            f"hold expiry {expires_at} must be in the future and within {max_ttl_s} s",
+            expires_at=expires_at,
+            max_ttl_s=max_ttl_s,
+        )
+
+
 class HoldNotFound(LedgerError):
     code = "hold_not_found"
     recorded = True
@@ -187,6 +206,7 @@ _RECORDED: dict[str, type[LedgerError]] = {
         InvalidAmount,
         InsufficientCredits,
         TooManyActiveHolds,
+        HoldExpiryOutOfRange,
         HoldNotFound,
         HoldAlreadyResolved,
         HoldExpired,

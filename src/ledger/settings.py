@@ -8,6 +8,7 @@ web package and the audit CLI open the same file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ class LedgerSettings:
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                # NaN passes every comparison below; infinity would overflow later.
+                raise ValueError(f"ledger setting {item.name} must be finite, got {value!r}")
             allow_zero = item.name in {"sweep_interval_s", "write_retries", "retry_backoff_s"}
             if value < 0 or (value == 0 and not allow_zero):
                 raise ValueError(f"ledger setting {item.name} must be positive, got {value!r}")

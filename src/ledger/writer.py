@@ -17,6 +17,7 @@ retried a bounded number of times against fresh state.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class _Pending:
     record_refusal: bool
     # Computed by the caller, off the writer's serial path.
     fingerprint: str
+    # The caller's context variables (e.g. the request id a web request bound to structlog):
+    # the outcome is logged inside them, so ledger lines carry the request that caused them.
+    context: contextvars.Context
 
 
 @dataclass(slots=True)
@@ -130,7 +134,9 @@ class Writer:
             raise LedgerClosed()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         timeout_s = self._settings.command_timeout_s
-        pending = _Pending(command, future, record_refusal, command.fingerprint())
+        pending = _Pending(
+            command, future, record_refusal, command.fingerprint(), contextvars.copy_context()
+        )
         try:
             async with asyncio.timeout(timeout_s):
                 if self._queue.full():
@@ -211,7 +217,8 @@ class Writer:
         log = logger.bind()
         for pending, result in zip(batch, results, strict=True):
             known = states.get(pending.command.account_id)
-            _log_outcome(log, pending.command, result, None if known is None else known.owner_id)
+            owner_id = None if known is None else known.owner_id
+            pending.context.run(_log_outcome, log, pending.command, result, owner_id)
 
     async def _commit(self, batch: list[_Pending]) -> tuple[_Results, dict[str, AccountState]]:
         """Decide and write one batch in one transaction; the cache is updated by the caller
@@ -234,9 +241,11 @@ class Writer:
     def _decide_and_write(
         self, connection: Connection, batch: list[_Pending]
     ) -> tuple[_Results, dict[str, AccountState]]:
-        now_us = to_us(self._clock())
         store = self._store
         heads = store.lock_heads(connection, (p.command.account_id for p in batch))
+        # The time is read once the heads are locked: a batch that waited for another
+        # process's lock must not record (or judge expiries at) a time before that commit.
+        now_us = to_us(self._clock())
         states: dict[str, AccountState] = {}
         for account_id, head in heads.items():
             cached = self._cache.get(account_id)
@@ -378,6 +387,8 @@ class Writer:
         command: Refund,
         context: _BatchContext,
     ) -> RefundTarget | None:
+        # Only the canonical id names an event (parse_event_id), and what was refunded is
+        # counted under the event's own id: never under the caller's spelling of it.
         parsed = parse_event_id(command.event_id)
         if parsed is None or parsed[0] != state.account_id or parsed[1] > state.sequence:
             return None
@@ -386,12 +397,10 @@ class Writer:
             event = self._store.event_at(connection, *parsed)
         if event is None:
             return None
-        refunded = self._store.refunded_total(connection, state.account_id, command.event_id)
+        event_id = event.event_id
+        refunded = self._store.refunded_total(connection, state.account_id, event_id)
         return RefundTarget(
-            event.event_id,
-            event.event_type,
-            event.amount,
-            refunded + context.refunded.get(command.event_id, 0),
+            event_id, event.event_type, event.amount, refunded + context.refunded.get(event_id, 0)
         )
 
 

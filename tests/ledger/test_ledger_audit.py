@@ -301,3 +301,244 @@ class TestAuditCommand:
         with pytest.raises(SystemExit) as exited:
             ledgerchat(["audit", "--format", "xml"])
         assert exited.value.code == EXIT_USAGE
+
+
+async def execute(url: str, *statements: str) -> None:
+    """Run SQL behind the ledger's back (either backend)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+class TestConsistentSnapshot:
+    async def test_audit_while_commands_commit_is_clean(self, ledger: Ledger) -> None:
+        """Every audit read happens in one transaction: audits taken while charges commit
+        report no head, snapshot or hold-index mismatches."""
+        accounts = [await ledger.open_account(f"owner{n}") for n in range(12)]
+        for account in accounts:
+            await ledger.add_credits(account, 10**6, source="grant", idempotency_key="seed")
+        stop = asyncio.Event()
+
+        async def write() -> int:
+            rounds = 0
+            while not stop.is_set():
+                await asyncio.gather(
+                    *(ledger.charge(a, 1, idempotency_key=f"c{rounds}") for a in accounts)
+                )
+                rounds += 1
+            return rounds
+
+        writer = asyncio.create_task(write())
+        try:
+            await asyncio.sleep(0.2)
+            reports = [await ledger.audit() for _ in range(6)]
+        finally:
+            stop.set()
+            rounds = await writer
+        assert rounds > 1
+        for report in reports:
+            assert report.clean, [(v.kind, v.detail) for v in report.violations][:5]
+            # One moment: the totals add up to the events seen at that moment.
+            assert report.totals.issued == 12 * 10**6
+            assert report.totals.charged == report.events_checked - 12
+
+
+class TestMalformedRows:
+    async def test_undecodable_rows_are_findings_and_the_audit_goes_on(
+        self, ledger: Ledger, database_url: str
+    ) -> None:
+        """A row that does not decode is a malformed_row naming its account and sequence;
+        the audit still reports the other accounts (here a hand-edited amount)."""
+        damaged = await populate(ledger)
+        other = await ledger.open_account("bob")
+        await ledger.add_credits(other, 50, source="grant", idempotency_key="seed")
+        await ledger.charge(other, 5, idempotency_key="c")
+        await execute(
+            database_url,
+            "UPDATE ledger_events SET metadata_json = '{' "
+            f"WHERE account_id = '{damaged}' AND sequence = 2",
+            "UPDATE ledger_events SET metadata_json = '[]' "
+            f"WHERE account_id = '{damaged}' AND sequence = 5",
+            "UPDATE ledger_events SET event_type = 'bogus' "
+            f"WHERE account_id = '{damaged}' AND sequence = 6",
+            "UPDATE ledger_snapshots SET holds_json = '[[1]]' "
+            f"WHERE account_id = '{damaged}' AND sequence = 4",
+            f"UPDATE ledger_events SET amount = 4 WHERE account_id = '{other}' AND sequence = 2",
+        )
+        report = await ledger.audit()
+        malformed = {
+            (v.account_id, v.sequence) for v in report.violations if v.kind == "malformed_row"
+        }
+        assert malformed == {(damaged, 2), (damaged, 5), (damaged, 6), (damaged, 4)}
+        assert {"hash_mismatch", "balance_mismatch"} <= {
+            v.kind for v in report.violations if v.account_id == other
+        }
+        assert report.accounts_checked == 2
+
+    async def test_cli_reports_malformed_rows_with_exit_1(
+        self,
+        sqlite_ledger_file: tuple[str, Path, str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """SQLite lets any value into any column ('x' as an amount): still exit 1 with the
+        finding, never exit 2 or a traceback."""
+        url, path, account = sqlite_ledger_file
+        TestTampering().edit(
+            path,
+            "UPDATE ledger_events SET amount = 'x' WHERE account_id = ? AND sequence = 3",
+            account,
+        )
+        code, out, err = await run_audit_async(capsys, "--db", url, "--format", "json")
+        assert (code, err) == (EXIT_VIOLATIONS, "")
+        found = [v for v in json.loads(out)["violations"] if v["kind"] == "malformed_row"]
+        assert [(v["account_id"], v["sequence"]) for v in found] == [(account, 3)]
+
+    @pytest.mark.parametrize(
+        "statement", ["DROP TABLE ledger_hold_expiry", "DROP TABLE ledger_snapshots"]
+    )
+    async def test_missing_table_exits_2_with_one_line(
+        self,
+        sqlite_ledger_file: tuple[str, Path, str],
+        capsys: pytest.CaptureFixture[str],
+        statement: str,
+    ) -> None:
+        """A database the audit cannot read is exit 2 and one line, not a traceback (exit 1
+        means violations and nothing else)."""
+        url, path, _ = sqlite_ledger_file
+        connection = sqlite3.connect(path)
+        connection.execute(statement)
+        connection.close()
+        code, out, err = await run_audit_async(capsys, "--db", url)
+        assert code == EXIT_USAGE and out == ""
+        assert "no such table" in err and len(err.strip().splitlines()) == 1
+
+    async def test_missing_table_is_a_storage_error_from_the_api(
+        self, ledger: Ledger, database_url: str
+    ) -> None:
+        """Ledger.audit() (the admin endpoint) raises StorageError, not a driver error."""
+        await populate(ledger)
+        await execute(database_url, "DROP TABLE ledger_hold_expiry")
+        with pytest.raises(StorageError, match="ledger_hold_expiry"):
+            await ledger.audit()
+
+
+class TestReadOnlyAudit:
+    @staticmethod
+    def fingerprint(path: Path) -> tuple[bytes, list[str]]:
+        siblings = sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name))
+        return path.read_bytes(), siblings
+
+    @pytest.mark.parametrize("content", ["empty", "other"])
+    def test_non_ledger_sqlite_file_is_left_unchanged(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+    ) -> None:
+        """An empty file or another application's database: exit 2 'not a ledger database',
+        and the file is byte for byte what it was (no tables, no switch to WAL)."""
+        path = tmp_path / "some.db"
+        if content == "empty":
+            path.write_bytes(b"")
+        else:
+            connection = sqlite3.connect(path)
+            connection.execute("CREATE TABLE notes (body TEXT)")
+            connection.execute("INSERT INTO notes VALUES ('hello')")
+            connection.commit()
+            connection.close()
+        before = self.fingerprint(path)
+        code, out, err = run_audit(capsys, "--db", f"sqlite:///{path}")
+        assert (code, out) == (EXIT_USAGE, "")
+        assert "not a ledger database" in err and "Traceback" not in err
+        assert self.fingerprint(path) == before
+        connection = sqlite3.connect(path)
+        try:
+            assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        finally:
+            connection.close()
+
+    async def test_outdated_schema_is_reported_not_upgraded(
+        self, sqlite_ledger_file: tuple[str, Path, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A ledger whose schema is not at the newest revision: exit 2 and how to fix it;
+        the recorded revision stays as it was."""
+        from ledger.storage.schema import VERSION_TABLE
+
+        url, path, _ = sqlite_ledger_file
+        await execute(url, f"UPDATE {VERSION_TABLE} SET version_num = 'an_older_revision'")
+        code, _, err = await run_audit_async(capsys, "--db", url)
+        assert code == EXIT_USAGE and "schema" in err and "Traceback" not in err
+        connection = sqlite3.connect(path)
+        try:
+            (revision,) = connection.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
+        finally:
+            connection.close()
+        assert revision == "an_older_revision"
+
+    async def test_fresh_postgres_database_gets_no_tables(
+        self, postgres_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Auditing an empty PostgreSQL database is exit 2 and creates nothing."""
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        code, _, err = await run_audit_async(capsys, "--db", postgres_url)
+        assert code == EXIT_USAGE and "not a ledger database" in err
+        engine = create_async_engine(postgres_url)
+        try:
+            async with engine.connect() as connection:
+                tables = (
+                    await connection.execute(
+                        text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                    )
+                ).all()
+        finally:
+            await engine.dispose()
+        assert tables == []
+
+    async def test_postgres_ledger_audits_clean(
+        self,
+        postgres_url: str,
+        settings: LedgerSettings,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """The read-only path audits a real PostgreSQL ledger."""
+        ledger = await Ledger.open(postgres_url, settings=settings)
+        try:
+            account = await populate(ledger)
+        finally:
+            await ledger.close()
+        capsys.readouterr()  # the ledger's log lines
+        code, out, _ = await run_audit_async(capsys, "--db", postgres_url, "--format", "json")
+        assert code == EXIT_CLEAN and json.loads(out)["accounts_checked"] == 1
+        code, _, err = await run_audit_async(capsys, "--db", postgres_url, "--account", "nope")
+        assert code == EXIT_USAGE and "nope" in err
+        assert account
+
+    def test_empty_db_argument_is_a_usage_error(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """`--db ''` does not fall back to the default database."""
+        monkeypatch.setenv("LEDGERCHAT_DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+        code, _, err = run_audit(capsys, "--db", "")
+        assert code == EXIT_USAGE and "--db" in err
+
+
+def test_sequence_zero_is_printed() -> None:
+    """A finding at sequence 0 shows 0 in CSV and table output, not a blank."""
+    from rich.console import Console
+
+    from ledger.audit import AuditReport, Violation
+    from ledger.cli import render_csv, render_table
+
+    report = AuditReport(checked_at="now")
+    report.violations.append(Violation("head_mismatch", "acct_1", 0, "empty log"))
+    rows = list(csv.DictReader(io.StringIO(render_csv(report))))
+    assert rows[0]["sequence"] == "0"
+    console = Console(record=True, width=200)
+    render_table(report, console)
+    assert "│ 0 " in console.export_text()

@@ -321,7 +321,13 @@ class TestReads:
         assert {e.event_id for e in late.entries} == {f"{funded}:2", hold.event_id}
         early = await ledger.history(funded, until=start + timedelta(seconds=5))
         assert [e.event_type for e in early.entries] == ["credits_added"]
-        for bad in ({"limit": 0}, {"limit": 201}, {"cursor": "abc"}, {"types": ["nope"]}):
+        bad_cursors = ["abc", "-5", "\u00b2", "\u0661\u0662", "9" * 30, "", "0", "007", 7]
+        for bad in (
+            {"limit": 0},
+            {"limit": 201},
+            {"types": ["nope"]},
+            *({"cursor": cursor} for cursor in bad_cursors),
+        ):
             with pytest.raises(InvalidArgument):
                 await ledger.history(funded, **bad)  # type: ignore[arg-type]
 

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from structlog.testing import capture_logs
+import structlog
+from structlog.testing import LogCapture, capture_logs
 
 from ledger import InsufficientCredits, Ledger, LedgerSettings, default_database_url
 
@@ -74,3 +77,24 @@ class TestLogging:
         )
         assert transactions[3]["error"] == "insufficient_credits"
         assert transactions[3]["owner_id"] == "alice"
+
+    async def test_log_lines_carry_the_callers_context(self, ledger: Ledger, funded: str) -> None:
+        """The writer task logs each outcome inside the context of the caller that submitted
+        it, so a request id bound by the web layer appears on that request's ledger lines
+        even when two callers share one batch."""
+        captured = LogCapture()
+        structlog.configure(processors=[structlog.contextvars.merge_contextvars, captured])
+
+        async def charge_as(request_id: str, key: str) -> tuple[str, str]:
+            structlog.contextvars.bind_contextvars(request_id=request_id)
+            receipt = await ledger.charge(funded, 1, idempotency_key=key)
+            return receipt.event_id, request_id
+
+        # Each task runs in a copy of the current context: the bindings stay apart.
+        expected = dict(await asyncio.gather(charge_as("req-a", "a"), charge_as("req-b", "b")))
+        logged = {
+            entry["event_id"]: entry.get("request_id")
+            for entry in captured.entries
+            if entry["event"] == "credit_transaction"
+        }
+        assert logged == expected

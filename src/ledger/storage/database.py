@@ -11,19 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ledger.errors import InvalidArgument
 from ledger.settings import LedgerSettings
-from ledger.storage.schema import VERSION_TABLE
+from ledger.storage.schema import VERSION_TABLE, metadata
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Serialises concurrent schema upgrades of several processes on PostgreSQL.
@@ -151,3 +152,83 @@ async def upgrade_schema(engines: Engines) -> None:
         if engines.backend == "postgresql":
             await connection.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})"))
         await connection.run_sync(_run_alembic_upgrade)
+
+
+def create_audit_engines(url: str, settings: LedgerSettings) -> Engines:
+    """Read-only engines for `ledgerchat audit`: no migration, no writer, nothing written.
+
+    SQLite opens the file with `mode=ro` and `query_only`, and leaves its journal mode alone
+    (the service's engines switch a file to WAL); PostgreSQL reads in REPEATABLE READ READ ONLY
+    transactions (`EventStore.audit_reads`). Write and read are the same one-connection engine.
+    """
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is None:
+            raise InvalidArgument("the ledger needs an SQLite file, not an in-memory database")
+        read_only = URL.create(
+            "sqlite+aiosqlite",
+            database="file:" + quote(str(path.absolute())),
+            query={"mode": "ro", "uri": "true"},
+        )
+        engine = create_async_engine(
+            read_only,
+            pool_size=1,
+            max_overflow=0,
+            connect_args={"timeout": settings.busy_timeout_ms / 1000},
+        )
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout={int(settings.busy_timeout_ms)}")
+            cursor.execute("PRAGMA query_only=ON")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN")
+
+        return Engines("sqlite", engine, engine)
+    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+    return Engines("postgresql", engine, engine)
+
+
+def _schema_problem(connection: Connection) -> str | None:
+    tables = set(inspect(connection).get_table_names())
+    if VERSION_TABLE not in tables:
+        ledger_tables = sorted(tables & set(metadata.tables))
+        if not ledger_tables:
+            return "not a ledger database (no ledger tables)"
+        return f"not a ledger database (no {VERSION_TABLE} table beside {ledger_tables})"
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    script = ScriptDirectory.from_config(config)
+    head = script.get_current_head()
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    current = context.get_current_revision()
+    if current == head:
+        return None
+    known = {revision.revision for revision in script.walk_revisions()}
+    if current is not None and current not in known:
+        return (
+            f"schema revision {current!r} is newer than this ledgerchat knows ({head!r}): "
+            "audit with the version that wrote it"
+        )
+    return (
+        f"schema out of date (revision {current!r}, this version needs {head!r}): start the "
+        "service once (ledgerchat serve upgrades it), then audit again"
+    )
+
+
+async def schema_problem(engines: Engines) -> str | None:
+    """Why the database cannot be audited as it is (None: the ledger schema is at head).
+
+    Reads only: unlike `upgrade_schema` it creates nothing, so auditing the wrong file or an
+    empty database leaves it as it was."""
+    async with engines.read.connect() as connection:
+        if engines.backend == "postgresql":
+            connection = await connection.execution_options(postgresql_readonly=True)
+        async with connection.begin():
+            return await connection.run_sync(_schema_problem)

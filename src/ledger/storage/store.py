@@ -12,6 +12,7 @@ Driver errors are translated into ledger errors once, in the writer (`is_retryab
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Connection,
     Row,
     Select,
+    Table,
     bindparam,
     func,
     insert,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.base import Executable
 
 from ledger.domain import (
@@ -576,71 +579,177 @@ class EventStore:
 
     # -- audit ---------------------------------------------------------------------------
 
-    async def all_heads(self, account_id: str | None) -> list[AccountHead]:
-        query = select(
-            accounts.c.account_id,
-            accounts.c.owner_id,
-            accounts.c.head_sequence,
-            accounts.c.head_hash,
-        ).order_by(accounts.c.account_id)
-        if account_id is not None:
-            query = query.where(accounts.c.account_id == account_id)
-        async with self.engines.read.connect() as connection:
-            rows = (await connection.execute(query)).all()
-        return [AccountHead(r[0], r[1], int(r[2]), r[3]) for r in rows]
-
     async def stream_events(self, account_id: str | None) -> AsyncIterator[Event]:
         """Every event (of one account, or all) ordered by account and sequence."""
-        query = select(*EVENT_COLUMNS).order_by(events.c.account_id, events.c.sequence)
-        if account_id is not None:
-            query = query.where(events.c.account_id == account_id)
         async with self.engines.read.connect() as connection:
-            result = await connection.stream(
-                query.execution_options(yield_per=STREAM_ROWS_PER_FETCH)
-            )
+            result = await connection.stream(_events_query(account_id))
             async for row in result:
                 yield event_from_row(row)
 
-    async def all_snapshots(self, account_id: str | None) -> list[Snapshot]:
-        query = select(snapshots).order_by(snapshots.c.account_id, snapshots.c.sequence)
-        if account_id is not None:
-            query = query.where(snapshots.c.account_id == account_id)
+    @contextlib.asynccontextmanager
+    async def audit_reads(self, account_id: str | None) -> AsyncIterator[AuditReads]:
+        """Every read of one audit in one transaction, so they all see one moment of the
+        database however many commits happen meanwhile (SQLite: a deferred BEGIN, i.e. one WAL
+        read snapshot; PostgreSQL: REPEATABLE READ READ ONLY, events streamed on the same
+        connection). Nothing is written."""
         async with self.engines.read.connect() as connection:
-            rows = (await connection.execute(query)).all()
+            if self.backend == "postgresql":
+                connection = await connection.execution_options(
+                    isolation_level="REPEATABLE READ", postgresql_readonly=True
+                )
+            async with connection.begin():
+                yield AuditReads(connection, account_id)
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedRow:
+    """A stored row the audit cannot decode (hand-edited or damaged): reported, then skipped."""
+
+    table: str
+    account_id: str | None
+    sequence: int | None
+    detail: str
+    hash: str | None = None
+
+
+def _events_query(account_id: str | None) -> Select[Any]:
+    query = select(*EVENT_COLUMNS).order_by(events.c.account_id, events.c.sequence)
+    if account_id is not None:
+        query = query.where(events.c.account_id == account_id)
+    return query.execution_options(yield_per=STREAM_ROWS_PER_FETCH)
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _malformed(table: str, m: Any, exc: Exception, *, sequence: object = None) -> MalformedRow:
+    return MalformedRow(
+        table,
+        _text_or_none(m.get("account_id")),
+        _int_or_none(sequence),
+        f"{table}: {type(exc).__name__}: {exc}",
+        _text_or_none(m.get("hash")),
+    )
+
+
+_EVENT_TEXT = ("account_id", "idempotency_key", "fingerprint", "prev_hash", "hash")
+_EVENT_OPTIONAL_TEXT = ("hold_id", "refers_to", "purpose", "reference", "reason", "source", "note")
+
+
+def decode_event(row: Row[Any]) -> Event | MalformedRow:
+    """The event of a row, or what is wrong with the row (for the audit: never raises)."""
+    m = row._mapping
+    try:
+        event = event_from_row(row)
+        for name in _EVENT_TEXT:
+            if not isinstance(getattr(event, name), str):
+                raise ValueError(f"{name} is not text")
+        for name in _EVENT_OPTIONAL_TEXT:
+            if getattr(event, name) is not None and not isinstance(getattr(event, name), str):
+                raise ValueError(f"{name} is not text")
+        metadata = event.metadata
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str | int) and not isinstance(v, bool)
+            for k, v in metadata.items()
+        ):
+            raise ValueError("metadata_json is not an object of text or integer values")
+        if event.event_type is EventType.HOLD_PLACED and (
+            event.hold_id is None or event.expires_at_us is None
+        ):
+            raise ValueError("a hold_placed event without hold_id or expires_at_us")
+        return event
+    except Exception as exc:  # any undecodable row is a finding, not a crash
+        return _malformed("ledger_events", m, exc, sequence=m.get("sequence"))
+
+
+def _decode_head(row: Row[Any]) -> AccountHead | MalformedRow:
+    m = row._mapping
+    try:
+        head = AccountHead(m["account_id"], m["owner_id"], int(m["head_sequence"]), m["head_hash"])
+        if not all(isinstance(v, str) for v in (head.account_id, head.owner_id, head.head_hash)):
+            raise ValueError("account_id, owner_id and head_hash must be text")
+        return head
+    except Exception as exc:
+        return _malformed("ledger_accounts", m, exc)
+
+
+def _decode_snapshot(row: Row[Any]) -> Snapshot | MalformedRow:
+    m = row._mapping
+    try:
+        record = json.loads(m["holds_json"])
+        if not isinstance(record, list):
+            raise ValueError("holds_json is not a list")
+        holds_from_record(record)  # every entry must decode
+        return Snapshot(
+            m["account_id"],
+            int(m["sequence"]),
+            int(m["posted"]),
+            int(m["held"]),
+            record,
+            m["head_hash"],
+            int(m["taken_at_us"]),
+        )
+    except Exception as exc:
+        return _malformed("ledger_snapshots", m, exc, sequence=m.get("sequence"))
+
+
+def _decode_hold(row: Row[Any]) -> tuple[str, tuple[str, int, int]] | MalformedRow:
+    m = row._mapping
+    try:
+        return m["hold_id"], (m["account_id"], int(m["amount"]), int(m["expires_at_us"]))
+    except Exception as exc:
+        return _malformed("ledger_hold_expiry", m, exc)
+
+
+class AuditReads:
+    """The audit's queries on one connection inside one transaction (see `audit_reads`).
+
+    Rows that do not decode come back as `MalformedRow` so one damaged row cannot hide the
+    findings of every other account."""
+
+    def __init__(self, connection: AsyncConnection, account_id: str | None) -> None:
+        self._connection = connection
+        self._account_id = account_id
+
+    async def _rows(self, table: Table, *order: Any) -> Sequence[Row[Any]]:
+        query = select(table).order_by(*order)
+        if self._account_id is not None:
+            query = query.where(table.c.account_id == self._account_id)
+        return (await self._connection.execute(query)).all()
+
+    async def heads(self) -> list[AccountHead | MalformedRow]:
+        return [_decode_head(r) for r in await self._rows(accounts, accounts.c.account_id)]
+
+    async def snapshots(self) -> list[Snapshot | MalformedRow]:
+        rows = await self._rows(snapshots, snapshots.c.account_id, snapshots.c.sequence)
+        return [_decode_snapshot(r) for r in rows]
+
+    async def hold_index(self) -> list[tuple[str, tuple[str, int, int]] | MalformedRow]:
+        return [_decode_hold(r) for r in await self._rows(hold_expiry, hold_expiry.c.hold_id)]
+
+    async def refusals(self) -> list[tuple[str, str, str]]:
+        rows = await self._rows(commands, commands.c.account_id, commands.c.idempotency_key)
         return [
-            Snapshot(
-                r._mapping["account_id"],
-                int(r._mapping["sequence"]),
-                int(r._mapping["posted"]),
-                int(r._mapping["held"]),
-                json.loads(r._mapping["holds_json"]),
-                r._mapping["head_hash"],
-                int(r._mapping["taken_at_us"]),
-            )
+            (r._mapping["account_id"], r._mapping["idempotency_key"], r._mapping["error_code"])
             for r in rows
         ]
 
-    async def all_refusals(self, account_id: str | None) -> list[tuple[str, str, str]]:
-        query = select(commands.c.account_id, commands.c.idempotency_key, commands.c.error_code)
-        if account_id is not None:
-            query = query.where(commands.c.account_id == account_id)
-        async with self.engines.read.connect() as connection:
-            return [(r[0], r[1], r[2]) for r in (await connection.execute(query)).all()]
-
-    async def all_hold_expiry(self, account_id: str | None) -> dict[str, tuple[str, int, int]]:
-        query = select(hold_expiry)
-        if account_id is not None:
-            query = query.where(hold_expiry.c.account_id == account_id)
-        async with self.engines.read.connect() as connection:
-            rows = (await connection.execute(query)).all()
-        return {
-            r._mapping["hold_id"]: (
-                r._mapping["account_id"],
-                int(r._mapping["amount"]),
-                int(r._mapping["expires_at_us"]),
-            )
-            for r in rows
-        }
+    async def events(self) -> AsyncIterator[Event | MalformedRow]:
+        """Every event ordered by account and sequence, fetched in bounded chunks."""
+        result = await self._connection.stream(_events_query(self._account_id))
+        async for row in result:
+            yield decode_event(row)
 
 
 def _sqlite_lock_heads_sql(count: int) -> str:
