@@ -143,7 +143,14 @@ def load_catalog(path: Path | None = None, environ: Mapping[str, str] | None = N
     raw_entries = _read_entries(DEFAULT_CATALOG_PATH)
     override_path = path if path is not None else _env_path(env)
     if override_path is not None:
-        for raw in _read_entries(override_path):
+        overrides = _read_entries(override_path)
+        seen: set[object] = set()
+        for raw in overrides:
+            model_id = raw.get("id")
+            if isinstance(model_id, str) and model_id in seen:
+                raise CatalogError(f"{override_path}: model id {model_id!r} appears twice")
+            seen.add(model_id)
+        for raw in overrides:
             _merge(raw_entries, raw)
     for raw in raw_entries:
         _apply_env_overrides(raw, env)
@@ -160,6 +167,10 @@ def _read_entries(path: Path) -> list[dict[str, Any]]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CatalogError(f"catalog file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"catalog file {path} is not UTF-8 text: {exc}") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise CatalogError(f"catalog file {path} cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise CatalogError(f"catalog file {path} is not valid TOML: {exc}") from exc
     models = data.get("models", [])
@@ -224,8 +235,10 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             except ValueError:
                 raise CatalogError(f"{key}={value!r}: expected an integer") from None
         elif name == "path":
-            # A path override points the entry at a local directory (or a GGUF file).
-            local = Path(value).expanduser()
+            # A path override points the entry at a local directory (or a GGUF file). A
+            # relative one is relative to the working directory, like any path given in the
+            # environment (made absolute here so it is not read relative to the catalog file).
+            local = Path(value).expanduser().absolute()
             kind_name = "gguf_file" if local.suffix == ".gguf" else "hf_dir"
             raw["source"] = {"kind": kind_name, "path": str(local)}
         elif name == "fallback_model_id" and value == "":
@@ -253,6 +266,7 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     price_raw = raw.get("price")
     if not isinstance(price_raw, dict):
         raise CatalogError(f"{where}: price table is required")
+    _check_keys(price_raw, _PRICE_KEYS, where + " price")
     per_message = _int_in(price_raw, "per_message_credits", 0, 10**9, where + " price")
     prompt = _int_in(price_raw, "prompt_credits_per_1k_tokens", 0, 10**9, where + " price")
     completion = _int_in(price_raw, "completion_credits_per_1k_tokens", 0, 10**9, where + " price")
@@ -288,6 +302,7 @@ def _build_source(raw: object, where: str, override_path: Path | None) -> ModelS
     kind = raw.get("kind")
     if kind not in SOURCE_KINDS:
         raise CatalogError(f"{where}: source.kind must be one of {', '.join(SOURCE_KINDS)}")
+    _check_keys(raw, _SOURCE_KEYS[kind], f"{where} source (kind {kind})")
     if kind == "gguf_package":
         package = raw.get("package")
         if not isinstance(package, str) or not package:
@@ -309,6 +324,27 @@ def _build_source(raw: object, where: str, override_path: Path | None) -> ModelS
     if revision is not None and not isinstance(revision, str):
         raise CatalogError(f"{where}: source.revision must be a string")
     return ModelSource(kind="hf_repo", repo_id=repo_id, revision=revision)
+
+
+_PRICE_KEYS = (
+    "per_message_credits",
+    "prompt_credits_per_1k_tokens",
+    "completion_credits_per_1k_tokens",
+    "version",
+)
+_SOURCE_KEYS: dict[str, tuple[str, ...]] = {
+    "gguf_package": ("kind", "package"),
+    "gguf_file": ("kind", "path"),
+    "hf_dir": ("kind", "path"),
+    "hf_repo": ("kind", "repo_id", "revision"),
+}
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    """A misspelt key (e.g. 'revison') must not be silently ignored."""
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {unknown}; allowed: {', '.join(allowed)}")
 
 
 def _int_in(raw: Mapping[str, Any], name: str, low: int, high: int, where: str) -> int:

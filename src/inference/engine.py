@@ -42,7 +42,9 @@ _CANCEL_CONFIRM_TIMEOUT_S = 30.0
 class _ModelState:
     def __init__(self, entry: CatalogEntry) -> None:
         self.entry = entry
-        self.lock = asyncio.Lock()
+        # The one load in flight; every caller awaits it shielded, so a caller that is
+        # cancelled neither stops it nor lets a second load of the same model start.
+        self.load_task: asyncio.Task[LoadedModel] | None = None
         self.loaded: LoadedModel | None = None
         self.scheduler: ModelScheduler | None = None
         self.load_error: InferenceError | None = None
@@ -71,7 +73,8 @@ class Engine:
         self.catalog = catalog
         self.settings = settings if settings is not None else InferenceSettings.from_env()
         self._states = {entry.id: _ModelState(entry) for entry in catalog}
-        self._active: dict[str, tuple[ModelScheduler, Slot]] = {}
+        # Request ids reserved from a stream's first iteration until its end.
+        self._active: dict[str, GenerationStream] = {}
         self._closed = False
 
     async def start(self) -> None:
@@ -87,6 +90,10 @@ class Engine:
     async def close(self) -> None:
         """Stops every scheduler; streams still running end with finish_reason 'cancelled'."""
         self._closed = True
+        loads = [state.load_task for state in self._states.values() if state.load_task]
+        if loads:
+            # A load in flight sees `_closed` when it returns and drops what it loaded.
+            await asyncio.wait(loads, timeout=_SCHEDULER_JOIN_TIMEOUT_S)
         schedulers = [state.scheduler for state in self._states.values() if state.scheduler]
         for scheduler in schedulers:
             scheduler.stop()
@@ -101,6 +108,7 @@ class Engine:
         statuses = []
         for state in self._states.values():
             entry = state.entry
+            self._drop_if_crashed(state)
             if state.loaded is not None:
                 available, reason, how = True, None, None
             elif state.load_error is not None:
@@ -164,11 +172,10 @@ class Engine:
     def cancel(self, request_id: str) -> bool:
         """Ends a running request (its stream then yields Finished 'cancelled'). False when no
         such request is running."""
-        found = self._active.get(request_id)
-        if found is None:
+        stream = self._active.get(request_id)
+        if stream is None:
             return False
-        scheduler, slot = found
-        scheduler.cancel(slot)
+        stream._cancel_generation()
         return True
 
     def _state(self, model_id: str) -> _ModelState:
@@ -178,14 +185,20 @@ class Engine:
     async def _ensure_loaded(self, state: _ModelState) -> LoadedModel:
         if self._closed:
             raise ModelUnavailable(state.entry.id, "the engine is closed")
+        self._drop_if_crashed(state)
         if state.loaded is not None:
             return state.loaded
-        async with state.lock:
-            if state.loaded is not None:
-                return state.loaded
-            if isinstance(state.load_error, (ModelLoadFailed, OutOfMemory)):
-                # Loading is expensive; a model that failed stays failed until restart.
-                raise state.load_error
+        if isinstance(state.load_error, (ModelLoadFailed, OutOfMemory)):
+            # Loading is expensive; a model that failed stays failed until restart.
+            raise state.load_error
+        if state.load_task is None:
+            state.load_task = asyncio.create_task(self._load(state))
+            state.load_task.add_done_callback(_retrieve_exception)
+        return await asyncio.shield(state.load_task)
+
+    async def _load(self, state: _ModelState) -> LoadedModel:
+        """The one load of a model (a task of its own, see `_ModelState.load_task`)."""
+        try:
             try:
                 loaded = await asyncio.to_thread(load_model, state.entry, self.settings)
             except ModelUnavailable:
@@ -193,6 +206,11 @@ class Engine:
             except InferenceError as exc:
                 state.load_error = exc
                 raise
+            if self._closed:
+                # close() ran during the load: starting a scheduler now would leak its thread.
+                del loaded
+                free_memory()
+                raise ModelUnavailable(state.entry.id, "the engine is closed")
             scheduler = ModelScheduler(
                 loaded,
                 self.settings.queue_limit,
@@ -204,6 +222,17 @@ class Engine:
             state.loaded = loaded
             state.load_error = None
             return loaded
+        finally:
+            state.load_task = None
+
+    def _drop_if_crashed(self, state: _ModelState) -> None:
+        """Forget a model whose scheduler thread died, so the next request loads it again
+        (or falls back) instead of meeting a scheduler that accepts nothing."""
+        if state.scheduler is not None and state.scheduler.crashed:
+            log.error("model_dropped_after_crash", model=state.entry.id)
+            state.scheduler = None
+            state.loaded = None
+            free_memory()
 
     async def _resolve(self, model_id: str) -> tuple[_ModelState, str | None]:
         """The state of the model that will answer, following fallbacks (each at most once)."""
@@ -264,6 +293,9 @@ class GenerationStream(AsyncIterator[StreamEvent]):
         self._slot: Slot | None = None
         self._scheduler: ModelScheduler | None = None
         self._done = False
+        # Set by a cancel before the request reached its scheduler (loading, tokenizing).
+        self._cancel_pending = False
+        self._registered = False
 
     def __aiter__(self) -> GenerationStream:
         return self
@@ -316,6 +348,19 @@ class GenerationStream(AsyncIterator[StreamEvent]):
         request = self.request
         if request.request_id in engine._active:
             raise InvalidRequest(f"request_id {request.request_id!r} is already running")
+        # Reserved before the first await: a concurrent stream with the same id is refused,
+        # and engine.cancel() reaches this request while it is still being prepared.
+        engine._active[request.request_id] = self
+        self._registered = True
+        try:
+            await self._prepare_and_submit()
+        except BaseException:
+            self._unregister()
+            raise
+
+    async def _prepare_and_submit(self) -> None:
+        engine = self._engine
+        request = self.request
         prepared = await engine._prepare(request)
         scheduler = prepared.state.scheduler
         if scheduler is None:
@@ -339,18 +384,37 @@ class GenerationStream(AsyncIterator[StreamEvent]):
             deliver=deliver,
             model_id_answered=prepared.state.entry.id,
             fell_back_from=prepared.fell_back_from,
+            # Cancelled while being prepared: the scheduler ends it without running it.
+            cancel_requested=self._cancel_pending,
         )
         scheduler.submit(slot)  # raises EngineBusy at once when the queue is full
         self._events, self._slot, self._scheduler = events, slot, scheduler
-        engine._active[request.request_id] = (scheduler, slot)
 
     def _request_cancel(self) -> None:
+        """The consumer left: stop generating and free the request id."""
+        self._cancel_generation()
+        if self._slot is not None:
+            self._unregister()
+
+    def _cancel_generation(self) -> None:
+        """Stop generating; the id stays reserved until the stream's Finished."""
+        self._cancel_pending = True
         if self._slot is not None and self._scheduler is not None and not self._slot.finished:
             self._scheduler.cancel(self._slot)
-        if self._slot is not None:
-            self._engine._active.pop(self.request.request_id, None)
+
+    def _unregister(self) -> None:
+        """Free the request id, unless another stream holds it now."""
+        if self._registered and self._engine._active.get(self.request.request_id) is self:
+            del self._engine._active[self.request.request_id]
+        self._registered = False
 
     def _on_finished(self, event: Finished) -> None:
         self.finished = event
         self._done = True
-        self._engine._active.pop(self.request.request_id, None)
+        self._unregister()
+
+
+def _retrieve_exception(task: asyncio.Task[LoadedModel]) -> None:
+    """A load whose callers were all cancelled must not log 'exception never retrieved'."""
+    if not task.cancelled():
+        task.exception()

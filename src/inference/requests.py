@@ -18,6 +18,9 @@ MAX_TOP_K = 1_000
 MAX_SEED = 2**63 - 1
 MAX_REQUEST_ID_CHARS = 128
 MAX_DEADLINE_S = 24 * 3600.0
+# Below this temperature sampling is greedy: dividing logits by a tinier one overflows to
+# inf/NaN, and the distribution is a point mass on the argmax long before that anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,9 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How tokens are chosen. temperature 0 is greedy (deterministic); the defaults are the
-    ones Gemma 3's authors recommend. max_new_tokens None means the model's cap."""
+    """How tokens are chosen. temperature 0 (or anything below 1e-5) is greedy (deterministic);
+    the defaults are the ones Gemma 3's authors recommend. max_new_tokens None means the
+    model's cap."""
 
     temperature: float = 1.0
     top_p: float = 0.95
@@ -76,7 +80,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 @dataclass(frozen=True)

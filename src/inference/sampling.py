@@ -33,6 +33,27 @@ def sample_next_tokens(
     ]
 
 
+def sample_each_row(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+) -> list[int | Exception]:
+    """Like `sample_next_tokens`, but a row whose sampling fails gets its exception instead of
+    a token, so that one bad row ends only its own request."""
+    assert logits.dim() == 2 and logits.shape[0] == len(params) == len(generators)
+    greedy_ids: list[int] = logits.argmax(dim=-1).tolist()
+    tokens: list[int | Exception] = []
+    for row, (sampling, generator) in enumerate(zip(params, generators, strict=True)):
+        if sampling.greedy:
+            tokens.append(greedy_ids[row])
+            continue
+        try:
+            tokens.append(_sample_row(logits[row], sampling, generator))
+        except Exception as exc:  # e.g. non-finite probabilities from extreme logits
+            tokens.append(exc)
+    return tokens
+
+
 def _sample_row(
     logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
 ) -> int:

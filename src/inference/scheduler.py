@@ -32,7 +32,7 @@ from inference.events import Finished, FinishReason, StreamEvent, TextDelta, Tim
 from inference.loading import LoadedModel, free_memory, is_out_of_memory
 from inference.prefix_cache import PrefixCache, PrefixEntry
 from inference.requests import SamplingParams
-from inference.sampling import make_generator, sample_next_tokens
+from inference.sampling import make_generator, sample_each_row
 from inference.text import IncrementalDetokenizer, StopStringMatcher
 
 log = structlog.get_logger(__name__)
@@ -86,6 +86,10 @@ class ModelScheduler:
         self._stopping = False
         self._rows: list[_Row] = []
         self._batch: RunningBatch | None = None
+        # Slots taken off the queue this step and not yet in the batch; only the thread
+        # touches them, but they must still get their Finished if a step or the thread fails.
+        self._admitting: list[Slot] = []
+        self._crashed = False
         self._thread = threading.Thread(
             target=self._run, name=f"scheduler-{loaded.entry.id}", daemon=True
         )
@@ -125,6 +129,11 @@ class ModelScheduler:
         self._thread.join(timeout_s)
 
     @property
+    def crashed(self) -> bool:
+        """True once the thread died of an unexpected error: the model must be reloaded."""
+        return self._crashed
+
+    @property
     def waiting_count(self) -> int:
         with self._condition:
             return len(self._waiting)
@@ -139,14 +148,21 @@ class ModelScheduler:
             with torch.inference_mode():
                 self._loop()
         except BaseException as exc:  # the thread must never die silently with requests inside
+            self._crashed = True
             log.exception("scheduler_crashed", model=self.model_id, error=repr(exc))
-            self._fail_all("error", f"scheduler crashed: {exc!r}", None)
+            text = f"scheduler crashed: {exc!r}"
+            for slot in self._admitting:
+                self._finish(slot, "error", None, None, text)
+            self._fail_all("error", text, None)
             raise
         finally:
             with self._condition:
                 self._stopping = True
                 leftovers = list(self._waiting)
                 self._waiting.clear()
+            for slot in self._admitting:
+                self._finish(slot, "cancelled", None)
+            self._admitting = []
             for row in self._rows:
                 self._finish(row.slot, "cancelled", row)
             self._rows = []
@@ -166,20 +182,40 @@ class ModelScheduler:
                 if not admitted and not self._rows and not expired:
                     self._condition.wait(_IDLE_POLL_S)
                     continue
-            for slot, reason in expired:
-                self._finish(slot, reason, None)
-            self._drop_ended_rows()
-            plain = []
-            for slot in self._admissible(admitted):
-                match = self._prefix_cache.longest_match(slot.prompt_ids)
-                if match is None:
-                    plain.append(slot)
-                else:
-                    self._admit([slot], match)
-            for group in _prefill_groups(plain):
-                self._admit(group)
-            if self._rows:
-                self._decode()
+            self._admitting = admitted + [slot for slot, _ in expired]
+            try:
+                self._step(expired, admitted)
+            except (Exception, MemoryError) as exc:  # ends the step's requests, not the thread
+                self._fail_step(exc)
+            self._admitting = []
+
+    def _step(self, expired: list[tuple[Slot, FinishReason]], admitted: list[Slot]) -> None:
+        """Finish what ended, admit what was taken off the queue, run one decode step."""
+        for slot, reason in expired:
+            self._finish(slot, reason, None)
+        self._drop_ended_rows()
+        plain = []
+        for slot in self._admissible(admitted):
+            match = self._prefix_cache.longest_match(slot.prompt_ids)
+            if match is None:
+                plain.append(slot)
+            else:
+                self._admit([slot], match)
+        for group in _prefill_groups(plain):
+            self._admit(group)
+        if self._rows:
+            self._decode()
+
+    def _fail_step(self, exc: BaseException) -> None:
+        """A failure outside a forward (joining caches, trimming the batch, ...) may leave the
+        batch half-changed: every request of the step and of the batch ends with the error."""
+        log.exception("scheduler_step_failed", model=self.model_id, batch_size=len(self._rows))
+        self._batch = None
+        error = _as_out_of_memory(exc, self.model_id, "batching requests for")
+        text = f"{type(exc).__name__}: {exc}"
+        for slot in self._admitting:
+            self._finish(slot, "error", None, error, text)
+        self._fail_all("error", text, error)
 
     def _take_expired_waiting(self) -> list[tuple[Slot, FinishReason]]:
         now = time.monotonic()
@@ -234,7 +270,7 @@ class ModelScheduler:
                     loaded.model, entry.layers, reused, slot.prompt_ids, loaded.device
                 )
                 slot.reused_prompt_tokens = reused
-            first_tokens = sample_next_tokens(
+            first_tokens = sample_each_row(
                 logits, [slot.sampling for slot in slots], [row.generator for row in rows]
             )
         except (Exception, MemoryError) as exc:  # a failed forward ends these requests only
@@ -243,11 +279,12 @@ class ModelScheduler:
             for slot in slots:
                 self._finish(slot, "error", None, error, f"{type(exc).__name__}: {exc}")
             return
-        set_next_tokens(incoming, first_tokens)
+        self._fail_unsampled(rows, first_tokens)
+        set_next_tokens(incoming, [_token_or_pad(token) for token in first_tokens])
         still_running = [
             index
             for index, (row, token_id) in enumerate(zip(rows, first_tokens, strict=True))
-            if not self._accept_token(row, token_id)
+            if not isinstance(token_id, Exception) and not self._accept_token(row, token_id)
         ]
         remaining = keep_rows(incoming, still_running)
         if remaining is not None:
@@ -258,7 +295,7 @@ class ModelScheduler:
         assert self._batch is not None and self._batch.size == len(self._rows)
         try:
             logits = decode_step(self._loaded.model, self._batch)  # [batch, vocab]
-            token_ids = sample_next_tokens(
+            token_ids = sample_each_row(
                 logits,
                 [row.slot.sampling for row in self._rows],
                 [row.generator for row in self._rows],
@@ -269,10 +306,19 @@ class ModelScheduler:
             error = _as_out_of_memory(exc, self.model_id, "generating with")
             self._fail_all("error", f"{type(exc).__name__}: {exc}", error)
             return
-        set_next_tokens(self._batch, token_ids)
+        self._fail_unsampled(self._rows, token_ids)
+        set_next_tokens(self._batch, [_token_or_pad(token) for token in token_ids])
         for row, token_id in zip(self._rows, token_ids, strict=True):
-            self._accept_token(row, token_id)
+            if not isinstance(token_id, Exception):
+                self._accept_token(row, token_id)
         self._remove_finished_rows()
+
+    def _fail_unsampled(self, rows: list[_Row], tokens: list[int | Exception]) -> None:
+        """A row whose sampling failed ends with the error; the other rows go on."""
+        for row, token in zip(rows, tokens, strict=True):
+            if isinstance(token, Exception):
+                log.error("sampling_failed", model=self.model_id, error=repr(token))
+                self._finish(row.slot, "error", None, None, f"{type(token).__name__}: {token}")
 
     def _accept_token(self, row: _Row, token_id: int) -> bool:
         """Record one generated token; True when the request finished with it."""
@@ -304,7 +350,12 @@ class ModelScheduler:
         if self._batch is not None:
             for index, row in enumerate(self._rows):
                 if row.slot.finished and row.slot.finish_reason != "error":
-                    self._remember_prefix(index, row.slot)
+                    try:
+                        self._remember_prefix(index, row.slot)
+                    except (Exception, MemoryError) as exc:  # the cache only saves time
+                        log.exception("prefix_cache_store_failed", model=self.model_id)
+                        if is_out_of_memory(exc):
+                            free_memory()
         self._rows = [self._rows[index] for index in keep]
         if self._batch is not None:
             self._batch = keep_rows(self._batch, keep)
@@ -376,6 +427,11 @@ def _error_code(reason: FinishReason, error: OutOfMemory | None) -> str | None:
     if error is not None:
         return error.code
     return "generation_failed" if reason == "error" else None
+
+
+def _token_or_pad(token: int | Exception) -> int:
+    """A failed row's placeholder next token (the row leaves the batch before it is fed)."""
+    return 0 if isinstance(token, Exception) else token
 
 
 def _as_out_of_memory(error: BaseException, model_id: str, during: str) -> OutOfMemory | None:

@@ -3,6 +3,7 @@ override, read once by `InferenceSettings.from_env()`. No other module reads os.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "LEDGERCHAT_INFERENCE_"
+# The longest default deadline, as for a request's own deadline_s.
+MAX_DEFAULT_DEADLINE_S = 24 * 3600.0
 
 
 def _default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -58,8 +61,18 @@ class InferenceSettings:
             raise ValueError("queue_limit must be at least 1")
         if not 1 <= self.max_batch_size <= 256:
             raise ValueError("max_batch_size must be between 1 and 256")
-        if self.default_deadline_s <= 0:
-            raise ValueError("default_deadline_s must be positive")
+        deadline = self.default_deadline_s
+        if (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, (int, float))
+            or not math.isfinite(deadline)
+            or not 0 < deadline <= MAX_DEFAULT_DEADLINE_S
+        ):
+            # NaN compares false with everything: it would silently disable every deadline.
+            raise ValueError(
+                f"default_deadline_s={deadline!r} must be a finite number of seconds in "
+                f"(0, {MAX_DEFAULT_DEADLINE_S:.0f}]"
+            )
         if self.max_prompt_messages < 1 or self.max_message_chars < 1:
             raise ValueError("max_prompt_messages and max_message_chars must be at least 1")
         if self.prefix_cache_bytes < 0:
