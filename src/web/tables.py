@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -63,6 +64,8 @@ class Base(DeclarativeBase):
 
 
 class UserRow(Base):
+    """Usernames and emails are unique regardless of case (expression indexes on lower())."""
+
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -72,6 +75,10 @@ class UserRow(Base):
     role: Mapped[str] = mapped_column(String(16), default="user")
     account_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+Index("uq_users_username_lower", func.lower(UserRow.username), unique=True)
+Index("uq_users_email_lower", func.lower(UserRow.email), unique=True)
 
 
 class RefreshSessionRow(Base):
@@ -104,11 +111,22 @@ class ApiKeyRow(Base):
 
 
 class LoginAttemptRow(Base):
+    """One login attempt: `username` is the name as typed, `user_id` the account it named (None
+    for an unknown name). Lockout counts per account, or per typed name when there is none.
+    A row is written as a failure before the password is checked and turned into a success
+    after (see AccountsService.login)."""
+
     __tablename__ = "login_attempts"
-    __table_args__ = (Index("ix_login_attempts_username_created", "username", "created_at"),)
+    __table_args__ = (
+        Index("ix_login_attempts_username_created", "username", "created_at"),
+        Index("ix_login_attempts_user_id_created", "user_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(320))
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True
+    )
     client_address: Mapped[str] = mapped_column(String(64))
     succeeded: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)

@@ -108,6 +108,12 @@ class TestTokens:
                 "/api/auth/refresh", json={"refresh_token": second["refresh_token"]}
             )
             assert after_reuse.status_code == 401
+            # The access token of the revoked family ends now, not at its expiry.
+            assert (
+                await client.get(
+                    "/api/me", headers={"Authorization": f"Bearer {second['access_token']}"}
+                )
+            ).status_code == 401
 
             other_session = await login(client, "frank")
             assert (
@@ -117,11 +123,14 @@ class TestTokens:
             ).status_code == 200
 
     async def test_logout_revokes_the_session(self, server):
-        """After logout the session's refresh token is refused."""
+        """After logout the session's refresh and access tokens are refused at once; another
+        session of the same user goes on until it too is signed out."""
         async with server.client() as client:
             await register(client, "gina")
             tokens = await login(client, "gina")
+            other = await login(client, "gina")
             headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+            other_headers = {"Authorization": f"Bearer {other['access_token']}"}
             response = await client.post(
                 "/api/auth/logout", json={"refresh_token": tokens["refresh_token"]}, headers=headers
             )
@@ -130,6 +139,11 @@ class TestTokens:
                 "/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
             )
             assert refused.status_code == 401
+            assert (await client.get("/api/me", headers=headers)).status_code == 401
+            assert (await client.get("/api/me", headers=other_headers)).status_code == 200
+            everywhere = await client.post("/api/auth/logout", headers=other_headers)
+            assert everywhere.status_code == 204
+            assert (await client.get("/api/me", headers=other_headers)).status_code == 401
 
 
 class TestLockout:
@@ -188,6 +202,23 @@ class TestRateLimits:
             statuses = [(await client.get("/api/models")).status_code for _ in range(5)]
             assert statuses[3:] == [429, 429]
             assert (await client.get("/health")).status_code == 200
+
+    async def test_ui_static_files_do_not_use_the_address_budget(self, make_server, make_settings):
+        """One page load fetches dozens of scripts and styles; those must not use up the
+        address's budget, which the page itself and the API still count."""
+        settings = make_settings(LEDGERCHAT_RATE_LIMIT_PER_ADDRESS_PER_MINUTE="3")
+        server = await make_server(settings, mount_ui=True)
+        async with server.client() as client:
+            page = await client.get("/")
+            assert page.status_code == 200
+            scripts = [part.split('"')[0] for part in page.text.split('src="./')[1:]]
+            assert scripts, "the page links no scripts"
+            for _ in range(3):
+                for script in scripts:
+                    assert (await client.get(f"/{script}")).status_code == 200, script
+            # The page used one request of 3; no credentials: 401 until the budget is gone.
+            statuses = [(await client.get("/api/models")).status_code for _ in range(3)]
+            assert statuses == [401, 401, 429]
 
 
 class TestRolesAndKeys:

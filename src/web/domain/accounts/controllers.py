@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -23,7 +23,8 @@ from web.services import Services
 
 
 class LogoutRequest(msgspec.Struct, forbid_unknown_fields=True):
-    refresh_token: str | None = None
+    # The same bounds as RefreshRequest: an empty or oversized token is a malformed body.
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
 class AuthController(Controller):

@@ -4,6 +4,7 @@ thread because it deliberately costs tens of milliseconds of CPU."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -19,6 +20,10 @@ class PasswordHashing:
             parallelism=settings.argon2_parallelism,
             type=Type.ID,
         )
+        # Checked against when the named user does not exist, so that answer costs one argon2
+        # verification like a wrong password does and timing does not tell which names exist.
+        # Made once, here, with the configured parameters (a few tens of ms at most).
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
     async def hash(self, password: str) -> str:
         return await asyncio.to_thread(self._hasher.hash, password)
@@ -31,6 +36,11 @@ class PasswordHashing:
                 return False
 
         return await asyncio.to_thread(check)
+
+    async def verify_absent(self, password: str) -> bool:
+        """Spend the time of a real verification for a user that does not exist; always False."""
+        await self.verify(self._dummy_hash, password)
+        return False
 
     def needs_rehash(self, password_hash: str) -> bool:
         """True when the stored hash was made with other parameters than today's settings."""

@@ -8,7 +8,7 @@ import re
 import uuid
 from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,7 +38,12 @@ def check_username(username: str) -> None:
 
 
 def check_email(email: str) -> None:
-    if len(email) > MAX_EMAIL_CHARS or not EMAIL_PATTERN.fullmatch(email):
+    # isprintable() also refuses NUL and invisible format characters (bidi overrides).
+    if (
+        len(email) > MAX_EMAIL_CHARS
+        or not EMAIL_PATTERN.fullmatch(email)
+        or not email.isprintable()
+    ):
         raise ValidationFailed("email is not a valid address", field="email")
 
 
@@ -112,10 +117,14 @@ class AccountsService:
                 select(func.count())
                 .select_from(UserRow)
                 .where(
-                    (func.lower(UserRow.username) == username.lower()) | (UserRow.email == email)
+                    (func.lower(UserRow.username) == username.lower())
+                    | (func.lower(UserRow.email) == email)
                 )
             )
             if taken:
+                # Concurrent registrations can all pass this check; the unique indexes on
+                # lower(username) and lower(email) (migration 0002) then refuse all but one,
+                # and the IntegrityError below gives the same answer.
                 raise AlreadyExists("username or email is already registered")
             row = UserRow(username=username, email=email, password_hash=password_hash, role=role)
             session.add(row)
@@ -171,9 +180,11 @@ class AccountsService:
 
     async def find_user(self, username: str) -> UserView:
         async with self._sessions() as session:
-            row = await session.scalar(
-                select(UserRow).where(func.lower(UserRow.username) == username.strip().lower())
-            )
+            row = (
+                await session.scalars(
+                    select(UserRow).where(func.lower(UserRow.username) == username.strip().lower())
+                )
+            ).one_or_none()
         if row is None or row.account_id is None:
             raise NotFound(f"user {username!r} does not exist")
         return user_view(row)
@@ -192,38 +203,93 @@ class AccountsService:
     async def login(self, username: str, password: str, client_address: str) -> TokenPair:
         """Check the password; 5 failures in the window lock this account for this client."""
         name = username.strip().lower()[:MAX_EMAIL_CHARS]
+        if not name.isprintable():
+            # No username or email holds control characters; refuse before they are stored
+            # as a login attempt (PostgreSQL text cannot even hold NUL).
+            raise ValidationFailed("username must not contain control characters", field="username")
         async with self._sessions() as session:
-            await self._check_not_locked(session, name, client_address)
-            row = await session.scalar(
-                select(UserRow).where(
-                    (func.lower(UserRow.username) == name) | (UserRow.email == name)
+            # Usernames cannot contain '@' and emails must, and both are unique regardless of
+            # case (migration 0002), so at most one row matches.
+            row = (
+                await session.scalars(
+                    select(UserRow).where(
+                        (func.lower(UserRow.username) == name) | (func.lower(UserRow.email) == name)
+                    )
                 )
+            ).one_or_none()
+        user_id = row.id if row is not None else None
+        attempt_id = await self._claim_attempt(name, user_id, client_address)
+        if row is None:
+            ok = await self._passwords.verify_absent(password)
+        else:
+            ok = await self._passwords.verify(row.password_hash, password)
+        if not ok or row is None or row.account_id is None:
+            log.warning("login_failed", username=name, client_address=client_address)
+            raise NotAuthenticated("wrong username or password")
+        async with self._sessions() as session:
+            await session.execute(
+                update(LoginAttemptRow)
+                .where(LoginAttemptRow.id == attempt_id)
+                .values(succeeded=True)
             )
-            ok = (
-                row is not None
-                and row.account_id is not None
-                and await self._passwords.verify(row.password_hash, password)
-            )
-            session.add(LoginAttemptRow(username=name, client_address=client_address, succeeded=ok))
-            if not ok or row is None:
-                await session.commit()
-                log.warning("login_failed", username=name, client_address=client_address)
+            user = await session.get(UserRow, row.id)
+            if user is None:
                 raise NotAuthenticated("wrong username or password")
-            if self._passwords.needs_rehash(row.password_hash):
-                row.password_hash = await self._passwords.hash(password)
-                log.info("password_rehashed", user_id=row.id)
-            pair = self._new_session(session, row, family_id=str(uuid.uuid4()))
+            if self._passwords.needs_rehash(user.password_hash):
+                user.password_hash = await self._passwords.hash(password)
+                log.info("password_rehashed", user_id=user.id)
+            pair = self._new_session(session, user, family_id=str(uuid.uuid4()))
             await session.commit()
-        log.info("user_login", user_id=row.id, client_address=client_address)
+        log.info("user_login", user_id=user.id, client_address=client_address)
         return pair
 
+    async def _claim_attempt(self, name: str, user_id: int | None, client_address: str) -> int:
+        """Record this attempt as a failure, then check the lock; returns the attempt's id.
+
+        Why in this order: checking first and recording after the (slow) password check let
+        concurrent requests all pass the check before any failure was stored. Here each
+        request commits its row in its own transaction before it counts, so of any two
+        concurrent requests the one that counts later sees the other's row; ordered by when
+        they count, the k-th allowed request sees at least k-1 others, and no more than the
+        limit can get through within a window, with any number of app processes, on SQLite
+        and PostgreSQL alike, without locks or a serializable transaction. Concurrent
+        requests may see each other and be refused a little early; that errs on the safe
+        side. A refused attempt deletes its row again (as before, attempts made while locked
+        do not extend the lock); a successful one turns it into a success. A request that
+        dies between these steps leaves a failure behind, which also errs on the safe side.
+        """
+        async with self._sessions() as session:
+            attempt = LoginAttemptRow(
+                username=name, user_id=user_id, client_address=client_address, succeeded=False
+            )
+            session.add(attempt)
+            await session.commit()
+            try:
+                await self._check_not_locked(session, attempt, client_address)
+            except LoginLocked:
+                await session.execute(
+                    delete(LoginAttemptRow).where(LoginAttemptRow.id == attempt.id)
+                )
+                await session.commit()
+                raise
+            return attempt.id
+
     async def _check_not_locked(
-        self, session: AsyncSession, name: str, client_address: str
+        self, session: AsyncSession, attempt: LoginAttemptRow, client_address: str
     ) -> None:
+        """Locked when `lockout_failures` other failures (pending ones included) of the same
+        account from this client lie in the window after its last success. An unknown name
+        is counted by the name typed instead of an account."""
+        if attempt.user_id is not None:
+            same_key = LoginAttemptRow.user_id == attempt.user_id
+        else:
+            same_key = LoginAttemptRow.user_id.is_(None) & (
+                LoginAttemptRow.username == attempt.username
+            )
         window_start = utc_now() - dt.timedelta(seconds=self._auth.lockout_window_s)
         last_success = await session.scalar(
             select(func.max(LoginAttemptRow.created_at)).where(
-                LoginAttemptRow.username == name,
+                same_key,
                 LoginAttemptRow.client_address == client_address,
                 LoginAttemptRow.succeeded.is_(True),
             )
@@ -233,10 +299,11 @@ class AccountsService:
             await session.scalars(
                 select(LoginAttemptRow.created_at)
                 .where(
-                    LoginAttemptRow.username == name,
+                    same_key,
                     LoginAttemptRow.client_address == client_address,
                     LoginAttemptRow.succeeded.is_(False),
                     LoginAttemptRow.created_at > since,
+                    LoginAttemptRow.id != attempt.id,
                 )
                 .order_by(LoginAttemptRow.created_at.desc())
                 .limit(self._auth.lockout_failures)
@@ -246,7 +313,7 @@ class AccountsService:
             # Unlocks when the oldest of the last N failures leaves the window.
             unlock_at = failures[-1] + dt.timedelta(seconds=self._auth.lockout_window_s)
             retry_after_s = max(1, int((unlock_at - utc_now()).total_seconds()) + 1)
-            log.warning("login_locked", username=name, client_address=client_address)
+            log.warning("login_locked", username=attempt.username, client_address=client_address)
             raise LoginLocked(
                 "too many failed logins; try again later", retry_after_s=retry_after_s
             )
@@ -262,7 +329,7 @@ class AccountsService:
             )
         )
         return TokenPair(
-            access_token=self.access_tokens.issue(row.id, row.role),
+            access_token=self.access_tokens.issue(row.id, row.role, family_id),
             refresh_token=refresh_token,
             expires_in=self._auth.access_token_ttl_s,
         )
@@ -343,8 +410,21 @@ class AccountsService:
             raise NotAuthenticated(f"invalid access token: {exc}") from exc
         async with self._sessions() as session:
             row = await session.get(UserRow, claims.user_id)
+            # Logout and refresh-token reuse revoke every token of the family: the access
+            # tokens issued for that sign-in end with it, not at their expiry.
+            signed_in = await session.scalar(
+                select(
+                    exists().where(
+                        RefreshSessionRow.family_id == claims.session_family,
+                        RefreshSessionRow.user_id == claims.user_id,
+                        RefreshSessionRow.revoked_at.is_(None),
+                    )
+                )
+            )
         if row is None or row.account_id is None:
             raise NotAuthenticated("the user no longer exists")
+        if not signed_in:
+            raise NotAuthenticated("this session was signed out or revoked")
         return identity_of(row, "access_token")
 
     async def set_role(self, user_id: int, role: Role) -> UserView:

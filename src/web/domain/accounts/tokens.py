@@ -30,6 +30,8 @@ class AccessClaims:
     user_id: int
     role: str
     expires_at: int
+    session_family: str
+    """The sign-in (refresh token family) the token was issued for; revoking it ends the token."""
 
 
 class AccessTokens:
@@ -37,10 +39,11 @@ class AccessTokens:
         self._secret = secret or secrets.token_urlsafe(48)
         self.ttl_s = ttl_s
 
-    def issue(self, user_id: int, role: str) -> str:
+    def issue(self, user_id: int, role: str, session_family: str) -> str:
         now = int(time.time())
         claims = {
             "sub": str(user_id),
+            "sid": session_family,
             "role": role,
             "typ": "access",
             "iat": now,
@@ -56,13 +59,18 @@ class AccessTokens:
                 token,
                 self._secret,
                 algorithms=[ALGORITHM],
-                options={"require": ["exp", "iat", "sub"]},
+                options={"require": ["exp", "iat", "sub", "sid"]},
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from exc
         if claims.get("typ") != "access" or not str(claims["sub"]).isdigit():
             raise InvalidToken("not an access token")
-        return AccessClaims(int(claims["sub"]), str(claims.get("role", "user")), int(claims["exp"]))
+        return AccessClaims(
+            int(claims["sub"]),
+            str(claims.get("role", "user")),
+            int(claims["exp"]),
+            str(claims["sid"]),
+        )
 
 
 def new_refresh_token() -> str:
