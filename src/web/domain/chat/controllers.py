@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, delete, get, patch, post
+from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
+from inference.errors import InferenceError
+from ledger.errors import LedgerError
 from web.auth import IDENTITY_DEPENDENCY, SECURITY, check_chat_rate
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.schemas import (
@@ -25,6 +28,7 @@ from web.domain.chat.schemas import (
     RenameConversationRequest,
 )
 from web.domain.chat.services import ChatInput, PreparedChat
+from web.errors import ServiceError
 from web.exception_handlers import error_body
 from web.logging import get_logger
 from web.params import ConversationId
@@ -60,9 +64,28 @@ async def sse_events(prepared: PreparedChat) -> AsyncIterator[ServerSentEventMes
                 name = "done"
             yield ServerSentEventMessage(data=msgspec.json.encode(event).decode(), event=name)
     except Exception as exc:
-        log.exception("chat_stream_failed", request_id=prepared.request_id)
-        body = error_body(str(getattr(exc, "code", "internal_error")), str(exc))
+        body = stream_error_body(prepared, exc)
         yield ServerSentEventMessage(data=msgspec.json.encode(body).decode(), event="error")
+
+
+def stream_error_body(prepared: PreparedChat, exc: Exception) -> dict[str, Any]:
+    """Log a stream that ended with an error after it began, and give the error body sent as
+    its last event (SSE `error` event here, an error chunk on /v1)."""
+    if isinstance(exc, ServiceError | LedgerError | InferenceError):
+        # An expected ending (shutting down, ledger busy, engine failure): its code says it.
+        log.warning(
+            "chat_stream_ended", request_id=prepared.request_id, code=exc.code, error=str(exc)
+        )
+    else:
+        log.exception("chat_stream_failed", request_id=prepared.request_id)
+    return error_body(str(getattr(exc, "code", "internal_error")), str(exc))
+
+
+def settle_unstreamed(prepared: PreparedChat) -> BackgroundTask:
+    """Runs once the response is over, however it ended: a client that left before the body
+    started never iterates the events, so this releases the hold and frees the key (a no-op
+    for a chat that streamed; its own settlement ran)."""
+    return BackgroundTask(prepared.cancel)
 
 
 class ChatController(Controller):
@@ -95,7 +118,11 @@ class ChatController(Controller):
                 idempotency_key=idempotency_key,
             ),
         )
-        return ServerSentEvent(sse_events(prepared), headers={"Cache-Control": "no-store"})
+        return ServerSentEvent(
+            sse_events(prepared),
+            headers={"Cache-Control": "no-store"},
+            background=settle_unstreamed(prepared),
+        )
 
     @get("/models")
     async def models(

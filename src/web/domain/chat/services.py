@@ -20,10 +20,11 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import datetime as dt
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -37,7 +38,8 @@ from inference.errors import InferenceError
 from inference.events import Finished, ModelStatus, TextDelta
 from inference.requests import ChatMessage, GenerationRequest, SamplingParams
 from ledger import Ledger
-from ledger.errors import HoldAlreadyResolved, HoldExpired, InsufficientCredits
+from ledger.errors import HoldAlreadyResolved, HoldExpired, InsufficientCredits, LedgerBusy
+from ledger.models import HistoryEntry
 from web import metrics
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.conversations import ConversationsService
@@ -69,6 +71,14 @@ log = get_logger(__name__)
 BILLING_SAMPLES_KEPT = 10_000
 HOLD_MARGIN_FRACTION = 0.25
 HOLD_MARGIN_MAX_S = 60.0
+SLOW_PREPARE_FRACTION = 0.25
+"""A prepare that took longer than this share of the hold TTL before its hold was placed marks
+its claim (updated_at), so a retry cannot take the claim for abandoned while the hold runs."""
+CLOCK_SLACK_S = 5.0
+"""Tolerance between the web and ledger clocks when searching the ledger for a claim's hold."""
+LEDGER_BUSY_ATTEMPTS = 3
+LEDGER_BUSY_BACKOFF_S = 0.2
+TRACE_PAGES_MAX = 50
 
 
 NUL = "\x00"
@@ -129,6 +139,16 @@ class _Generation:
     """Time spent on billing (claim, hold, capture or release, balance, records)."""
 
 
+_FINISH_OF_RELEASE = {"failed": "error", "timeout": "timeout"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _LedgerTrace:
+    hold: HistoryEntry | None
+    resolution: HistoryEntry | None
+    """The capture or release of `hold`, if any."""
+
+
 def _replay_events(stored: dict[str, Any]) -> list[ChatEvent]:
     done = msgspec.convert(stored["done"], ChatCompleted)
     done = msgspec.structs.replace(done, replayed=True)
@@ -170,7 +190,7 @@ class PreparedChat:
         assert isinstance(first, ChatStarted)
         return first.request_id
 
-    async def events(self) -> AsyncIterator[ChatEvent]:
+    async def events(self) -> AsyncGenerator[ChatEvent, None]:
         assert not self._consumed, "a prepared chat streams once"
         self._consumed = True
         if self._replay is not None:
@@ -210,6 +230,7 @@ class ChatService:
         self._chat = chat
         self._billing = billing
         self._closing = False
+        self._ended_by_shutdown: set[str] = set()
         self._active: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -232,7 +253,7 @@ class ChatService:
             async for event in events:
                 yield event
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
     def models(self) -> list[ModelStatus]:
         return list(self._engine.models())
@@ -257,13 +278,15 @@ class ChatService:
         model = self.find_model(chat_input.model_id)
         key = chat_input.idempotency_key or f"auto-{uuid.uuid4()}"
         claim_started = time.perf_counter()
-        claimed = await self._claim(identity, key, chat_input.fingerprint())
+        claimed = await self._claim(identity, chat_input, key, chat_input.fingerprint())
         if isinstance(claimed, list):
             return PreparedChat(self, None, replay=claimed)
         request_id = claimed
         claim_s = time.perf_counter() - claim_started
         try:
-            generation = await self._start(identity, chat_input, model, request_id, key)
+            generation = await self._start(
+                identity, chat_input, model, request_id, key, claim_started
+            )
         except BaseException:
             await self._unclaim(request_id)
             raise
@@ -279,6 +302,16 @@ class ChatService:
             # PostgreSQL text cannot hold NUL, and no chat needs it: refuse it up front rather
             # than fail while storing the exchange.
             raise ValidationFailed("messages must not contain NUL characters", field="message")
+        others: dict[str, Sequence[str | None]] = {
+            "conversation_id": [chat_input.conversation_id],
+            "model": [chat_input.model_id],
+            "idempotency_key": [chat_input.idempotency_key],
+            "stop": list(chat_input.sampling.stop),
+        }
+        for field, values in others.items():
+            # conversation_id and the key reach PostgreSQL queries, where NUL is an error (500).
+            if any(value is not None and NUL in value for value in values):
+                raise ValidationFailed(f"{field} must not contain NUL characters", field=field)
         if chat_input.message is not None:
             if not chat_input.message.strip():
                 raise ValidationFailed("message must not be blank", field="message")
@@ -288,6 +321,10 @@ class ChatService:
                     field="message",
                 )
         if chat_input.messages is not None:
+            # The answer is to the last message: a blank one is refused as /api/chat refuses a
+            # blank message (content null, whitespace, or parts without text all count).
+            if not chat_input.messages or not chat_input.messages[-1].content.strip():
+                raise ValidationFailed("the last message must not be blank", field="messages")
             total = sum(len(m.content) for m in chat_input.messages)
             if total > self._chat.max_message_chars * 4:
                 raise ValidationFailed("messages are too long in total", field="messages")
@@ -303,7 +340,13 @@ class ChatService:
             )
 
     async def _claim(
-        self, identity: Identity, key: str, fingerprint: str, *, attempts: int = 2
+        self,
+        identity: Identity,
+        chat_input: ChatInput,
+        key: str,
+        fingerprint: str,
+        *,
+        attempts: int = 2,
     ) -> str | list[ChatEvent]:
         """Insert the request row; an existing row means a retry: replay, conflict or busy."""
         request_id = str(uuid.uuid4())
@@ -332,34 +375,153 @@ class ChatService:
             # Deleted between our insert and read: an earlier attempt was refused (402...).
             if attempts <= 1:
                 raise RequestInProgress("a request with this Idempotency-Key is being retried")
-            return await self._claim(identity, key, fingerprint, attempts=attempts - 1)
+            return await self._claim(identity, chat_input, key, fingerprint, attempts=attempts - 1)
         if existing.fingerprint != fingerprint:
             raise IdempotencyKeyReused("this Idempotency-Key was used for a different request")
         if existing.status != STATUS_DONE or existing.outcome_json is None:
-            if attempts > 1 and await self._release_abandoned_claim(existing):
-                return await self._claim(identity, key, fingerprint, attempts=attempts - 1)
+            if attempts > 1:
+                resolved = await self._resolve_stale_claim(identity, chat_input, existing)
+                if isinstance(resolved, list):
+                    return resolved
+                if resolved:
+                    return await self._claim(
+                        identity, chat_input, key, fingerprint, attempts=attempts - 1
+                    )
             raise RequestInProgress("a request with this Idempotency-Key is still running")
         return _replay_events(msgspec.json.decode(existing.outcome_json))
 
-    async def _release_abandoned_claim(self, claim: ChatRequestRow) -> bool:
-        """Free a key whose request never settled because its process died mid-stream.
+    async def _resolve_stale_claim(
+        self, identity: Identity, chat_input: ChatInput, claim: ChatRequestRow
+    ) -> bool | list[ChatEvent]:
+        """Settle the key of a request that never stored its outcome (its process died, or
+        storing failed after the ledger moved credit).
 
-        Once a claim is older than the hold TTL its hold has expired: it can no longer be
-        captured and the sweeper releases it in full, so no credit moved for that attempt and
-        a retry may run as a new request without charging twice. Returns whether it was freed.
+        The ledger decides, never the claim's age alone: if the attempt's hold was captured or
+        released by the service, that outcome is stored and replayed (a retry never charges
+        twice); if its hold is still live, the attempt may still be running (409); only when
+        its hold expired unresolved, or none was ever placed, is the key freed (returns True)
+        for a retry to run as a new request.
         """
-        age_s = (utc_now() - claim.created_at).total_seconds()
-        if claim.status != STATUS_STARTED or age_s <= self._billing.hold_ttl_s:
+        if claim.status != STATUS_STARTED:
             return False
+        ttl_s = self._billing.hold_ttl_s
+        now = utc_now()
+        # updated_at is the claim's creation, or (after a slow prepare) when its hold was
+        # placed: either way no hold of this claim is older than it.
+        if (now - claim.updated_at).total_seconds() <= ttl_s:
+            return False
+        trace = await self._ledger_trace(identity, claim)
+        if trace.hold is not None and trace.resolution is None:
+            expires_at = trace.hold.expires_at
+            if expires_at is None or expires_at > now:
+                return False  # the hold is live: its generation may still be streaming
+        resolution = trace.resolution
+        if trace.hold is not None and resolution is not None and resolution.reason != "expired":
+            done = await self._outcome_from_ledger(identity, chat_input, claim, trace)
+            outcome = msgspec.json.encode({"done": done, "text": ""}).decode()
+            async with self._sessions() as session:
+                stored = await session.execute(
+                    update(ChatRequestRow)
+                    .where(ChatRequestRow.id == claim.id, ChatRequestRow.status == STATUS_STARTED)
+                    .values(status=STATUS_DONE, outcome_json=outcome, updated_at=utc_now())
+                )
+                await session.commit()
+            log.warning(
+                "chat_claim_recovered",
+                request_id=claim.id,
+                settlement=done.settlement,
+                cost_credits=done.cost_credits,
+            )
+            if not getattr(stored, "rowcount", 0):
+                return False  # the attempt stored its own outcome meanwhile; read it again
+            return _replay_events({"done": msgspec.to_builtins(done), "text": ""})
+        # No credit moved: no hold, or one that expired unresolved (the sweeper releases it).
+        # The updated_at guard loses to a slow prepare that marked the claim meanwhile.
         async with self._sessions() as session:
             freed = await session.execute(
                 delete(ChatRequestRow).where(
-                    ChatRequestRow.id == claim.id, ChatRequestRow.status == STATUS_STARTED
+                    ChatRequestRow.id == claim.id,
+                    ChatRequestRow.status == STATUS_STARTED,
+                    ChatRequestRow.updated_at <= claim.updated_at,
                 )
             )
             await session.commit()
+        age_s = (now - claim.created_at).total_seconds()
         log.warning("chat_claim_abandoned", request_id=claim.id, age_s=round(age_s, 1))
         return bool(getattr(freed, "rowcount", 0))
+
+    async def _ledger_trace(self, identity: Identity, claim: ChatRequestRow) -> _LedgerTrace:
+        """The claim's hold and how it was resolved, read from the account's ledger history in
+        the only window where they can lie: the hold is placed at most a slow-prepare share of
+        the TTL after the claim (else the claim is marked), and resolved before it expires."""
+        ttl = dt.timedelta(seconds=self._billing.hold_ttl_s)
+        slack = dt.timedelta(seconds=CLOCK_SLACK_S)
+        placed_by = max(claim.updated_at, claim.created_at + ttl * SLOW_PREPARE_FRACTION)
+        since = claim.created_at - slack
+        until = placed_by + ttl + slack
+        entries: list[HistoryEntry] = []
+        cursor: str | None = None
+        for _ in range(TRACE_PAGES_MAX):
+            page = await self._ledger.history(
+                identity.account_id,
+                cursor=cursor,
+                limit=self._ledger.settings.history_page_max,
+                types=["hold_placed", "hold_captured", "hold_released"],
+                since=since,
+                until=until,
+            )
+            entries += page.entries
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        hold = next(
+            (
+                e
+                for e in entries
+                if e.event_type == "hold_placed" and e.purpose == "chat" and e.reference == claim.id
+            ),
+            None,
+        )
+        resolution = None
+        if hold is not None:
+            resolution = next(
+                (e for e in entries if e.event_type != "hold_placed" and e.hold_id == hold.hold_id),
+                None,
+            )
+        return _LedgerTrace(hold=hold, resolution=resolution)
+
+    async def _outcome_from_ledger(
+        self,
+        identity: Identity,
+        chat_input: ChatInput,
+        claim: ChatRequestRow,
+        trace: _LedgerTrace,
+    ) -> ChatCompleted:
+        """The outcome of an attempt whose record was lost, from its ledger events (the answer
+        text is gone; the tokens, cost and price are the ledger's)."""
+        assert trace.hold is not None and trace.resolution is not None
+        resolution = trace.resolution
+        metadata = resolution.metadata
+        model_requested = chat_input.model_id or self._chat.default_model
+        captured = resolution.event_type == "hold_captured"
+        release_reason = None if captured else resolution.reason
+        return ChatCompleted(
+            request_id=claim.id,
+            conversation_id=chat_input.conversation_id,
+            model_requested=model_requested,
+            model_answered=str(metadata.get("model", model_requested)),
+            prompt_tokens=int(metadata.get("prompt_tokens", 0)),
+            completion_tokens=int(metadata.get("completion_tokens", 0)),
+            cost_credits=abs(resolution.amount) if captured else 0,
+            hold_credits=abs(trace.hold.amount),
+            price_version=str(metadata.get("price_version", "")),
+            finish_reason="unknown"
+            if captured
+            else _FINISH_OF_RELEASE.get(release_reason or "", "cancelled"),
+            settlement="captured" if captured else "released",
+            balance=await self.balance(identity),
+            release_reason=release_reason,
+        )
 
     async def _unclaim(self, request_id: str) -> None:
         """Forget a request refused before any credit moved, so the key can be retried."""
@@ -405,6 +567,7 @@ class ChatService:
         model: ModelStatus,
         request_id: str,
         key: str,
+        claimed_at: float,
     ) -> _Generation:
         conversation_id, messages = await self._context(identity, chat_input)
         request = GenerationRequest(
@@ -452,7 +615,7 @@ class ChatService:
         hold_s = time.perf_counter() - hold_started
         hold_id = str(receipt.hold_id)
         started_at = time.monotonic()
-        stream = aiter(self._engine.stream(request))
+        stream: AsyncIterator[TextDelta | Finished] = _NoStream()
         generation = _Generation(
             identity=identity,
             chat_input=chat_input,
@@ -471,20 +634,52 @@ class ChatService:
             billing_s=hold_s,
         )
         try:
+            if time.perf_counter() - claimed_at > self._billing.hold_ttl_s * SLOW_PREPARE_FRACTION:
+                await self._mark_hold_placed(request_id)
+            generation.stream = stream = aiter(self._engine.stream(request))
             # Waiting for the first event lets an engine refusal (busy, unavailable) become an
             # HTTP error instead of a broken stream; the hold is released in full.
             generation.first_event = await anext(stream)
+            if conversation_id is None and chat_input.message is not None:
+                created = await self._conversations.create(identity, chat_input.message)
+                generation.conversation_id = created.id
         except InferenceError as exc:
-            await self._release(generation, "failed")
             metrics.CHAT_REQUESTS.labels(exc.code).inc()
+            await self._release_quietly(generation, "failed")
             raise
         except BaseException:
-            await asyncio.shield(self._release(generation, "cancelled"))
+            # Shielded: a cancelled request still frees its hold and stops its generation.
+            await asyncio.shield(self._release_quietly(generation, "cancelled"))
             raise
-        if conversation_id is None and chat_input.message is not None:
-            created = await self._conversations.create(identity, chat_input.message)
-            generation.conversation_id = created.id
         return generation
+
+    async def _mark_hold_placed(self, request_id: str) -> None:
+        """After a slow prepare, stamp the claim with the hold's start, so a retry judges it by
+        this hold; if a retry already freed the claim as abandoned, give the hold back."""
+        async with self._sessions() as session:
+            marked = await session.execute(
+                update(ChatRequestRow)
+                .where(ChatRequestRow.id == request_id, ChatRequestRow.status == STATUS_STARTED)
+                .values(updated_at=utc_now())
+            )
+            await session.commit()
+        if not getattr(marked, "rowcount", 0):
+            raise RequestInProgress("a retry with this Idempotency-Key took over this request")
+
+    async def _release_quietly(self, generation: _Generation, reason: str) -> None:
+        """Stop the engine and release the hold of a chat refused in prepare; a ledger failure
+        is logged, not raised, so the caller's own error (engine busy...) is what the client
+        sees. An unreleased hold expires and the sweeper releases it."""
+        await _close_stream(generation.stream)
+        try:
+            await self._release(generation, reason)
+        except Exception as exc:
+            log.error(
+                "chat_release_failed",
+                request_id=generation.request_id,
+                error=str(exc),
+                code=getattr(exc, "code", type(exc).__name__),
+            )
 
     # -- streaming and settlement --------------------------------------------------------
     async def _run(self, generation: _Generation) -> AsyncGenerator[ChatEvent, None]:
@@ -519,6 +714,10 @@ class ChatService:
             assert finished is not None, "the engine ends every stream with Finished"
             settlement = self._settle_task(generation, "".join(parts), finished, None)
             done = await asyncio.shield(settlement)
+            if generation.request_id in self._ended_by_shutdown and done.cost_credits == 0:
+                # Ended by `end_streams`: released in full (reason `cancelled`); the client is
+                # told why with an `error` event rather than a `done`.
+                raise ShuttingDown("the service is shutting down; the answer was cut, not charged")
             yield done
         finally:
             if settlement is None:
@@ -532,6 +731,7 @@ class ChatService:
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(settlement)
             self._active.discard(generation.request_id)
+            self._ended_by_shutdown.discard(generation.request_id)
             if not self._active:
                 self._idle.set()
             metrics.ACTIVE_STREAMS.dec()
@@ -580,7 +780,11 @@ class ChatService:
             if answered != model.id:
                 price = self._price_of(answered, price)
         release_reason: str | None = None
-        if stopped is not None:
+        if stopped is not None and finish_reason in ("error", "timeout"):
+            # The consumer left as the engine failed or timed out: the answer was cut by the
+            # failure, which is never billed, whichever came first.
+            release_reason = "failed" if finish_reason == "error" else "timeout"
+        elif stopped is not None:
             reason, streamed_deltas = stopped
             if finished is None:
                 # No final count from the engine: bill the deltas streamed; each is at least
@@ -612,7 +816,6 @@ class ChatService:
             # Only when the hold outlived its TTL (a stalled process): the sweeper released it
             # in full, so nothing is charged.
             log.error("hold_resolved_elsewhere", request_id=generation.request_id, code=exc.code)
-            metrics.ACTIVE_HOLDS.dec()
             cost, settlement, release_reason = 0, "released", "expired"
         elapsed_s = time.monotonic() - generation.started_at
         metrics.TOKENS_GENERATED.labels(answered).inc(completion_tokens)
@@ -668,8 +871,9 @@ class ChatService:
         completion_tokens: int,
         price: ModelPrice,
     ) -> None:
-        async with counted("capture_hold"):
-            await self._ledger.capture_hold(
+        await self._settle_hold(
+            "capture_hold",
+            lambda: self._ledger.capture_hold(
                 generation.identity.account_id,
                 generation.hold_id,
                 cost,
@@ -681,34 +885,68 @@ class ChatService:
                     "price_version": price.version,
                     "request_id": generation.request_id,
                 },
-            )
-        metrics.ACTIVE_HOLDS.dec()
+            ),
+        )
 
     async def _release(self, generation: _Generation, reason: str) -> None:
-        async with counted("release_hold"):
-            await self._ledger.release_hold(
+        await self._settle_hold(
+            "release_hold",
+            lambda: self._ledger.release_hold(
                 generation.identity.account_id,
                 generation.hold_id,
                 reason=reason,
                 idempotency_key=f"chat:{generation.request_id}:release",
-            )
-        metrics.ACTIVE_HOLDS.dec()
+            ),
+        )
+
+    async def _settle_hold(self, operation: str, command: Callable[[], Awaitable[object]]) -> None:
+        """Run the capture or release of a chat's hold, retrying LedgerBusy a bounded number
+        of times: the command may have committed anyway, and its idempotency key replays it,
+        or applies it now, never twice."""
+        try:
+            for attempt in range(1, LEDGER_BUSY_ATTEMPTS + 1):
+                try:
+                    async with counted(operation):
+                        await command()
+                    return
+                except LedgerBusy:
+                    if attempt == LEDGER_BUSY_ATTEMPTS:
+                        raise
+                    await asyncio.sleep(LEDGER_BUSY_BACKOFF_S * attempt)
+        finally:
+            # Captured, released, refused or unknown: this service no longer holds it (an
+            # unresolved hold expires and the sweeper releases it).
+            metrics.ACTIVE_HOLDS.dec()
 
     async def _abandon(self, generation: _Generation) -> None:
-        await self._settle(generation, "", None, ("aborted", 0))
+        """A prepared chat whose stream never started (the client left first): nothing reached
+        the client, so the hold is released in full and the key freed for a retry."""
+        await self._release_quietly(generation, "aborted")
+        await self._unclaim(generation.request_id)
+        log.info("chat_abandoned_before_stream", request_id=generation.request_id)
 
     async def _record(
         self, generation: _Generation, text: str, done: ChatCompleted, processing_ms: int
     ) -> None:
         chat_input = generation.chat_input
         if generation.conversation_id is not None and chat_input.message is not None:
-            await self._conversations.append_exchange(
-                generation.identity,
-                generation.conversation_id,
-                chat_input.message,
-                text,
-                done.model_answered,
-            )
+            try:
+                await self._conversations.append_exchange(
+                    generation.identity,
+                    generation.conversation_id,
+                    chat_input.message,
+                    text,
+                    done.model_answered,
+                )
+            except Exception as exc:
+                # Credit has moved: the outcome below must be stored whatever happened to the
+                # conversation (deleted mid-stream: NotFound), or a retry would charge again.
+                log.warning(
+                    "chat_exchange_not_stored",
+                    request_id=generation.request_id,
+                    conversation_id=generation.conversation_id,
+                    error=str(exc),
+                )
         outcome = msgspec.json.encode({"done": done, "text": text}).decode()
         async with self._sessions() as session:
             session.add(
@@ -738,6 +976,14 @@ class ChatService:
         """Refuse new chats from now on; running ones continue."""
         self._closing = True
 
+    def end_streams(self) -> None:
+        """Shutdown after the grace period: stop every running generation; each stream then
+        settles (hold released, reason `cancelled`) and ends with an error `shutting_down`."""
+        self._closing = True
+        for request_id in list(self._active):
+            self._ended_by_shutdown.add(request_id)
+            self._engine.cancel(request_id)
+
     async def wait_idle(self, timeout_s: float) -> bool:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
@@ -748,6 +994,16 @@ class ChatService:
     async def wait_settlements(self, timeout_s: float) -> None:
         if self._settlements:
             await asyncio.wait(list(self._settlements), timeout=timeout_s)
+
+
+class _NoStream:
+    """The stream of a generation not yet started: empty."""
+
+    def __aiter__(self) -> _NoStream:
+        return self
+
+    async def __anext__(self) -> TextDelta | Finished:
+        raise StopAsyncIteration
 
 
 async def _close_stream(stream: AsyncIterator[TextDelta | Finished]) -> None:

@@ -37,6 +37,8 @@ class ApiKeysService:
         name = name.strip()
         if not 1 <= len(name) <= 100:
             raise ValidationFailed("key name must be 1-100 characters", field="name")
+        if not name.isprintable():
+            raise ValidationFailed("key name must not contain control characters", field="name")
         secret = new_api_key()
         async with self._sessions() as session:
             active = await session.scalar(

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -17,6 +19,7 @@ from litestar.status_codes import HTTP_200_OK
 from inference.requests import ChatMessage, Role
 from web.auth import IDENTITY_DEPENDENCY, SECURITY, check_chat_rate
 from web.domain.accounts.schemas import Identity
+from web.domain.chat.controllers import settle_unstreamed, stream_error_body
 from web.domain.chat.schemas import ChatCompleted, ChatDelta, SamplingOptions
 from web.domain.chat.services import ChatInput, PreparedChat
 from web.domain.openai.schemas import (
@@ -38,6 +41,12 @@ from web.services import Services
 
 log = get_logger(__name__)
 FINISH_REASONS = {"stop": "stop", "length": "length"}
+# Answers cut by the engine are released in full and answered as errors: status, code, message.
+FAILED_FINISH: dict[str, tuple[int, str, str]] = {
+    "timeout": (504, "generation_timeout", "the generation ran out of time; nothing was charged"),
+    "error": (500, "generation_failed", "the generation failed; nothing was charged"),
+}
+HTTP_CLIENT_CLOSED_REQUEST = 499
 # OpenAI's "developer" role is its newer name for "system".
 ROLE_MAP: dict[str, Role] = {
     "system": "system",
@@ -92,6 +101,21 @@ def _billing(done: ChatCompleted) -> Billing:
     )
 
 
+def _failure(done: ChatCompleted) -> tuple[int, dict[str, Any]] | None:
+    """The HTTP status and error body of an answer cut by a timeout or an engine error (never
+    billed), or None for an answer that stands."""
+    if done.finish_reason not in FAILED_FINISH:
+        return None
+    status, code, default = FAILED_FINISH[done.finish_reason]
+    details = {
+        "request_id": done.request_id,
+        "cost_credits": done.cost_credits,
+        "release_reason": done.release_reason,
+        "completion_tokens": done.completion_tokens,
+    }
+    return status, error_body(code, done.error or default, details)
+
+
 async def openai_chunks(
     prepared: PreparedChat, model: str
 ) -> AsyncIterator[ServerSentEventMessage]:
@@ -101,30 +125,82 @@ async def openai_chunks(
     def message(body: object) -> ServerSentEventMessage:
         return ServerSentEventMessage(data=msgspec.json.encode(body).decode())
 
-    yield message(chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
-    try:
-        async for event in prepared.events():
-            if isinstance(event, ChatDelta):
-                yield message(chunk(completion_id, created, model, {"content": event.text}))
-            elif isinstance(event, ChatCompleted):
-                if event.error:
-                    yield message(error_body("generation_failed", event.error))
-                reason = FINISH_REASONS.get(event.finish_reason, "stop")
-                yield message(chunk(completion_id, created, event.model_answered, {}, reason))
-                yield message(
-                    chunk(
-                        completion_id,
-                        created,
-                        event.model_answered,
-                        None,
-                        usage=_usage(event),
-                        billing=_billing(event),
+    # The events start before the first yield: a client that leaves at the first chunk closes
+    # them, and with them the hold.
+    async with contextlib.aclosing(prepared.events()) as events:
+        try:
+            await anext(events)  # ChatStarted
+            yield message(
+                chunk(completion_id, created, model, {"role": "assistant", "content": ""})
+            )
+            async for event in events:
+                if isinstance(event, ChatDelta):
+                    yield message(chunk(completion_id, created, model, {"content": event.text}))
+                elif isinstance(event, ChatCompleted):
+                    failure = _failure(event)
+                    if failure is not None:
+                        # No finish_reason "stop" for a cut, unbilled answer: an error chunk.
+                        yield message(failure[1])
+                        continue
+                    reason = FINISH_REASONS.get(event.finish_reason, "stop")
+                    yield message(chunk(completion_id, created, event.model_answered, {}, reason))
+                    yield message(
+                        chunk(
+                            completion_id,
+                            created,
+                            event.model_answered,
+                            None,
+                            usage=_usage(event),
+                            billing=_billing(event),
+                        )
                     )
-                )
-    except Exception as exc:
-        log.exception("openai_stream_failed", request_id=prepared.request_id)
-        yield message(error_body(str(getattr(exc, "code", "internal_error")), str(exc)))
+        except Exception as exc:
+            yield message(stream_error_body(prepared, exc))
     yield ServerSentEventMessage(data="[DONE]")
+
+
+async def collect(
+    prepared: PreparedChat, request: Request[Any, Any, Any]
+) -> tuple[str, ChatCompleted] | None:
+    """The whole answer of a non-streaming completion, or None when the client disconnected
+    first: then the events are closed at once, so generation stops and only what was
+    generated is billed, as for a stream."""
+    parts: list[str] = []
+    done: ChatCompleted | None = None
+
+    async def consume() -> None:
+        nonlocal done
+        async with contextlib.aclosing(prepared.events()) as events:
+            async for event in events:
+                if isinstance(event, ChatDelta):
+                    parts.append(event.text)
+                elif isinstance(event, ChatCompleted):
+                    done = event
+
+    async def disconnect() -> None:
+        # The body has been read: the next message is http.disconnect when the client leaves.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    consumer = asyncio.create_task(consume())
+    watcher = asyncio.create_task(disconnect())
+    try:
+        await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not consumer.done():
+            consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        try:
+            await consumer
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise
+    if done is None:
+        log.info("openai_client_disconnected", request_id=prepared.request_id)
+        return None
+    return "".join(parts), done
 
 
 class OpenAIController(Controller):
@@ -151,23 +227,31 @@ class OpenAIController(Controller):
         identity: NamedDependency[Identity],
         services: NamedDependency[Services],
         data: JSONBody[ChatCompletionRequest],
+        request: Request[Any, Any, Any],
         idempotency_key: Annotated[
             str | None, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200)
         ] = None,
-    ) -> Response[ChatCompletion] | ServerSentEvent:
+    ) -> Response[ChatCompletion] | Response[dict[str, Any]] | ServerSentEvent:
         """OpenAI chat completions, billed like /api/chat; usage in the final chunk."""
         check_chat_rate(services, identity)
         prepared = await services.chat.prepare(identity, chat_input(data, idempotency_key))
         if data.stream:
-            return ServerSentEvent(openai_chunks(prepared, data.model))
-        parts: list[str] = []
-        done: ChatCompleted | None = None
-        async for event in prepared.events():
-            if isinstance(event, ChatDelta):
-                parts.append(event.text)
-            elif isinstance(event, ChatCompleted):
-                done = event
-        assert done is not None
+            return ServerSentEvent(
+                openai_chunks(prepared, data.model), background=settle_unstreamed(prepared)
+            )
+        try:
+            collected = await collect(prepared, request)
+        finally:
+            await prepared.cancel()  # settles nothing unless the events never started
+        if collected is None:
+            return Response(
+                error_body("client_disconnected", "the client closed the connection"),
+                status_code=HTTP_CLIENT_CLOSED_REQUEST,
+            )
+        text, done = collected
+        failure = _failure(done)
+        if failure is not None:
+            return Response(failure[1], status_code=failure[0])
         return Response(
             ChatCompletion(
                 id=f"chatcmpl-{done.request_id}",
@@ -176,7 +260,7 @@ class OpenAIController(Controller):
                 choices=[
                     Choice(
                         index=0,
-                        message=AssistantMessage(role="assistant", content="".join(parts)),
+                        message=AssistantMessage(role="assistant", content=text),
                         finish_reason=FINISH_REASONS.get(done.finish_reason, "stop"),
                     )
                 ],
