@@ -29,7 +29,7 @@ from web.domain.openai.controllers import OpenAIController
 from web.domain.system.controllers import health, metrics_endpoint, ready
 from web.exception_handlers import EXCEPTION_HANDLERS
 from web.logging import configure_logging, get_logger
-from web.middleware import RequestContextMiddleware
+from web.middleware import install_request_context
 from web.openapi import document_errors
 from web.services import Services
 from web.settings import Settings, load_settings
@@ -96,7 +96,6 @@ def create_app(
         route_handlers=handlers,
         dependencies=SERVICES_DEPENDENCY,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware(services.address_limiter)],
         lifespan=[lifespan],
         state=State({"services": services}),
         request_max_body_size=settings.server.max_request_body_bytes,
@@ -110,5 +109,6 @@ def create_app(
         debug=False,
     )
     app = Litestar.from_config(config)
+    install_request_context(app, services.address_limiter)
     document_errors(app.openapi_schema)
     return app

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import cast
 
 from web.logging import configure_logging
+from web.settings import SettingsError, read_env_file
 
 # Modules that contribute subcommands, in help order. A module that is not importable yet is
 # skipped so that the command keeps working while the packages grow.
@@ -55,9 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_env_file(path: Path = Path(".env")) -> None:
+    """Put the `.env` values into the process environment (variables already set win), so that
+    every command (`audit`, `models`, `serve`...) reads the same settings as `serve`.
+
+    An empty LEDGERCHAT_DATA_DIR is refused: the packages would read it differently."""
+    for name, value in read_env_file(path).items():
+        os.environ.setdefault(name, value)
+    if "LEDGERCHAT_DATA_DIR" in os.environ and not os.environ["LEDGERCHAT_DATA_DIR"].strip():
+        raise SettingsError(
+            "LEDGERCHAT_DATA_DIR is empty: give a directory, or unset it for the default ./data"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        load_env_file()
+    except (SettingsError, OSError, UnicodeDecodeError) as exc:
+        print(f"ledgerchat: error: {exc}", file=sys.stderr)
+        return 2
     handler = cast("Handler | None", getattr(args, "handler", None))
     # Logs go to stderr so that a command's own output (tables, --json, CSV) stays clean on
     # stdout; `serve` raises the level to its configured one when it starts.

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
+import math
 import socket
 import sys
 import uuid
@@ -17,13 +18,28 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from inference.catalog import CatalogError
+from ledger.errors import LedgerError
 from web.domain.admin.services import INTERNAL_ADMIN
 from web.errors import ServiceError
 from web.logging import configure_logging
 from web.services import Services
-from web.settings import Settings, SettingsError, load_settings
+from web.settings import (
+    Settings,
+    SettingsError,
+    check_settings,
+    load_settings,
+    with_database_url,
+)
 
 T = TypeVar("T")
+EXIT_FAILURE = 2
+EXIT_INTERRUPTED = 130
+# uvicorn's graceful-shutdown timeout is the grace period plus this: time for the streams the
+# service ends at the grace period to send their last event and settle their holds.
+SHUTDOWN_SETTLE_MARGIN_S = 10.0
 
 
 def free_port() -> int:
@@ -34,20 +50,24 @@ def free_port() -> int:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Environment and .env first, then the command line on top."""
+    """Environment and .env first, then the command line on top, checked as a whole."""
     settings = load_settings()
     server = settings.server
-    if getattr(args, "host", None):
+    if getattr(args, "host", None) is not None:
         server = dataclasses.replace(server, host=args.host)
-    if getattr(args, "port", None):
+    if getattr(args, "port", None) is not None:
         server = dataclasses.replace(server, port=args.port)
-    database = settings.database
-    if getattr(args, "db", None):
-        database = dataclasses.replace(database, url=args.db)
     models = settings.models
-    if getattr(args, "catalog", None):
+    if getattr(args, "catalog", None) is not None:
         models = dataclasses.replace(models, catalog=str(args.catalog))
-    return dataclasses.replace(settings, server=server, database=database, models=models)
+    settings = dataclasses.replace(settings, server=server, models=models)
+    db = getattr(args, "db", None)
+    if db is not None:
+        if not db.strip():
+            raise SettingsError("--db is empty: give a database URL, or leave --db out")
+        settings = with_database_url(settings, db)
+    check_settings(settings)
+    return settings
 
 
 def _run_with_services(args: argparse.Namespace, work: Callable[[Services], Awaitable[T]]) -> T:
@@ -57,9 +77,12 @@ def _run_with_services(args: argparse.Namespace, work: Callable[[Services], Awai
     configure_logging(settings.server.log_level)
 
     async def main() -> T:
-        services = Services(settings, start_engine=False, start_background_jobs=False)
-        await services.start()
+        # No model is loaded for these commands, so the model catalog is not read either.
+        services = Services(
+            settings, start_engine=False, start_background_jobs=False, needs_models=False
+        )
         try:
+            await services.start()
             return await work(services)
         finally:
             await services.close()
@@ -67,42 +90,91 @@ def _run_with_services(args: argparse.Namespace, work: Callable[[Services], Awai
     return asyncio.run(main())
 
 
+class CommandError(Exception):
+    """A failure already phrased for the operator: printed as one line, exit 2."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for an operator, without SQLAlchemy's internal error codes or SQL."""
+    if isinstance(exc, (ServiceError, LedgerError)):
+        return str(getattr(exc, "message", None) or _first_line(exc))
+    if isinstance(exc, (SettingsError, CommandError, CatalogError)):
+        return _first_line(exc)
+    if isinstance(exc, SQLAlchemyError):
+        cause = getattr(exc, "orig", None) or exc.__cause__ or exc
+        if isinstance(exc, (DBAPIError)) and exc.connection_invalidated:
+            return f"cannot reach the database: {_first_line(cause)}"
+        return f"database error: {type(cause).__name__}: {_first_line(cause)}"
+    if isinstance(exc, (ConnectionError, socket.gaierror, TimeoutError)):
+        return f"cannot reach the database: {type(exc).__name__}: {_first_line(exc)}"
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {_first_line(exc)}"
+    return f"unexpected {type(exc).__name__}: {_first_line(exc)}"
+
+
 def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Any failure is one line on stderr and exit 2 (exit 1 is reserved for audit findings);
+    Ctrl-C is a quiet exit 130."""
+
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (ServiceError, SettingsError) as exc:
-            print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
-            return 2
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
         except Exception as exc:
-            code = getattr(exc, "code", None)
-            if code is None:
-                raise
-            print(f"error ({code}): {exc}", file=sys.stderr)
-            return 2
+            print(f"error: {describe_failure(exc)}", file=sys.stderr)
+            return EXIT_FAILURE
 
     return run
 
 
 # -- serve -------------------------------------------------------------------------------
+def check_port_free(host: str, port: int) -> None:
+    """Bind (and let go of) the listening address before anything is started, so that a port
+    in use or a bad host is reported at once; uvicorn would find out only after start-up.
+
+    uvicorn then binds the address itself: serving on a socket bound here (its `sockets=`
+    argument) left some Gradio UI requests hanging in the browser tests."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except (OSError, OverflowError) as exc:
+            raise CommandError(f"cannot listen on {host}:{port}: {_first_line(exc)}") from exc
+
+
 def serve(args: argparse.Namespace) -> int:
+    """Run the service until SIGTERM or Ctrl-C; a signalled graceful shutdown exits 0.
+
+    The settings, the listening socket and the services (database reachable, both schemas
+    upgraded, the catalog valid) are all checked before uvicorn starts, so a start-up failure
+    is one line on stderr and exit 2, before any model is loaded."""
     import uvicorn
 
     from web.app import create_app
 
     settings = settings_from_args(args)
+    check_port_free(settings.server.host, settings.server.port)
     app = create_app(settings)
     services: Services = app.state.services
 
     class GracefulServer(uvicorn.Server):
-        """Marks the chat service as shutting down the moment a signal arrives: new chats get
-        503, and streams still running when uvicorn's grace period ends are released in full
-        (reason `cancelled`) rather than billed as a client disconnect."""
+        """On the first signal: new chats get 503, and streams still running after
+        LEDGERCHAT_SHUTDOWN_GRACE_S are ended by the chat service (an `error` event
+        `shutting_down`, hold released), before uvicorn's own timeout would cut them."""
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if services.started:
-                services.chat.begin_shutdown()
+            services.begin_shutdown_threadsafe()
             super().handle_exit(sig, frame)
+            # A signalled shutdown that completes is a clean stop (exit 0): do not re-raise
+            # the signal after serving, as uvicorn would.
+            self._captured_signals.clear()
 
     config = uvicorn.Config(
         app,
@@ -110,9 +182,27 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.server.port,
         log_config=None,  # our structlog configuration stays in charge
         access_log=False,
-        timeout_graceful_shutdown=max(1, int(settings.server.shutdown_grace_s)),
+        # The service ends its own streams at the grace period; uvicorn cancels what is left
+        # only after they had time to send their last event and settle.
+        timeout_graceful_shutdown=math.ceil(
+            settings.server.shutdown_grace_s + SHUTDOWN_SETTLE_MARGIN_S
+        ),
     )
-    GracefulServer(config).run()
+    server = GracefulServer(config)
+
+    async def main() -> None:
+        try:
+            try:
+                await services.start()
+            except Exception as exc:
+                raise CommandError(f"the service did not start: {describe_failure(exc)}") from exc
+            await server.serve()
+        finally:
+            await services.close()
+
+    asyncio.run(main())
+    if not server.started:
+        raise CommandError("the service did not start (see the log above)")
     return 0
 
 
@@ -122,9 +212,15 @@ def _password(args: argparse.Namespace) -> str:
         return sys.stdin.readline().rstrip("\n")
     if args.password:
         return str(args.password)
-    first = getpass.getpass("password: ")
-    if first != getpass.getpass("repeat password: "):
-        raise SystemExit("error: the passwords differ")
+    try:
+        first = getpass.getpass("password: ")
+        second = getpass.getpass("repeat password: ")
+    except EOFError as exc:
+        raise CommandError(
+            "no password given (stdin ended): use --password-stdin to pipe one"
+        ) from exc
+    if first != second:
+        raise CommandError("the passwords differ")
     return first
 
 
@@ -171,6 +267,8 @@ def user_list(args: argparse.Namespace) -> int:
 def user_topup(args: argparse.Namespace) -> int:
     async def work(services: Services) -> str:
         user = await services.accounts.find_user(args.username)
+        newest = await services.ledger.history(user.account_id, limit=1)
+        sequence_before = max((entry.sequence for entry in newest.entries), default=0)
         result = await services.admin.top_up(
             INTERNAL_ADMIN,
             user.id,
@@ -178,6 +276,15 @@ def user_topup(args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key or f"cli-{uuid.uuid4()}",
             note=args.note,
         )
+        applied = await services.ledger.history(user.account_id, limit=1)
+        if all(entry.event_id != result.event_id for entry in applied.entries) or all(
+            entry.sequence <= sequence_before for entry in applied.entries
+        ):
+            # The idempotency key was used before: the ledger answered with that event.
+            return (
+                f"{user.username}: +{args.amount} already applied (same idempotency key),"
+                f" available {result.balance.available}"
+            )
         return f"{user.username}: +{args.amount}, available {result.balance.available}"
 
     print(_run_with_services(args, work))

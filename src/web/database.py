@@ -10,13 +10,16 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 VERSION_TABLE = "web_alembic_version"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# pg_advisory_xact_lock key of the web migrations (the ledger's uses its own key): processes
+# starting together on one PostgreSQL database take turns instead of racing on CREATE TABLE.
+MIGRATION_LOCK_ID = 0x6C63_7765_6200  # "lcweb"
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -60,8 +63,12 @@ def _schema_is_current(connection: Connection) -> bool:
 
 
 async def upgrade_schema(engine: AsyncEngine) -> None:
-    """Bring the web tables to the newest migration."""
+    """Bring the web tables to the newest migration; safe when several processes start at once
+    (on PostgreSQL they take turns under an advisory lock held until the upgrade commits;
+    SQLite serialises writers itself)."""
     async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})"))
         await connection.run_sync(_upgrade)
 
 

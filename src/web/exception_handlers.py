@@ -9,6 +9,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
+from sqlalchemy.exc import DBAPIError
 
 from inference.errors import (
     EngineBusy,
@@ -28,6 +29,7 @@ from ledger.errors import (
     LedgerBusy,
     LedgerClosed,
     LedgerError,
+    StorageError,
     TooManyActiveHolds,
 )
 from web import errors
@@ -56,7 +58,23 @@ LEDGER_STATUS: dict[type[LedgerError], int] = {
     IdempotencyConflict: 422,
     LedgerBusy: 503,
     LedgerClosed: 503,
+    StorageError: 503,
     TooManyActiveHolds: 429,
+}
+# Ledger codes that have a documented API name; the ledger's own code goes in the details.
+PUBLIC_LEDGER_CODES: dict[type[LedgerError], str] = {
+    InvalidArgument: "validation_failed",
+    InvalidAmount: "validation_failed",
+    IdempotencyConflict: "idempotency_key_reused",
+    LedgerClosed: "shutting_down",
+}
+# Litestar's own errors (routing, body size, method) under stable names.
+HTTP_CODES: dict[int, str] = {
+    400: "validation_failed",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    422: "validation_failed",
 }
 INFERENCE_STATUS: dict[type[InferenceError], int] = {
     InvalidRequest: 422,
@@ -103,7 +121,15 @@ def ledger_error_handler(_: Request[Any, Any, Any], exc: LedgerError) -> Respons
     status = _status_for(exc, LEDGER_STATUS, 409)
     if status >= 500:
         log.error("ledger_unavailable", code=exc.code, error=exc.message)
-    return _json(status, error_body(exc.code, exc.message, _plain(exc.details)))
+    details = _plain(exc.details)
+    code = next(
+        (PUBLIC_LEDGER_CODES[cls] for cls in type(exc).__mro__ if cls in PUBLIC_LEDGER_CODES),
+        exc.code,
+    )
+    if code != exc.code:
+        details["ledger_code"] = exc.code
+    headers = {"Retry-After": str(RETRY_AFTER_BUSY_S)} if status in (429, 503) else None
+    return _json(status, error_body(code, exc.message, details), headers)
 
 
 def inference_error_handler(_: Request[Any, Any, Any], exc: InferenceError) -> Response[Any]:
@@ -114,13 +140,29 @@ def inference_error_handler(_: Request[Any, Any, Any], exc: InferenceError) -> R
 
 def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     details: dict[str, Any] = {}
+    message = str(exc.detail)
     if isinstance(exc, ValidationException) and exc.extra:
         details["errors"] = exc.extra
-    code = "validation_failed" if exc.status_code in (400, 422) else f"http_{exc.status_code}"
-    return _json(exc.status_code, error_body(code, str(exc.detail), details), exc.headers)
+        if _body_missing(exc.extra):
+            message = "this endpoint needs a JSON request body"
+    code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    return _json(exc.status_code, error_body(code, message, details), exc.headers)
+
+
+def _body_missing(errors: Any) -> bool:
+    """Litestar reports a missing body as the bare KeyError text "'data'" on key "data"."""
+    return isinstance(errors, list) and any(
+        isinstance(error, dict) and error.get("key") == "data" and error.get("message") == "'data'"
+        for error in errors
+    )
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, DBAPIError) and "0x00" in str(exc):
+        # PostgreSQL text cannot hold NUL. Inputs are checked for it where they enter; this
+        # keeps one that slipped through a client error on both backends' behalf, not a 500.
+        log.warning("nul_refused_by_database", path=request.url.path)
+        return _json(422, error_body("validation_failed", "text must not contain NUL characters"))
     log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
     return _json(
         HTTP_500_INTERNAL_SERVER_ERROR,

@@ -1,6 +1,13 @@
-"""Per-request plumbing as one ASGI middleware: a request id (kept from X-Request-ID when
-sane, else new) bound to every log line and echoed in the response, the per-address rate
-limit, the latency histogram and one `request_finished` log line."""
+"""Per-request plumbing as one ASGI layer: a request id (kept from X-Request-ID when sane, else
+new) bound to every log line and echoed in the response, the per-address rate limit, the
+latency histogram and one `request_finished` log line.
+
+It wraps Litestar's whole HTTP handler (`install_request_context`) rather than sitting in the
+app's middleware list: Litestar runs that list only for matched routes, and an exception raised
+by route middleware (authentication's 401, the per-user 429) is turned into a response outside
+it. As app middleware, a 404 had no log line and no X-Request-ID, and every 401 was logged and
+counted as a 500.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,11 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import unquote
 
 import structlog
+from litestar import Litestar
 from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from web.exception_handlers import error_body
@@ -22,18 +30,10 @@ from web.rate_limit import RateLimiter
 
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-# Paths that stay cheap and unlimited so probes and scrapers never get 429, and the UI's
-# static files (one page load fetches ~85 of them) never use up a client's request budget.
-UNLIMITED_PATHS = (
-    "/health",
-    "/ready",
-    "/metrics",
-    "/assets/",
-    "/static/",
-    "/svelte/",
-    "/theme.css",
-    "/favicon.ico",
-)
+# Probes and scrapers never get 429 (exact paths), and neither do the UI's static files (one
+# page load fetches ~85 of them; prefixes), so they never use up a client's request budget.
+UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics", "/theme.css", "/favicon.ico"})
+UNLIMITED_PREFIXES = ("/assets/", "/static/", "/svelte/")
 
 log = get_logger("web.request")
 
@@ -43,16 +43,24 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-class RequestContextMiddleware(ASGIMiddleware):
-    scopes = (ScopeType.HTTP,)
+def install_request_context(app: Litestar, address_limiter: RateLimiter) -> None:
+    """Put the request layer around everything that answers HTTP requests in `app`: routing,
+    route middleware and Litestar's exception handling, so it sees every response."""
+    app.asgi_handler = RequestContext(app.asgi_handler, address_limiter)
 
-    def __init__(self, address_limiter: RateLimiter) -> None:
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, address_limiter: RateLimiter) -> None:
+        self.app = app
         self.address_limiter = address_limiter
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        path = scope.get("path", "")
+        path = request_path(scope)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             request_id=request_id, method=scope.get("method"), path=path
@@ -69,12 +77,12 @@ class RequestContextMiddleware(ASGIMiddleware):
             await send(message)
 
         try:
-            if not path.startswith(UNLIMITED_PATHS):
+            if path not in UNLIMITED_PATHS and not path.startswith(UNLIMITED_PREFIXES):
                 retry_after = self.address_limiter.hit(client_address(scope))
                 if retry_after:
                     await _send_429(send_with_request_id, retry_after)
                     return
-            await next_app(scope, receive, send_with_request_id)
+            await self.app(scope, receive, send_with_request_id)
         finally:
             elapsed_s = time.perf_counter() - started
             route = str(scope.get("path_template") or "unmatched")
@@ -85,6 +93,16 @@ class RequestContextMiddleware(ASGIMiddleware):
                 "request_finished", status=status["code"], duration_ms=round(elapsed_s * 1000, 2)
             )
             structlog.contextvars.clear_contextvars()
+
+
+def request_path(scope: Scope) -> str:
+    """The path the client asked for. Litestar has already rewritten `path` for mounted apps
+    by the time middleware runs (`/assets/index.js` arrives as `/index.js/`); `raw_path` is
+    the untouched original (percent-encoded, no query string)."""
+    raw_path = scope.get("raw_path")
+    if raw_path:
+        return unquote(raw_path.decode("latin-1"))
+    return str(scope.get("path", ""))
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

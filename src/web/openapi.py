@@ -12,6 +12,7 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     Operation,
     Reference,
+    RequestBody,
     Schema,
 )
 from litestar.openapi.spec.enums import OpenAPIType
@@ -37,6 +38,10 @@ COMMON_ERRORS = {
     "422": "A business rule refused the request",
     "429": "Rate limited or login locked; see Retry-After",
 }
+BODY_ERRORS = {
+    "413": "Request body larger than LEDGERCHAT_MAX_REQUEST_BODY_BYTES",
+    "503": "Shutting down or the ledger is busy; see Retry-After",
+}
 AUTHENTICATED_ERRORS = {
     "401": "Missing, malformed, expired or revoked credentials",
     "403": "Needs the admin role",
@@ -45,10 +50,18 @@ AUTHENTICATED_ERRORS = {
 }
 CHAT_ERRORS = {
     "402": "The worst-case cost is not covered by the available credits",
-    "503": "Shutting down, model unavailable or engine busy; see Retry-After",
+    "503": "Shutting down, model unavailable, engine or ledger busy; see Retry-After",
+}
+# Public operations answer a few statuses of their own.
+PUBLIC_ERRORS = {
+    "/api/auth/register": {"409": "The username or email is taken"},
+    "/api/auth/login": {"401": "Wrong username or password"},
+    "/api/auth/refresh": {"401": "Unknown, expired, revoked or reused refresh token"},
 }
 CHAT_PATHS = ("/api/chat", "/v1/chat/completions")
-PUBLIC_PATHS = ("/health", "/ready", "/api/auth/register", "/api/auth/login", "/api/auth/refresh")
+PROBE_PATHS = ("/health", "/ready", "/metrics")
+# Operations whose body may be left out entirely.
+OPTIONAL_BODIES = {("/api/auth/logout", "post")}
 
 
 def _error_response(description: str) -> OpenAPIResponse:
@@ -60,6 +73,22 @@ def _error_response(description: str) -> OpenAPIResponse:
             )
         },
     )
+
+
+def _errors_of(path: str, method: str) -> dict[str, str]:
+    """The error statuses one operation can answer, with what each means there."""
+    if path in PROBE_PATHS:
+        return {}
+    errors = dict(COMMON_ERRORS)
+    if method in ("post", "put", "patch"):
+        errors.update(BODY_ERRORS)
+    if path in PUBLIC_ERRORS:
+        errors.update(PUBLIC_ERRORS[path])
+    else:
+        errors.update(AUTHENTICATED_ERRORS)
+    if path in CHAT_PATHS:
+        errors.update(CHAT_ERRORS)
+    return errors
 
 
 def document_errors(document: OpenAPI) -> None:
@@ -74,16 +103,19 @@ def document_errors(document: OpenAPI) -> None:
             operation: Operation | None = getattr(item, method, None)
             if operation is None:
                 continue
-            errors = dict(COMMON_ERRORS)
-            if path not in PUBLIC_PATHS:
-                errors.update(AUTHENTICATED_ERRORS)
-            if path in CHAT_PATHS:
-                errors.update(CHAT_ERRORS)
-            if path == "/ready":
-                errors = {"503": "Not ready: see checks"}
-            responses = dict(operation.responses or {})
-            for status, description in errors.items():
-                if path == "/ready":
-                    continue
+            # Litestar adds its own 400 (its error body, not ours) to every operation.
+            responses = {
+                status: response
+                for status, response in (operation.responses or {}).items()
+                if not status.startswith(("4", "5"))
+            }
+            for status, description in _errors_of(path, method).items():
                 responses[status] = _error_response(description)
+            ready = responses.get("200")
+            if path == "/ready" and isinstance(ready, OpenAPIResponse):
+                # Not ready is the same body as ready, with ready=false and the failing checks.
+                responses["503"] = OpenAPIResponse("Not ready: see checks", content=ready.content)
             operation.responses = responses
+            body = operation.request_body
+            if (path, method) in OPTIONAL_BODIES and isinstance(body, RequestBody):
+                body.required = False

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from inference import Engine, InferenceSettings, load_catalog
+from inference.catalog import Catalog
 from ledger import Ledger, LedgerSettings
 from web import metrics
 from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
@@ -66,8 +67,12 @@ class Services:
         engine: Engine | None = None,
         start_engine: bool = True,
         start_background_jobs: bool = True,
+        needs_models: bool = True,
     ) -> None:
         self.settings = settings
+        self._needs_models = needs_models
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shutdown: asyncio.Task[None] | None = None
         self._injected_engine = engine
         self._start_engine = start_engine
         self._start_background_jobs = start_background_jobs
@@ -88,24 +93,45 @@ class Services:
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
-        assert self._started is None, "services start once"
+        """Start once; a second call is a no-op (`ledgerchat serve` starts the services before
+        uvicorn, so that a failure is reported before the port opens; the app's lifespan then
+        finds them started)."""
+        if self._started is not None:
+            return
         settings = self.settings
         url = settings.database_url
         if url.startswith("sqlite"):
             Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
         db = create_engine(url, pool_size=settings.database.pool_size)
-        await upgrade_schema(db)
+        try:
+            await upgrade_schema(db)
+        except BaseException:
+            await db.dispose()
+            raise
         # The service runs the sweeper itself (web.background) so /metrics counts its releases.
-        ledger = await Ledger.open(
-            url, settings=LedgerSettings.from_env(settings.environ), run_sweeper=False
-        )
-        engine = self._injected_engine
-        if engine is None:
-            catalog_path = Path(settings.models.catalog) if settings.models.catalog else None
-            engine = Engine(
-                load_catalog(catalog_path, settings.environ),
-                InferenceSettings.from_env(settings.environ),
+        try:
+            ledger = await Ledger.open(
+                url, settings=LedgerSettings.from_env(settings.environ), run_sweeper=False
             )
+        except BaseException:
+            await db.dispose()
+            raise
+        engine = self._injected_engine
+        if engine is None and not self._needs_models:
+            # The CLI's user and key commands load no model: an empty catalog, so a broken
+            # model catalog or inference setting does not stop them.
+            engine = Engine(Catalog(()), InferenceSettings())
+        elif engine is None:
+            catalog_path = Path(settings.models.catalog) if settings.models.catalog else None
+            try:
+                engine = Engine(
+                    load_catalog(catalog_path, settings.environ),
+                    InferenceSettings.from_env(settings.environ),
+                )
+            except BaseException:
+                await ledger.close()
+                await db.dispose()
+                raise
             if self._start_engine:
                 await engine.start()
                 self._jobs.append(asyncio.create_task(self._load_default_model(engine)))
@@ -144,6 +170,7 @@ class Services:
                     )
                 ),
             ]
+        self._loop = asyncio.get_running_loop()
         log.info("services_started", database=db.url.render_as_string(hide_password=True))
 
     async def _load_default_model(self, engine: Engine) -> None:
@@ -155,16 +182,37 @@ class Services:
         except Exception as exc:  # reported by /ready and /api/models; the service still runs
             log.error("default_model_not_loaded", model=model_id, error=str(exc))
 
+    def begin_shutdown(self) -> None:
+        """Shutdown begins (a signal): refuse new chats now; streams that finish within
+        LEDGERCHAT_SHUTDOWN_GRACE_S are settled normally, the chat service ends the rest (their
+        clients get an `error` event `shutting_down`, their holds are released)."""
+        started = self._started
+        if started is None or self._shutdown is not None:
+            return
+        started.chat.begin_shutdown()
+        self._shutdown = asyncio.get_running_loop().create_task(self._end_streams_after_grace())
+
+    def begin_shutdown_threadsafe(self) -> None:
+        """`begin_shutdown` from a signal handler (which runs outside the event loop's turn)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.begin_shutdown)
+
+    async def _end_streams_after_grace(self) -> None:
+        chat = self._require().chat
+        if not await chat.wait_idle(self.settings.server.shutdown_grace_s):
+            log.warning("shutdown_ending_streams", active=chat.active_streams)
+            chat.end_streams()
+
     async def close(self) -> None:
-        """Graceful: refuse new chats, let running streams finish within the grace period,
-        then close the engine (ending the rest, whose holds are released) and the ledger."""
+        """Graceful: refuse new chats, let running streams finish within the grace period
+        (counted once, from `begin_shutdown` when a signal started it), end the rest (their
+        holds are released), then close the engine and the ledger."""
         started = self._started
         if started is None:
             return
-        started.chat.begin_shutdown()
-        finished = await started.chat.wait_idle(self.settings.server.shutdown_grace_s)
-        if not finished:
-            log.warning("shutdown_cancelling_streams", active=started.chat.active_streams)
+        self.begin_shutdown()
+        if self._shutdown is not None:
+            await self._shutdown
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
@@ -175,6 +223,7 @@ class Services:
         await started.ledger.close()
         await started.db.dispose()
         self._started = None
+        self._shutdown = None
         log.info("services_closed")
 
     # -- the services --------------------------------------------------------------------

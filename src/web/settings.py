@@ -9,13 +9,18 @@ environment always wins. Nothing else in `web` reads `os.environ`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 ENV_PREFIX = "LEDGERCHAT_"
 MIN_HOLD_TTL_S = 2
+# Hard ceilings set by request schemas and columns; settings may only lower them.
+MAX_PASSWORD_CHARS = 1024
+MAX_IDEMPOTENCY_KEY_CHARS = 200
 
 
 class SettingsError(ValueError):
@@ -37,7 +42,7 @@ class ServerSettings:
     log_level: str = "info"
     """Minimum level of the JSON log lines (debug, info, warning, error)."""
     data_dir: Path = Path("data")
-    """Directory for the default SQLite database file."""
+    """Directory for the default SQLite database file (must not be empty)."""
     ui_enabled: bool = True
     """Serve the Gradio UI at / (when the UI package is importable)."""
 
@@ -47,7 +52,8 @@ class DatabaseSettings:
     """The one database shared by the ledger and the web tables."""
 
     url: str = ""
-    """SQLAlchemy async URL; empty means `sqlite+aiosqlite:///<data_dir>/ledgerchat.db`."""
+    """Database URL (`sqlite:///...`, `postgresql://...` or their async forms, which are picked
+    anyway); empty means `sqlite+aiosqlite:///<data_dir>/ledgerchat.db`."""
     pool_size: int = 10
     """Connections kept open to PostgreSQL (ignored for SQLite)."""
 
@@ -213,8 +219,12 @@ def _build(cls: type[T], concern: str, values: Mapping[str, str]) -> T:
     return cls(**kwargs)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse KEY=VALUE lines (comments and blank lines skipped, optional quotes stripped)."""
+    """Parse KEY=VALUE lines (comments and blank lines skipped, optional quotes stripped; in an
+    unquoted value, ` #` starts a comment)."""
     values: dict[str, str] = {}
     if not path.is_file():
         return values
@@ -228,6 +238,10 @@ def read_env_file(path: Path) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
+        elif value.startswith("#"):
+            value = ""
+        elif " #" in value or "\t#" in value:
+            value = re.split(r"\s#", value, maxsplit=1)[0].rstrip()
         values[key.strip()] = value
     return values
 
@@ -240,6 +254,10 @@ def load_settings(
     if env_file is not None:
         values.update(read_env_file(env_file))
     values.update(os.environ if environ is None else environ)
+    if "LEDGERCHAT_DATA_DIR" in values and not values["LEDGERCHAT_DATA_DIR"].strip():
+        raise SettingsError(
+            "LEDGERCHAT_DATA_DIR is empty: give a directory, or unset it for the default ./data"
+        )
     settings = Settings(
         server=_build(ServerSettings, "server", values),
         database=_build(DatabaseSettings, "database", values),
@@ -251,27 +269,87 @@ def load_settings(
         environ=values,
     )
     check_settings(settings)
-    return settings
+    return with_database_url(settings, settings.database.url)
+
+
+def with_database_url(settings: Settings, url: str) -> Settings:
+    """`settings` with the database URL normalised (plain `sqlite:///`, `postgresql://` and
+    `postgres://` get the async drivers); an unusable URL is a SettingsError."""
+    if not url.strip():
+        return dataclasses.replace(
+            settings, database=dataclasses.replace(settings.database, url="")
+        )
+    from ledger.errors import LedgerError
+    from ledger.storage.database import normalise_url
+
+    try:
+        normalised = normalise_url(url.strip())
+    except (LedgerError, ValueError) as exc:
+        raise SettingsError(f"LEDGERCHAT_DATABASE_URL: {exc}") from exc
+    return dataclasses.replace(
+        settings, database=dataclasses.replace(settings.database, url=normalised)
+    )
 
 
 def check_settings(settings: Settings) -> None:
     """Reject values that would make the service misbehave instead of failing later."""
+    for concern in _PREFIXES:
+        values = getattr(settings, concern)
+        for field in dataclasses.fields(values):
+            value = getattr(values, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{env_name(concern, field.name)} must be a finite number")
     positive = {
         "LEDGERCHAT_PORT": settings.server.port,
+        "LEDGERCHAT_MAX_REQUEST_BODY_BYTES": settings.server.max_request_body_bytes,
+        env_name("database", "pool_size"): settings.database.pool_size,
         env_name("auth", "access_token_ttl_s"): settings.auth.access_token_ttl_s,
         env_name("auth", "refresh_token_ttl_s"): settings.auth.refresh_token_ttl_s,
+        env_name("auth", "password_min_length"): settings.auth.password_min_length,
+        env_name("auth", "argon2_time_cost"): settings.auth.argon2_time_cost,
+        env_name("auth", "argon2_memory_cost_kib"): settings.auth.argon2_memory_cost_kib,
+        env_name("auth", "argon2_parallelism"): settings.auth.argon2_parallelism,
         env_name("auth", "lockout_failures"): settings.auth.lockout_failures,
+        env_name("auth", "lockout_window_s"): settings.auth.lockout_window_s,
+        env_name("auth", "max_api_keys_per_user"): settings.auth.max_api_keys_per_user,
         env_name("billing", "hold_ttl_s"): settings.billing.hold_ttl_s,
+        env_name("billing", "sweep_interval_s"): settings.billing.sweep_interval_s,
+        env_name("billing", "max_idempotency_key_length"): (
+            settings.billing.max_idempotency_key_length
+        ),
+        env_name("chat", "max_message_chars"): settings.chat.max_message_chars,
+        env_name("chat", "max_history_messages"): settings.chat.max_history_messages,
         env_name("chat", "max_max_tokens"): settings.chat.max_max_tokens,
         env_name("chat", "default_max_tokens"): settings.chat.default_max_tokens,
+        env_name("chat", "conversations_page_size"): settings.chat.conversations_page_size,
+        env_name("chat", "retention_days"): settings.chat.retention_days,
+        env_name("chat", "retention_interval_s"): settings.chat.retention_interval_s,
         env_name(
             "rate_limit", "per_address_per_minute"
         ): settings.rate_limit.per_address_per_minute,
         env_name("rate_limit", "per_user_per_minute"): settings.rate_limit.per_user_per_minute,
+        env_name("rate_limit", "chat_per_user_per_minute"): (
+            settings.rate_limit.chat_per_user_per_minute
+        ),
+        env_name("rate_limit", "max_tracked_clients"): settings.rate_limit.max_tracked_clients,
     }
     for name, value in positive.items():
         if value <= 0:
             raise SettingsError(f"{name} must be positive, got {value}")
+    if settings.server.shutdown_grace_s < 0:
+        raise SettingsError("LEDGERCHAT_SHUTDOWN_GRACE_S must not be negative")
+    auth = settings.auth
+    if not auth.password_min_length <= auth.password_max_length <= MAX_PASSWORD_CHARS:
+        raise SettingsError(
+            "need LEDGERCHAT_AUTH_PASSWORD_MIN_LENGTH <= LEDGERCHAT_AUTH_PASSWORD_MAX_LENGTH"
+            f" <= {MAX_PASSWORD_CHARS}, got {auth.password_min_length} and"
+            f" {auth.password_max_length}"
+        )
+    if settings.billing.max_idempotency_key_length > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise SettingsError(
+            "LEDGERCHAT_BILLING_MAX_IDEMPOTENCY_KEY_LENGTH must be at most"
+            f" {MAX_IDEMPOTENCY_KEY_CHARS} (the header and column limit)"
+        )
     if settings.chat.default_max_tokens > settings.chat.max_max_tokens:
         raise SettingsError(
             "LEDGERCHAT_CHAT_DEFAULT_MAX_TOKENS exceeds LEDGERCHAT_CHAT_MAX_MAX_TOKENS"
@@ -282,3 +360,8 @@ def check_settings(settings: Settings) -> None:
         raise SettingsError("LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS must not be negative")
     if settings.server.port > 65535:
         raise SettingsError(f"LEDGERCHAT_PORT out of range: {settings.server.port}")
+    if settings.server.log_level.lower() not in LOG_LEVELS:
+        raise SettingsError(
+            f"LEDGERCHAT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)},"
+            f" got {settings.server.log_level!r}"
+        )

@@ -4,6 +4,7 @@ engine, service settings over a fresh database, and a live uvicorn server per te
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -64,6 +65,25 @@ max_new_tokens_cap = {TINY_CAP}
     path = tmp_path / "catalog.toml"
     path.write_text(entry(TINY, tiny_model_dir) + entry(TINY_BROKEN, broken), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url: str, web_catalog: Path, tmp_path: Path
+) -> str:
+    """The environment of a `ledgerchat` command: only this test's LEDGERCHAT_* variables
+    (a scratch SQLite database, the tiny catalog, fast hashing), run from an empty folder so
+    no stray .env is read. Returns the database URL."""
+    for name in list(os.environ):
+        if name.startswith("LEDGERCHAT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LEDGERCHAT_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("LEDGERCHAT_CATALOG", str(web_catalog))
+    monkeypatch.setenv("LEDGERCHAT_INFERENCE_CACHE_DIR", str(tmp_path / "cache"))
+    for name, value in FAST_HASHING.items():
+        monkeypatch.setenv(name, value)
+    return sqlite_url
 
 
 SettingsFactory = Callable[..., Settings]

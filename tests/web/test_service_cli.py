@@ -5,25 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
-import pytest
-
-from conftest import FAST_HASHING
+from conftest import TINY
 from web.cli import main
-
-
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, web_catalog, tmp_path):
-    for name in list(__import__("os").environ):
-        if name.startswith("LEDGERCHAT_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    monkeypatch.setenv("LEDGERCHAT_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("LEDGERCHAT_CATALOG", str(web_catalog))
-    monkeypatch.setenv("LEDGERCHAT_INFERENCE_CACHE_DIR", str(tmp_path / "cache"))
-    for name, value in FAST_HASHING.items():
-        monkeypatch.setenv(name, value)
-    return sqlite_url
 
 
 class TestUserCommands:
@@ -98,3 +83,82 @@ class TestKeyCommand:
 
         assert asyncio.run(who()) == "keyed"
         assert json.dumps(secret)  # printable as-is
+
+
+class TestBenchCommands:
+    """The benchmarks are commands, not timed tests: these runs only check that each one
+    works end to end at a tiny size and prints its JSON object as the last line."""
+
+    def test_bench_service_with_the_tiny_model(self, cli_env, capsys, monkeypatch):
+        """`bench service` serves the real app, streams through /api/chat and reports the
+        paired SSE/engine ratio with its spread."""
+        # The app preloads its default model at start-up: make that the tiny one too.
+        monkeypatch.setenv("LEDGERCHAT_CHAT_DEFAULT_MODEL", TINY)
+        code = main(
+            [
+                "bench",
+                "service",
+                "--model",
+                TINY,
+                "--max-tokens",
+                "4",
+                "--repeats",
+                "3",
+                "--billing-requests",
+                "3",
+            ]
+        )
+        assert code == 0
+        results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert results["model"] == TINY and results["repeats"] == 3
+        assert results["engine_tok_s"] > 0 and results["sse_tok_s"] > 0
+        low, ratio, high = (
+            results["sse_to_engine_ratio_min"],
+            results["sse_to_engine_ratio"],
+            results["sse_to_engine_ratio_max"],
+        )
+        assert 0 < low <= ratio <= high
+        assert results["billing_samples"] == 3
+        assert results["aggregate_tokens_8_users"] > 0
+
+    def test_bench_service_refuses_bad_sizes(self, cli_env, capsys):
+        assert main(["bench", "service", "--repeats", "0"]) == 2
+        assert "--repeats must be >= 1" in capsys.readouterr().out
+
+    def test_bench_ledger_small_run(self, cli_env, tmp_path, capsys):
+        """`bench ledger` runs the writer, the naive way, the balance reads and (where a
+        PostgreSQL server is reachable) the PostgreSQL writer, and audits what it wrote."""
+        code = main(
+            [
+                "bench",
+                "ledger",
+                "--callers",
+                "4",
+                "--pairs",
+                "3",
+                "--accounts",
+                "2",
+                "--naive-ops",
+                "8",
+                "--small-events",
+                "5",
+                "--large-events",
+                "40",
+                "--reads",
+                "3",
+                "--dir",
+                str(tmp_path / "bench"),
+            ]
+        )
+        assert code == 0
+        results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        for name in ("sqlite_ops_per_s", "sqlite_naive_ops_per_s", "balance_read_ratio"):
+            assert results[name] > 0, name
+        if os.environ.get("CI") == "true":
+            assert results["postgres_ops_per_s"] > 0, results.get("postgres_note")
+        else:
+            assert results["postgres_ops_per_s"] or results["postgres_note"].startswith("skipped")
+
+    def test_bench_ledger_refuses_bad_sizes(self, cli_env, capsys):
+        assert main(["bench", "ledger", "--small-events", "50", "--large-events", "40"]) == 2
+        assert "--small-events < --large-events" in capsys.readouterr().out

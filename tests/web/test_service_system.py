@@ -79,10 +79,34 @@ class TestRequestIds:
         lines = [json.loads(line) for line in captured if line.startswith("{")]
         mine = [line for line in lines if line.get("request_id") == "req-abc-123"]
         events = {line["event"] for line in mine}
-        assert {"user_registered", "request_finished"} <= events
+        # The signup grant is logged by the ledger's writer task, inside the request's context.
+        assert {"user_registered", "credit_transaction", "request_finished"} <= events
         for line in lines:
             if line.get("path") == "/api/auth/register":
                 assert line["request_id"] == "req-abc-123"
+
+    async def test_error_responses_have_an_id_and_their_real_status(
+        self, make_server, make_settings, capfd
+    ):
+        """Responses made outside the route's handler (401 from authentication, 404 for an
+        unknown path) also carry X-Request-ID and are logged and counted with their status."""
+        settings = make_settings(LEDGERCHAT_LOG_LEVEL="info")
+        server = await make_server(settings, configure_logs=True)
+        async with server.client() as client:
+            capfd.readouterr()
+            sent = {"/api/me": 401, "/api/no-such-thing": 404, "/no-such-page": 404}
+            for number, (path, expected) in enumerate(sent.items()):
+                response = await client.get(path, headers={"X-Request-ID": f"probe-{number}"})
+                assert response.status_code == expected, path
+                assert response.headers["x-request-id"] == f"probe-{number}"
+            metrics = (await client.get("/metrics")).text
+        lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if "{" in line]
+        finished = {
+            line["path"]: line["status"] for line in lines if line["event"] == "request_finished"
+        }
+        assert {path: finished.get(path) for path in sent} == sent
+        assert 'route="unmatched",status="404"' in metrics
+        assert 'status="500"' not in metrics
 
 
 class TestSettings:

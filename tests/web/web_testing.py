@@ -121,3 +121,34 @@ async def chat(
             await response.aread()
             return response.status_code, [], response.json()
         return 200, [event async for event in sse_events(response)], None
+
+
+def hold_streams_open(server: Any) -> tuple[asyncio.Event, list[str]]:
+    """Each stream stops after its first event until `resume` is set (then it runs on), or
+    until the engine is asked to cancel it (then it ends `cancelled`, as the engine's would)."""
+    engine = server.services.engine
+    real_stream, resume, cancelled = engine.stream, asyncio.Event(), []
+    cut = asyncio.Event()
+
+    async def stream(request: Any) -> Any:
+        real = real_stream(request)
+        yield await anext(real)
+        waits = [asyncio.ensure_future(resume.wait()), asyncio.ensure_future(cut.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
+        if cut.is_set():
+            await real.aclose()
+            # However far the tiny model got, the engine ends a cancelled request `cancelled`.
+            yield dataclasses.replace(real.finished, finish_reason="cancelled")
+            return
+        async for event in real:
+            yield event
+
+    def cancel(request_id: str) -> bool:
+        cancelled.append(request_id)
+        cut.set()
+        return True
+
+    engine.stream, engine.cancel = stream, cancel
+    return resume, cancelled

@@ -11,7 +11,13 @@ from litestar.status_codes import HTTP_200_OK
 
 from web.auth import ADMIN_DEPENDENCY, SECURITY
 from web.domain.accounts.schemas import Identity
-from web.domain.admin.schemas import AuditResult, TopUpRequest, TopUpResult, UserWithBalance
+from web.domain.admin.schemas import (
+    MAX_TOPUP_KEY_CHARS,
+    AuditResult,
+    TopUpRequest,
+    TopUpResult,
+    UserWithBalance,
+)
 from web.params import RowId
 from web.services import Services
 
@@ -30,7 +36,8 @@ class AdminController(Controller):
         user_id: RowId,
         data: JSONBody[TopUpRequest],
         idempotency_key: Annotated[
-            str, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200)
+            str,
+            HeaderParameter(name="Idempotency-Key", min_length=1, max_length=MAX_TOPUP_KEY_CHARS),
         ],
     ) -> TopUpResult:
         """Add credits to a user; a retry with the same Idempotency-Key adds them once."""

@@ -6,10 +6,14 @@ from typing import Annotated, Any
 
 import msgspec
 
+from ledger.domain import MAX_KEY_LENGTH
 from web.domain.accounts.schemas import UserView
 from web.domain.chat.schemas import BalanceView
 
 MAX_TOPUP_CREDITS = 10_000_000
+# The ledger key is the prefix plus the client's Idempotency-Key, within the ledger's limit.
+TOPUP_KEY_PREFIX = "topup:"
+MAX_TOPUP_KEY_CHARS = MAX_KEY_LENGTH - len(TOPUP_KEY_PREFIX)
 
 
 class TopUpRequest(msgspec.Struct, forbid_unknown_fields=True):

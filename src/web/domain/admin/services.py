@@ -6,7 +6,13 @@ from __future__ import annotations
 from ledger import Ledger
 from web.domain.accounts.schemas import Identity
 from web.domain.accounts.services import AccountsService
-from web.domain.admin.schemas import MAX_TOPUP_CREDITS, AuditResult, TopUpResult, UserWithBalance
+from web.domain.admin.schemas import (
+    MAX_TOPUP_CREDITS,
+    TOPUP_KEY_PREFIX,
+    AuditResult,
+    TopUpResult,
+    UserWithBalance,
+)
 from web.domain.billing.services import BillingService
 from web.errors import PermissionDenied, ValidationFailed
 from web.ledger_calls import counted
@@ -42,7 +48,7 @@ class AdminService:
                 amount,
                 source="admin_topup",
                 note=note or "admin top-up",
-                idempotency_key=f"topup:{idempotency_key}",
+                idempotency_key=TOPUP_KEY_PREFIX + idempotency_key,
             )
         log.info("credits_topped_up", by=identity.username, user_id=user_id, amount=amount)
         return TopUpResult(
