@@ -22,7 +22,6 @@ TINY_MISSING = "tiny-missing"
 TINY_INT4 = "tiny-int4"
 # 4-bit on CPU needs layer output sizes divisible by 32; this one's are not, so every forward
 # fails inside bitsandbytes: a real generation failure for the error-path tests.
-TINY_INT4_FAILING = "tiny-int4-failing"
 TINY_CONTEXT_LIMIT = 512
 TINY_CAP = 400
 
@@ -46,11 +45,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def failing_int4_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma-head16"), head_dim=16)
-
-
-@pytest.fixture(scope="session")
 def broken_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Looks like a model directory, but its weights file is garbage."""
     directory = tmp_path_factory.mktemp("broken-gemma")
@@ -60,7 +54,7 @@ def broken_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     return directory
 
 
-def catalog_toml(tiny_dir: Path, broken_dir: Path, missing_dir: Path, failing_dir: Path) -> str:
+def catalog_toml(tiny_dir: Path, broken_dir: Path, missing_dir: Path) -> str:
     def entry(model_id: str, path: Path, extra: str = "") -> str:
         return f"""
 [[models]]
@@ -81,18 +75,13 @@ completion_credits_per_1k_tokens = 3 }}
         + entry(TINY_BROKEN, broken_dir, f'fallback_model_id = "{TINY}"')
         + entry(TINY_MISSING, missing_dir)
         + entry(TINY_INT4, tiny_dir, 'quantization = "bnb-int4"')
-        + entry(TINY_INT4_FAILING, failing_dir, 'quantization = "bnb-int4"')
     )
 
 
 @pytest.fixture
-def tiny_catalog_path(
-    tiny_model_dir: Path, broken_model_dir: Path, failing_int4_model_dir: Path, tmp_path: Path
-) -> Path:
+def tiny_catalog_path(tiny_model_dir: Path, broken_model_dir: Path, tmp_path: Path) -> Path:
     path = tmp_path / "catalog.toml"
-    text = catalog_toml(
-        tiny_model_dir, broken_model_dir, tmp_path / "nowhere", failing_int4_model_dir
-    )
+    text = catalog_toml(tiny_model_dir, broken_model_dir, tmp_path / "nowhere")
     path.write_text(text, encoding="utf-8")
     return path
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers import collect, request
 
-from conftest import TINY, TINY_INT4, TINY_INT4_FAILING, EngineFactory
+from conftest import TINY, TINY_INT4, EngineFactory
 
 
 class TestBitsAndBytes:
@@ -28,14 +28,22 @@ class TestGenerationFailure:
     async def test_failed_forward_ends_request_and_engine_keeps_serving(
         self, make_engine: EngineFactory
     ) -> None:
-        """When the model's forward raises, the request ends with finish_reason 'error' and
-        a message; the same model's scheduler and other models keep answering."""
+        """When the quantized model's forward raises (as a 4-bit kernel does on shapes it
+        cannot handle), the request ends with finish_reason 'error' and the message; the same
+        model's scheduler and other models keep answering."""
         engine = make_engine()
+        failing = await engine.load(TINY_INT4)
+        kernel_error = "N must be divisible by block_n"
+
+        def kernel_fails(module: object, args: object) -> None:
+            raise AssertionError(kernel_error)
+
+        failing.model.register_forward_pre_hook(kernel_fails)
         for _ in range(2):
-            text, finished = await collect(engine.stream(request(TINY_INT4_FAILING, "hi", 4)))
+            text, finished = await collect(engine.stream(request(TINY_INT4, "hi", 4)))
             assert finished.finish_reason == "error"
             assert finished.error_code == "generation_failed"
-            assert finished.error and "divisible" in finished.error
+            assert finished.error and kernel_error in finished.error
             assert text == "" and finished.completion_tokens == 0
         _, healthy = await collect(engine.stream(request(TINY, "hi", 4)))
         assert healthy.finish_reason in ("stop", "length")

@@ -45,7 +45,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_config(vocab_size: int, head_dim: int = 32) -> Gemma3TextConfig:
+def build_config(vocab_size: int) -> Gemma3TextConfig:
     return Gemma3TextConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -53,7 +53,7 @@ def build_config(vocab_size: int, head_dim: int = 32) -> Gemma3TextConfig:
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=1,
-        head_dim=head_dim,  # bitsandbytes CPU 4-bit kernels need output sizes divisible by 32
+        head_dim=32,  # bitsandbytes CPU 4-bit kernels need output sizes divisible by 32
         sliding_window=SLIDING_WINDOW,
         layer_types=["sliding_attention"] * 2 + ["full_attention", "sliding_attention"],
         max_position_embeddings=1024,
@@ -66,11 +66,11 @@ def build_config(vocab_size: int, head_dim: int = 32) -> Gemma3TextConfig:
     )
 
 
-def save_tiny_gemma(directory: Path, seed: int = 0, head_dim: int = 32) -> Path:
+def save_tiny_gemma(directory: Path, seed: int = 0) -> Path:
     """Writes config, float32 safetensors and tokenizer to `directory`; returns it."""
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    model = Gemma3ForCausalLM(build_config(vocab_size=len(tokenizer), head_dim=head_dim))
+    model = Gemma3ForCausalLM(build_config(vocab_size=len(tokenizer)))
     model.generation_config.eos_token_id = 1
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

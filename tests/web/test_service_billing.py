@@ -91,7 +91,7 @@ class TestDisconnect:
             async with client.stream(
                 "POST",
                 "/api/chat",
-                json={"message": "go on", "sampling": {"max_tokens": TINY_CAP}},
+                json={"message": "go on", "sampling": {"max_tokens": TINY_CAP, "temperature": 0}},
                 headers=headers,
             ) as response:
                 async for event in sse_events(response):

@@ -40,6 +40,18 @@ async def wait_no_hold(client: httpx.AsyncClient, headers: dict[str, str]) -> di
             await asyncio.sleep(0.05)
 
 
+async def wait_hold_resolved(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The history once a hold has been placed and resolved (captured or released)."""
+    async with asyncio.timeout(10):
+        while True:
+            rows = await history(client, headers)
+            if {"hold_captured", "hold_released"} & set(types_of(rows)):
+                return rows
+            await asyncio.sleep(0.05)
+
+
 def slow_first_estimate(server: Any, delay_s: float) -> None:
     """The first estimate takes delay_s (as a lazy model load does); later ones are prompt."""
     engine = server.services.engine
@@ -132,16 +144,22 @@ class TestOutcomeStoredAfterCapture:
         """A process that died between capture and record leaves its claim 'started'. Past the
         hold TTL the retry asks the ledger, finds the capture and replays it instead of
         running (and charging) again."""
-        server = await make_server(make_settings(LEDGERCHAT_BILLING_HOLD_TTL_S="2"))
+        # The TTL is long enough that the generation deadline (3/4 of it) is never reached
+        # on a loaded machine; the claim is then dated back past it by hand.
+        ttl_s = 30
+        server = await make_server(make_settings(LEDGERCHAT_BILLING_HOLD_TTL_S=str(ttl_s)))
         await server.services.engine.load(TINY)
+        sampling = {"max_tokens": 8, "temperature": 0}
         async with server.client() as client:
             headers = await signed_in(client, "stale")
             keyed = {**headers, "Idempotency-Key": "stale-1"}
-            status, events, _ = await chat(client, keyed, "hi", sampling={"max_tokens": 8})
+            status, events, _ = await chat(client, keyed, "hi", sampling=sampling)
             assert status == 200
             done = events[-1].data
-            # The crash: the outcome never stored, the claim older than the hold TTL.
-            past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=3)
+            assert done["settlement"] == "captured", done
+            # The crash: the outcome never stored, the claim just older than the hold TTL (the
+            # retry looks for its hold in the ledger within a TTL of the claim).
+            past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=ttl_s + 1)
             async with server.services.chat._sessions() as session:
                 await session.execute(
                     update(ChatRequestRow)
@@ -149,7 +167,7 @@ class TestOutcomeStoredAfterCapture:
                     .values(status="started", outcome_json=None, created_at=past, updated_at=past)
                 )
                 await session.commit()
-            status, replay, _ = await chat(client, keyed, "hi", sampling={"max_tokens": 8})
+            status, replay, _ = await chat(client, keyed, "hi", sampling=sampling)
             assert status == 200
             recovered = replay[-1].data
             assert recovered["replayed"] is True
@@ -158,7 +176,7 @@ class TestOutcomeStoredAfterCapture:
             assert recovered["completion_tokens"] == done["completion_tokens"]
             assert types_of(await history(client, headers)).count("hold_captured") == 1
             # Stored now: the next retry replays without asking the ledger.
-            status, again, _ = await chat(client, keyed, "hi", sampling={"max_tokens": 8})
+            status, again, _ = await chat(client, keyed, "hi", sampling=sampling)
             assert status == 200 and again[-1].data["cost_credits"] == done["cost_credits"]
 
 
@@ -169,18 +187,19 @@ class TestClaimJudgedByItsHold:
         """Prepare took most of the hold TTL (slow estimate) before placing the hold: a retry
         after the claim's age passed the TTL, while the hold is live, is 409, not a second
         generation; the request is charged once."""
-        # The hold is placed (and the claim stamped) at ~1.5 s, the retry comes at 4.5 s when
-        # the claim is older than the TTL (4 s), and the first stream is held open until then.
-        server = await make_server(make_settings(LEDGERCHAT_BILLING_HOLD_TTL_S="4"))
+        # The claim is made at 0 s and the hold placed at ~3 s (expiring at ~9 s); the retry
+        # comes at 7.5 s, when the claim is older than the TTL (6 s) but the hold is live,
+        # 1.5 s from either edge. The first stream is held open until then.
+        server = await make_server(make_settings(LEDGERCHAT_BILLING_HOLD_TTL_S="6"))
         await server.services.engine.load(TINY)
-        slow_first_estimate(server, 1.5)
+        slow_first_estimate(server, 3)
         resume, _cancelled = hold_streams_open(server)
         async with server.client() as client:
             headers = await signed_in(client, "twice")
             keyed = {**headers, "Idempotency-Key": "same-key"}
             sampling = {"max_tokens": 40, "seed": 1, "stop": []}
             first = asyncio.create_task(chat(client, keyed, "tell me", sampling=sampling))
-            await asyncio.sleep(4.5)
+            await asyncio.sleep(7.5)
             status, _, body = await chat(client, keyed, "tell me", sampling=sampling)
             assert status == 409, body
             assert body["error"]["code"] == "request_in_progress"
@@ -214,10 +233,10 @@ class TestEarlyDisconnect:
             with pytest.raises(httpx.TimeoutException):
                 async with httpx.AsyncClient(base_url=server.base_url, timeout=0.3) as impatient:
                     await impatient.post(path, json=body, headers=keyed)
-            await asyncio.sleep(0.8)
-            await wait_no_hold(client, headers)
-            rows = await history(client, headers)
-            assert "hold_placed" in types_of(rows)
+            # The server places the hold once its slow prepare ends, then resolves it.
+            rows = await wait_hold_resolved(client, headers)
+            assert types_of(rows)[:2] == ["hold_released", "hold_placed"]
+            assert (await wait_no_hold(client, headers))["held"] == 0
             retry = await client.post(path, json=body, headers=keyed)
             assert retry.status_code == 200, retry.text
             await server.services.chat.wait_settlements(5)

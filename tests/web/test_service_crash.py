@@ -25,6 +25,9 @@ pytestmark = pytest.mark.slow
 # machine, short enough to wait for its expiry.
 HOLD_TTL_S = 12
 RETRIED_KEY = "crash-retry-1"
+# Greedy, so its first delta comes at once and no sampled <eos> ends it before the kill; the
+# retry under the same Idempotency-Key must send the same body.
+LONG_GREEDY_CHAT = {"message": "go on", "sampling": {"max_tokens": TINY_CAP, "temperature": 0}}
 READY_TIMEOUT_S = 120.0
 
 
@@ -113,7 +116,7 @@ class TestCrashRecovery:
             async with client.stream(
                 "POST",
                 "/api/chat",
-                json={"message": "go on", "sampling": {"max_tokens": TINY_CAP}},
+                json=LONG_GREEDY_CHAT,
                 headers={**headers, "Idempotency-Key": RETRIED_KEY},
             ) as response:
                 assert response.status_code == 200
@@ -164,7 +167,7 @@ class TestCrashRecovery:
             async with client.stream(
                 "POST",
                 "/api/chat",
-                json={"message": "go on", "sampling": {"max_tokens": TINY_CAP}},
+                json=LONG_GREEDY_CHAT,
                 headers={**headers, "Idempotency-Key": RETRIED_KEY},
             ) as response:
                 assert response.status_code == 200
