@@ -76,6 +76,11 @@ def run_benchmark(
     figures["single_vs_raw"] = single / figures["raw_generate_tok_s"]
     if 8 in concurrency_levels:
         figures["aggregate_8_vs_single"] = figures["aggregate_tok_s"]["8"] / single
+    if "raw_batch_generate_tok_s" in figures:
+        top = str(figures["raw_batch_size"])
+        figures["aggregate_vs_raw_batch"] = (
+            figures["aggregate_tok_s"][top] / figures["raw_batch_generate_tok_s"]
+        )
     return _table(figures), figures
 
 
@@ -104,17 +109,25 @@ async def _measure_engine(
                 ttft_ms += _first_token_times(finished)
         results: dict[str, Any] = {"raw_generate_tok_s": statistics.median(raw_rates)}
         aggregate: dict[str, float] = {"1": statistics.median(single_rates)}
+        raw_batch_rates: list[float] = []
         for level in concurrency_levels:
             if level == 1:
                 continue
             rates = []
             for _ in range(rounds):
+                if level == max(concurrency_levels):
+                    # What plain `generate` does with a batch this big, alternating as above:
+                    # the ceiling batching can reach on this machine.
+                    raw_batch_rates.append(_raw_generate_rate(loaded, max_new_tokens, level))
                 finished, wall_s = await _run_streams(engine, model_id, level, max_new_tokens)
                 rates.append(sum(item.completion_tokens for item in finished) / wall_s)
                 if level == max(concurrency_levels):
                     ttft_ms += _first_token_times(finished)
             aggregate[str(level)] = statistics.median(rates)
         results["single_stream_tok_s"] = aggregate.get("1")
+        if raw_batch_rates:
+            results["raw_batch_size"] = max(concurrency_levels)
+            results["raw_batch_generate_tok_s"] = statistics.median(raw_batch_rates)
         results["aggregate_tok_s"] = aggregate
         results["ttft_ms_p50"] = percentile(ttft_ms, 0.50)
         results["ttft_ms_p95"] = percentile(ttft_ms, 0.95)
@@ -153,12 +166,13 @@ async def _run_streams(
     return list(finished), time.perf_counter() - started
 
 
-def _raw_generate_rate(loaded: Any, max_new_tokens: int) -> float:
-    """Plain transformers generate, batch 1, same prompt format and token budget; the
-    whole call is timed, prefill included, as the engine's single stream is."""
+def _raw_generate_rate(loaded: Any, max_new_tokens: int, batch: int = 1) -> float:
+    """Plain transformers generate, same prompt format and token budget, `batch` copies of
+    the first prompt (one row's cost is the same whatever its text); the whole call is
+    timed, prefill included, as the engine's streams are. Tokens per second, all rows."""
     request = _bench_request(loaded.entry.id, 0, max_new_tokens)
     prompt_ids = encode_prompt(loaded.tokenizer, request.messages)
-    input_ids = torch.tensor([prompt_ids], device=loaded.device)
+    input_ids = torch.tensor([prompt_ids] * batch, device=loaded.device)
     with torch.inference_mode():
         started = time.perf_counter()
         output = loaded.model.generate(
@@ -170,7 +184,7 @@ def _raw_generate_rate(loaded: Any, max_new_tokens: int) -> float:
             pad_token_id=0,
         )
         elapsed = time.perf_counter() - started
-    return float(output.shape[1] - len(prompt_ids)) / elapsed
+    return float(batch * (output.shape[1] - len(prompt_ids))) / elapsed
 
 
 def _table(figures: dict[str, Any]) -> list[tuple[str, str]]:
@@ -190,6 +204,14 @@ def _table(figures: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((f"aggregate_tok_s @ {level}", number(rate)))
     if "aggregate_8_vs_single" in figures:
         rows.append(("aggregate @ 8 / single", number(figures["aggregate_8_vs_single"], 2)))
+    if "raw_batch_generate_tok_s" in figures:
+        size = figures["raw_batch_size"]
+        rows.append(
+            (f"raw_batch_generate_tok_s @ {size}", number(figures["raw_batch_generate_tok_s"]))
+        )
+        rows.append(
+            (f"aggregate @ {size} / raw batch", number(figures["aggregate_vs_raw_batch"], 2))
+        )
     rows += [
         (f"ttft_ms_p50 @ {figures['ttft_streams']}", number(figures["ttft_ms_p50"], 0)),
         (f"ttft_ms_p95 @ {figures['ttft_streams']}", number(figures["ttft_ms_p95"], 0)),

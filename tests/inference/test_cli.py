@@ -79,6 +79,15 @@ class TestBenchCommand:
         assert figures["single_stream_tok_s"] > 0 and figures["raw_generate_tok_s"] > 0
         assert figures["load_s_cold"] > 0 and figures["peak_rss_mb"] > 0
         assert any(line.startswith("single_stream_tok_s") for line in lines[:-1])
+        if len(levels) > 1:
+            # Plain generate with the largest batch, the ceiling for the aggregate.
+            assert figures["raw_batch_size"] == max(int(level) for level in levels)
+            assert figures["raw_batch_generate_tok_s"] > 0
+            assert figures["aggregate_vs_raw_batch"] == pytest.approx(
+                figures["aggregate_tok_s"]["2"] / figures["raw_batch_generate_tok_s"]
+            )
+        else:
+            assert "raw_batch_generate_tok_s" not in figures
 
     @pytest.mark.parametrize(
         "arguments", [["--streams", "two"], ["--streams", "0"], ["--max-new-tokens", "0"]]
