@@ -78,6 +78,27 @@ class TestOpenAIClient:
         assert usage.completion_tokens == plain.usage.completion_tokens
         await client.close()
 
+    async def test_stream_without_usage_has_no_usage_chunk_and_is_still_billed(self, server):
+        """`stream_options.include_usage: false` drops the usage chunk, not the billing: the
+        answer is captured and its cost leaves the balance as usual."""
+        secret, headers = await api_key(server)
+        client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=secret)
+        before = await balance(server, headers)
+        stream = await client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "Count with me"}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": False},
+        )
+        chunks = [chunk async for chunk in stream]
+        assert all(chunk.usage is None and chunk.choices for chunk in chunks)
+        assert chunks[-1].choices[0].finish_reason in {"stop", "length"}
+        after = await balance(server, headers)
+        assert after["held"] == 0 and after["posted"] < before["posted"]
+        await client.close()
+
     async def test_errors_reach_the_client_as_typed_exceptions(self, server):
         """A wrong key is AuthenticationError; an unknown model is NotFoundError; not enough
         credits is a 402 APIStatusError."""

@@ -117,8 +117,10 @@ def _failure(done: ChatCompleted) -> tuple[int, dict[str, Any]] | None:
 
 
 async def openai_chunks(
-    prepared: PreparedChat, model: str
+    prepared: PreparedChat, model: str, include_usage: bool = True
 ) -> AsyncIterator[ServerSentEventMessage]:
+    """The answer as OpenAI chunks; the last one (empty choices, usage and billing) unless the
+    client asked for no usage chunk (`stream_options.include_usage: false`)."""
     completion_id = f"chatcmpl-{prepared.request_id}"
     created = int(time.time())
 
@@ -144,6 +146,8 @@ async def openai_chunks(
                         continue
                     reason = FINISH_REASONS.get(event.finish_reason, "stop")
                     yield message(chunk(completion_id, created, event.model_answered, {}, reason))
+                    if not include_usage:
+                        continue
                     yield message(
                         chunk(
                             completion_id,
@@ -236,8 +240,10 @@ class OpenAIController(Controller):
         check_chat_rate(services, identity)
         prepared = await services.chat.prepare(identity, chat_input(data, idempotency_key))
         if data.stream:
+            include_usage = data.stream_options is None or data.stream_options.include_usage
             return ServerSentEvent(
-                openai_chunks(prepared, data.model), background=settle_unstreamed(prepared)
+                openai_chunks(prepared, data.model, include_usage),
+                background=settle_unstreamed(prepared),
             )
         try:
             collected = await collect(prepared, request)
