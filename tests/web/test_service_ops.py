@@ -208,6 +208,23 @@ async def start_stream(client: httpx.AsyncClient, headers: dict[str, str]) -> An
     return await client.send(request, stream=True)
 
 
+async def stream_through_shutdown(
+    server: Any, client: httpx.AsyncClient, headers: dict[str, str], then: Any = None
+) -> list[Any]:
+    """Every event of a chat stream during which shutdown begins, as soon as it has started
+    (then `then()` runs, if given)."""
+    response = await start_stream(client, headers)
+    events = []
+    async for event in sse_events(response):
+        events.append(event)
+        if event.event == "start":
+            server.services.begin_shutdown()
+            if then is not None:
+                then()
+    await response.aclose()
+    return events
+
+
 class TestShutdownEndsStreams:
     async def test_stream_still_running_after_grace_gets_an_error_event(
         self, make_server, make_settings
@@ -219,13 +236,7 @@ class TestShutdownEndsStreams:
         _resume, cancelled = hold_streams_open(server)
         async with server.client() as client:
             headers = await signed_in(client, "cut")
-            response = await start_stream(client, headers)
-            events = []
-            async for event in sse_events(response):
-                events.append(event)
-                if event.event == "start":
-                    server.services.begin_shutdown()
-            await response.aclose()
+            events = await stream_through_shutdown(server, client, headers)
             assert events[-1].event == "error", [e.event for e in events]
             assert events[-1].data["error"]["code"] == "shutting_down"
             assert len(cancelled) == 1
@@ -238,14 +249,7 @@ class TestShutdownEndsStreams:
         resume, cancelled = hold_streams_open(server)
         async with server.client() as client:
             headers = await signed_in(client, "kept")
-            response = await start_stream(client, headers)
-            events = []
-            async for event in sse_events(response):
-                events.append(event)
-                if event.event == "start":
-                    server.services.begin_shutdown()
-                    resume.set()
-            await response.aclose()
+            events = await stream_through_shutdown(server, client, headers, then=resume.set)
         assert events[-1].event == "done"
         assert events[-1].data["settlement"] == "captured"
         assert cancelled == []
