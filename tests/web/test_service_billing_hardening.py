@@ -41,10 +41,10 @@ async def wait_no_hold(client: httpx.AsyncClient, headers: dict[str, str]) -> di
 
 
 async def wait_hold_resolved(
-    client: httpx.AsyncClient, headers: dict[str, str]
+    client: httpx.AsyncClient, headers: dict[str, str], timeout_s: float = 10
 ) -> list[dict[str, Any]]:
     """The history once a hold has been placed and resolved (captured or released)."""
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(timeout_s):
         while True:
             rows = await history(client, headers)
             if {"hold_captured", "hold_released"} & set(types_of(rows)):
@@ -178,6 +178,98 @@ class TestOutcomeStoredAfterCapture:
             # Stored now: the next retry replays without asking the ledger.
             status, again, _ = await chat(client, keyed, "hi", sampling=sampling)
             assert status == 200 and again[-1].data["cost_credits"] == done["cost_credits"]
+
+
+class TestReleaseFailsAfterEngineError:
+    async def test_unreleased_hold_expires_then_the_key_runs_once(self, make_server, make_settings):
+        """The engine fails and the ledger refuses the release too: the client gets an error
+        (not a `done`), nothing is charged, the hold stays until the sweeper releases it at
+        expiry, and then a retry with the same key runs as a new request, charged once."""
+        ttl_s = 3
+        server = await make_server(
+            make_settings(
+                LEDGERCHAT_BILLING_HOLD_TTL_S=str(ttl_s),
+                LEDGERCHAT_BILLING_SWEEP_INTERVAL_S="0.2",
+            )
+        )
+        loaded = await server.services.engine.load(TINY)
+
+        def forward_fails(module: Any, args: Any) -> None:
+            raise RuntimeError("simulated kernel failure")
+
+        failing_forward = loaded.model.register_forward_pre_hook(forward_fails)
+        ledger = server.services.ledger
+        real_release = ledger.release_hold
+        releases: list[int] = []
+
+        async def release_busy(*args: Any, **kwargs: Any) -> Any:
+            releases.append(1)
+            raise LedgerBusy("simulated: the writer did not answer")
+
+        ledger.release_hold = release_busy
+        sampling = {"max_tokens": 8, "temperature": 0}
+        async with server.client() as client:
+            headers = await signed_in(client, "unreleased")
+            keyed = {**headers, "Idempotency-Key": "unreleased-1"}
+            status, events, _ = await chat(client, keyed, "hi", sampling=sampling)
+            assert status == 200
+            assert events[-1].event == "error", [e.event for e in events]
+            assert events[-1].data["error"]["code"] == "ledger_busy"
+            assert len(releases) >= 2  # LedgerBusy is retried before giving up
+            balance = (await client.get("/api/balance", headers=headers)).json()
+            assert balance["held"] > 0 and balance["posted"] == 100
+            ledger.release_hold = real_release
+            failing_forward.remove()
+            # The sweeper releases the hold once it expires; nothing was charged.
+            rows = await wait_hold_resolved(client, headers, timeout_s=ttl_s + 10)
+            assert rows[0]["type"] == "hold_released" and rows[0]["reason"] == "expired"
+            # Past the TTL the retry finds the expired hold: the key is free and runs anew.
+            status, retried, _ = await chat(client, keyed, "hi", sampling=sampling)
+            assert status == 200
+            done = retried[-1]
+            assert done.event == "done", done
+            assert done.data["settlement"] == "captured" and done.data["replayed"] is False
+            types = types_of(await history(client, headers))
+            assert types.count("hold_placed") == 2 and types.count("hold_captured") == 1
+            balance = (await client.get("/api/balance", headers=headers)).json()
+            assert balance["held"] == 0
+            assert balance["posted"] == 100 - done.data["cost_credits"]
+
+
+class TestConversationCreateFailsAfterHold:
+    async def test_hold_released_and_key_free_for_a_retry(self, server):
+        """Storing the new conversation fails after the hold was placed and generation began:
+        the request is an error, the hold is released in full at once and generation stops,
+        and a retry with the same key runs (not 409, not a replay), charged once."""
+        conversations = server.services.chat._conversations
+        real_create = conversations.create
+        calls: list[int] = []
+
+        async def create_fails_once(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("simulated: the database went away")
+            return await real_create(*args, **kwargs)
+
+        conversations.create = create_fails_once
+        sampling = {"max_tokens": 8, "temperature": 0}
+        async with server.client() as client:
+            headers = await signed_in(client, "noconv")
+            keyed = {**headers, "Idempotency-Key": "noconv-1"}
+            status, _, body = await chat(client, keyed, "hi", sampling=sampling)
+            assert status == 500, body
+            assert body["error"]["code"] == "internal_error"
+            assert server.services.chat.active_streams == 0
+            rows = await history(client, headers)
+            assert types_of(rows)[:2] == ["hold_released", "hold_placed"]
+            assert (await client.get("/api/balance", headers=headers)).json()["held"] == 0
+            status, events, _ = await chat(client, keyed, "hi", sampling=sampling)
+            assert status == 200
+            done = events[-1]
+            assert done.event == "done", done
+            assert done.data["settlement"] == "captured" and done.data["replayed"] is False
+            assert done.data["conversation_id"]
+            assert types_of(await history(client, headers)).count("hold_captured") == 1
 
 
 class TestClaimJudgedByItsHold:
