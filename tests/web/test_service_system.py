@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 from web_testing import chat, signed_in
 
+from conftest import TINY
 from web.background import clear_old_interaction_text
 from web.settings import SettingsError, load_settings
 from web.tables import ModelInteractionRow
@@ -59,6 +61,13 @@ class TestProbes:
             assert name in text, name
 
 
+async def start_capturing_logs(server: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    """Drop what was written so far, once the default model has loaded: its loading progress
+    bars (stderr, no newline) would otherwise run into the JSON log lines."""
+    await server.services.engine.load(TINY)
+    capfd.readouterr()
+
+
 class TestRequestIds:
     async def test_every_log_line_of_a_request_has_its_id(self, make_server, make_settings, capfd):
         """The X-Request-ID given by the client is echoed and is on every JSON log line
@@ -66,7 +75,7 @@ class TestRequestIds:
         settings = make_settings(LEDGERCHAT_LOG_LEVEL="info")
         server = await make_server(settings, configure_logs=True)
         async with server.client() as client:
-            capfd.readouterr()
+            await start_capturing_logs(server, capfd)
             response = await client.post(
                 "/api/auth/register",
                 json={"username": "logger", "email": "l@example.com", "password": "pass word 123"},
@@ -93,7 +102,7 @@ class TestRequestIds:
         settings = make_settings(LEDGERCHAT_LOG_LEVEL="info")
         server = await make_server(settings, configure_logs=True)
         async with server.client() as client:
-            capfd.readouterr()
+            await start_capturing_logs(server, capfd)
             sent = {"/api/me": 401, "/api/no-such-thing": 404, "/no-such-page": 404}
             for number, (path, expected) in enumerate(sent.items()):
                 response = await client.get(path, headers={"X-Request-ID": f"probe-{number}"})
