@@ -92,7 +92,8 @@ async def _measure_engine(
     concurrency_levels: tuple[int, ...],
     rounds: int,
 ) -> dict[str, Any]:
-    engine = Engine(catalog, replace(settings, max_batch_size=max(concurrency_levels)))
+    top_level = max(concurrency_levels)
+    engine = Engine(catalog, replace(settings, max_batch_size=top_level))
     try:
         loaded = await engine.load(model_id)
         # Warm-up: first calls allocate and pick kernels; they are not what a user sees later.
@@ -105,7 +106,7 @@ async def _measure_engine(
             raw_rates.append(_raw_generate_rate(loaded, max_new_tokens))
             finished, wall_s = await _run_streams(engine, model_id, 1, max_new_tokens)
             single_rates.append(finished[0].completion_tokens / wall_s)
-            if max(concurrency_levels) == 1:
+            if top_level == 1:
                 ttft_ms += _first_token_times(finished)
         results: dict[str, Any] = {"raw_generate_tok_s": statistics.median(raw_rates)}
         aggregate: dict[str, float] = {"1": statistics.median(single_rates)}
@@ -115,23 +116,23 @@ async def _measure_engine(
                 continue
             rates = []
             for _ in range(rounds):
-                if level == max(concurrency_levels):
+                if level == top_level:
                     # What plain `generate` does with a batch this big, alternating as above:
                     # the ceiling batching can reach on this machine.
                     raw_batch_rates.append(_raw_generate_rate(loaded, max_new_tokens, level))
                 finished, wall_s = await _run_streams(engine, model_id, level, max_new_tokens)
                 rates.append(sum(item.completion_tokens for item in finished) / wall_s)
-                if level == max(concurrency_levels):
+                if level == top_level:
                     ttft_ms += _first_token_times(finished)
             aggregate[str(level)] = statistics.median(rates)
         results["single_stream_tok_s"] = aggregate.get("1")
         if raw_batch_rates:
-            results["raw_batch_size"] = max(concurrency_levels)
+            results["raw_batch_size"] = top_level
             results["raw_batch_generate_tok_s"] = statistics.median(raw_batch_rates)
         results["aggregate_tok_s"] = aggregate
         results["ttft_ms_p50"] = percentile(ttft_ms, 0.50)
         results["ttft_ms_p95"] = percentile(ttft_ms, 0.95)
-        results["ttft_streams"] = max(concurrency_levels)
+        results["ttft_streams"] = top_level
         results["max_new_tokens"] = max_new_tokens
         return results
     finally:
