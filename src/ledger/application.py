@@ -1,30 +1,30 @@
 """The ledger's application service: `Ledger`, the one object the rest of ledgerchat uses.
 
-`await Ledger.open(url)` upgrades the schema, starts the per-process writer (group commit) and,
-unless disabled, a background sweeper of expired holds. Commands validate their inputs here,
-then go through the writer; reads go straight to the read pool. A refused command writes no
-ledger event: the refusal is stored under its idempotency key so a retry gets it back.
+This module owns its life cycle and its commands. `await Ledger.open(url)` upgrades the schema,
+starts the per-process writer (group commit) and, unless disabled, a background sweeper of
+expired holds. Commands (add, hold, capture, release, charge, refund, sweep) validate their
+inputs here, then go through the writer; the reads come from `ledger.queries.LedgerQueries`.
+A refused command writes no ledger event: the refusal is stored under its idempotency key so a
+retry gets it back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 
 import structlog
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
-from ledger.audit import AuditReport, run_audit
 from ledger.clock import Clock, system_clock
 from ledger.domain import (
     AddCredits,
     CaptureHold,
     Charge,
     Command,
-    EventType,
     PlaceHold,
     Refund,
     ReleaseHold,
@@ -32,30 +32,26 @@ from ledger.domain import (
     check_amount,
     check_key,
     check_metadata,
-    check_storable,
     check_text,
-    parse_sequence,
     to_us,
 )
 from ledger.errors import (
-    AccountNotFound,
     HoldAlreadyResolved,
     HoldNotFound,
     InvalidArgument,
     LedgerError,
     StorageError,
 )
-from ledger.models import Balance, HistoryEntry, HistoryPage, HoldReceipt, Receipt, Totals
+from ledger.models import HoldReceipt, Receipt
+from ledger.queries import LedgerQueries
 from ledger.settings import LedgerSettings, default_database_url
+from ledger.storage import EventStore, store_for
 from ledger.storage.database import (
     Engines,
-    create_audit_engines,
     create_engines,
     schema_is_current,
-    schema_problem,
     upgrade_schema,
 )
-from ledger.storage.store import EventStore, store_for
 from ledger.writer import Writer
 
 logger = structlog.get_logger("ledger")
@@ -63,16 +59,7 @@ logger = structlog.get_logger("ledger")
 SWEEP_KEY_PREFIX = "ledger-sweep:"
 
 
-def _lookup_id(account_id: str) -> str:
-    """An account id to look up: any string the database can hold (an unknown one is
-    AccountNotFound, as before); NUL or a lone surrogate is InvalidArgument on both backends
-    instead of a driver error on one."""
-    if not isinstance(account_id, str):
-        raise InvalidArgument("account_id must be a string")
-    return check_storable("account_id", account_id)
-
-
-class Ledger:
+class Ledger(LedgerQueries):
     """Event-sourced credit ledger over SQLite or PostgreSQL. Use `await Ledger.open(...)`."""
 
     def __init__(
@@ -322,66 +309,6 @@ class Ledger:
         )
         return await self._submit(command)
 
-    # -- reads ---------------------------------------------------------------------------
-
-    async def balance(self, account_id: str) -> Balance:
-        """Latest snapshot plus the events after it (at most snapshot_every - 1)."""
-        state = await self._store.read_state(_lookup_id(account_id))
-        if state is None:
-            raise AccountNotFound(account_id)
-        assert state.available >= 0, f"stored state of {account_id} has negative available"
-        return Balance.of(state.posted, state.held)
-
-    async def history(
-        self,
-        account_id: str,
-        *,
-        cursor: str | None = None,
-        limit: int | None = None,
-        types: Sequence[str] | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> HistoryPage:
-        """One page of the account's events, newest first; `since` inclusive, `until` not."""
-        page_max = self._settings.history_page_max
-        limit = self._settings.history_page_default if limit is None else limit
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= page_max:
-            raise InvalidArgument(f"limit must be an integer from 1 to {page_max}")
-        before: int | None = None
-        if cursor is not None:
-            # A cursor is the sequence number a page's next_cursor gave, as the ledger wrote it.
-            before = parse_sequence(cursor) if isinstance(cursor, str) else None
-            if before is None:
-                raise InvalidArgument(f"malformed history cursor {str(cursor)[:40]!r}")
-        if types is not None:
-            known = {t.value for t in EventType}
-            unknown = [t for t in types if t not in known]
-            if unknown:
-                raise InvalidArgument(f"unknown event types {unknown}; known: {sorted(known)}")
-        if await self._store.account_owner(_lookup_id(account_id)) is None:
-            raise AccountNotFound(account_id)
-        events = await self._store.history(
-            account_id,
-            before_sequence=before,
-            limit=limit + 1,
-            types=types,
-            since_us=None if since is None else to_us(since),
-            until_us=None if until is None else to_us(until),
-        )
-        more = len(events) > limit
-        events = events[:limit]
-        next_cursor = str(events[-1].sequence) if more and events else None
-        return HistoryPage([HistoryEntry.from_event(e) for e in events], next_cursor)
-
-    async def totals(self, account_id: str | None = None) -> Totals:
-        """Issued, captured, charged, refunded, released and outstanding holds."""
-        if (
-            account_id is not None
-            and await self._store.account_owner(_lookup_id(account_id)) is None
-        ):
-            raise AccountNotFound(account_id)
-        return Totals.from_sums(await self._store.sums_by_type(account_id))
-
     async def sweep_expired_holds(self, now: datetime | None = None) -> int:
         """Release holds expired at `now` (default: the clock); returns how many this call did.
 
@@ -424,48 +351,3 @@ class Ledger:
                 continue
             if released:
                 logger.info("ledger_sweep", released=released)
-
-    async def audit(self, account_id: str | None = None) -> AuditReport:
-        """Replay the log(s) and report violations and totals (see ledger.audit).
-
-        All reads happen in one read transaction, so an audit while commands commit sees one
-        consistent moment of the database."""
-        return await run_audit(
-            self._store,
-            account_id=None if account_id is None else _lookup_id(account_id),
-            now_us=to_us(self._clock()),
-            grace_s=self._settings.audit_expired_hold_grace_s,
-        )
-
-
-async def audit_database(
-    database_url: str,
-    *,
-    account_id: str | None = None,
-    settings: LedgerSettings | None = None,
-    clock: Clock | None = None,
-) -> AuditReport:
-    """Audit a database without opening a `Ledger`: read only, no schema upgrade, no writer.
-
-    For `ledgerchat audit`, which may be pointed at the wrong file or an empty database and
-    must leave it exactly as it was (an SQLite file keeps its journal mode). A database without
-    the ledger schema at its newest revision is a StorageError saying which."""
-    settings = settings or LedgerSettings.from_env()
-    engines = create_audit_engines(database_url, settings)
-    try:
-        try:
-            problem = await schema_problem(engines)
-        except SQLAlchemyError as exc:
-            detail = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
-            first_line = (detail.strip().splitlines() or [type(exc).__name__])[0]
-            raise StorageError(f"cannot read the database: {first_line}") from exc
-        if problem is not None:
-            raise StorageError(problem)
-        return await run_audit(
-            store_for(engines),
-            account_id=None if account_id is None else _lookup_id(account_id),
-            now_us=to_us((clock or system_clock)()),
-            grace_s=settings.audit_expired_hold_grace_s,
-        )
-    finally:
-        await engines.dispose()

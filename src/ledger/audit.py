@@ -28,7 +28,13 @@ from ledger.domain import (
     holds_from_record,
 )
 from ledger.errors import AccountNotFound, StorageError
-from ledger.storage.store import AccountHead, AuditReads, EventStore, MalformedRow, Snapshot
+from ledger.storage.persistence import (
+    AccountHead,
+    AuditReads,
+    EventStore,
+    MalformedRow,
+    Snapshot,
+)
 
 
 @dataclass(frozen=True, slots=True)

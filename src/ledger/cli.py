@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from ledger.application import audit_database
 from ledger.audit import AuditReport
 from ledger.errors import LedgerError
+from ledger.queries import audit_database
 from ledger.settings import LedgerSettings, default_database_url
 from ledger.storage.database import normalise_url, sqlite_path
 

@@ -200,6 +200,17 @@ class StorageError(LedgerError):
         super().__init__(message)
 
 
+class InvariantViolation(StorageError):
+    """A money or storage invariant does not hold: a stored row read back breaks one (the
+    database was edited or damaged), or a row about to be written would (a bug in the rules).
+
+    Raised instead of `assert` so that `python -O` cannot strip the check; a StorageError, so
+    the boundaries that handle storage failures (the web answers 503) handle it too.
+    """
+
+    code = "invariant_violation"
+
+
 _RECORDED: dict[str, type[LedgerError]] = {
     cls.code: cls
     for cls in (

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Self
 
 from ledger.domain import Event, EventType, Metadata, from_us
+from ledger.errors import InvariantViolation
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,8 @@ class HoldReceipt(Receipt):
 
     @property
     def hold(self) -> str:
-        assert self.hold_id is not None
+        if self.hold_id is None:
+            raise InvariantViolation(f"the receipt of hold event {self.event_id} has no hold id")
         return self.hold_id
 
 

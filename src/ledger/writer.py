@@ -1,17 +1,14 @@
 """The per-process single writer: group commit of ledger commands.
 
 Callers put commands on a bounded asyncio queue and await a future. One task drains up to
-`batch_size` commands and hands the batch to one write transaction that reads the heads of the
-batch's accounts in one statement (locked, in sorted order, on PostgreSQL), reloads any account
-another process has moved since it was cached, looks up earlier outcomes of the batch's
-idempotency keys in one statement, decides every command in order against in-memory state,
-writes all events/refusals/snapshots with one executemany per table and commits; only then are
-the futures resolved and the cache updated. Few statements per batch is where the speed is. On
-SQLite the transaction runs in the writer's own thread on a pysqlite connection (one hand-off
-per batch instead of one per statement, which is what aiosqlite costs); on PostgreSQL it runs
-through `run_sync` on the asyncpg connection. The unique constraints on (account_id, sequence)
-and (account_id, idempotency_key) are the backstop: a violation rolls the batch back and it is
-retried a bounded number of times against fresh state.
+`batch_size` commands and hands the batch to one write transaction in which
+`ledger.batch.BatchPlanner` decides every command and writes the result; only after the commit
+are the futures resolved and the cache of account states updated. Few statements per batch is
+where the speed is. On SQLite the transaction runs in the writer's own thread on a pysqlite
+connection (one hand-off per batch instead of one per statement, which is what aiosqlite
+costs); on PostgreSQL it runs through `run_sync` on the asyncpg connection. The unique
+constraints on (account_id, sequence) and (account_id, idempotency_key) are the backstop: a
+violation rolls the batch back and it is retried a bounded number of times against fresh state.
 """
 
 from __future__ import annotations
@@ -20,78 +17,26 @@ import asyncio
 import contextvars
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection
 
+from ledger.batch import BatchPlanner, Outcome, Pending, Results
 from ledger.clock import Clock
-from ledger.domain import (
-    AccountState,
-    CaptureHold,
-    Command,
-    Event,
-    EventType,
-    Limits,
-    Refund,
-    RefundTarget,
-    ReleaseHold,
-    complete,
-    decide,
-    parse_event_id,
-    to_us,
-)
-from ledger.errors import (
-    AccountNotFound,
-    IdempotencyConflict,
-    LedgerBusy,
-    LedgerClosed,
-    LedgerError,
-    StorageError,
-)
+from ledger.domain import AccountState, Command, Limits
+from ledger.errors import LedgerBusy, LedgerClosed, LedgerError, StorageError
 from ledger.settings import LedgerSettings
-from ledger.storage.store import AccountHead, BatchWrite, EventStore, Refusal, Snapshot
+from ledger.storage.persistence import EventStore
 
 logger = structlog.get_logger("ledger")
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A command's effect: its event, and whether this answer replays an earlier one."""
-
-    event: Event
-    replayed: bool
-    owner_id: str
-
-
-@dataclass(slots=True)
-class _Pending:
-    command: Command
-    future: asyncio.Future[Outcome]
-    record_refusal: bool
-    # Computed by the caller, off the writer's serial path.
-    fingerprint: str
-    # The caller's context variables (e.g. the request id a web request bound to structlog):
-    # the outcome is logged inside them, so ledger lines carry the request that caused them.
-    context: contextvars.Context
-
-
-@dataclass(slots=True)
-class _BatchContext:
-    """What one batch learns while deciding its commands in order."""
-
-    decided: dict[tuple[str, str], tuple[str, Outcome | LedgerError]] = field(default_factory=dict)
-    resolved_holds: set[str] = field(default_factory=set)
-    refunded: dict[str, int] = field(default_factory=dict)
-    written: dict[str, Event] = field(default_factory=dict)
-
-
 _STOP = None
-_Results = list[Outcome | LedgerError]
 
 
 class Writer:
+    """Queues commands and commits them in batches, one transaction per batch."""
+
     def __init__(self, store: EventStore, settings: LedgerSettings, clock: Clock) -> None:
         self._store = store
         self._settings = settings
@@ -103,7 +48,10 @@ class Writer:
             hold_ttl_default_s=settings.hold_ttl_default_s,
             hold_ttl_max_s=settings.hold_ttl_max_s,
         )
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=settings.queue_size)
+        self._planner = BatchPlanner(
+            store, self._limits, clock, snapshot_every=settings.snapshot_every
+        )
+        self._queue: asyncio.Queue[Pending | None] = asyncio.Queue(maxsize=settings.queue_size)
         self._cache: OrderedDict[str, AccountState] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -134,7 +82,7 @@ class Writer:
             raise LedgerClosed()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         timeout_s = self._settings.command_timeout_s
-        pending = _Pending(
+        pending = Pending(
             command, future, record_refusal, command.fingerprint(), contextvars.copy_context()
         )
         try:
@@ -170,7 +118,7 @@ class Writer:
                 batch.append(item)
             await self._process(batch)
 
-    async def _process(self, batch: list[_Pending]) -> None:
+    async def _process(self, batch: list[Pending]) -> None:
         attempt = 0
         while True:
             try:
@@ -190,7 +138,9 @@ class Writer:
                         await self._process([pending])
                     return
                 error: LedgerError
-                if self._store.is_retryable(exc):
+                if isinstance(exc, LedgerError):
+                    error = exc  # already typed (an InvariantViolation): pass it on as it is
+                elif self._store.is_retryable(exc):
                     error = LedgerBusy(f"write conflict persisted after {attempt} retries: {exc}")
                 else:
                     error = StorageError(f"ledger write failed: {type(exc).__name__}: {exc}")
@@ -220,7 +170,7 @@ class Writer:
             owner_id = None if known is None else known.owner_id
             pending.context.run(_log_outcome, log, pending.command, result, owner_id)
 
-    async def _commit(self, batch: list[_Pending]) -> tuple[_Results, dict[str, AccountState]]:
+    async def _commit(self, batch: list[Pending]) -> tuple[Results, dict[str, AccountState]]:
         """Decide and write one batch in one transaction; the cache is updated by the caller
         only after the commit succeeded."""
         engines = self._store.engines
@@ -230,178 +180,14 @@ class Writer:
                 self._thread, self._commit_in_thread, batch
             )
         async with engines.write.begin() as connection:
-            return await connection.run_sync(self._decide_and_write, batch)
+            return await connection.run_sync(self._planner.decide_and_write, batch, self._cache)
 
-    def _commit_in_thread(self, batch: list[_Pending]) -> tuple[_Results, dict[str, AccountState]]:
+    def _commit_in_thread(self, batch: list[Pending]) -> tuple[Results, dict[str, AccountState]]:
         engine = self._store.engines.writer_thread
+        # Only called when `_commit` saw the engine: narrowing for the type checker, not a check.
         assert engine is not None
         with engine.begin() as connection:
-            return self._decide_and_write(connection, batch)
-
-    def _decide_and_write(
-        self, connection: Connection, batch: list[_Pending]
-    ) -> tuple[_Results, dict[str, AccountState]]:
-        store = self._store
-        heads = store.lock_heads(connection, (p.command.account_id for p in batch))
-        # The time is read once the heads are locked: a batch that waited for another
-        # process's lock must not record (or judge expiries at) a time before that commit.
-        now_us = to_us(self._clock())
-        states: dict[str, AccountState] = {}
-        for account_id, head in heads.items():
-            cached = self._cache.get(account_id)
-            if cached is None or (cached.sequence, cached.head_hash) != (
-                head.sequence,
-                head.head_hash,
-            ):
-                # Another process wrote (or first touch): rebuild from snapshot plus tail.
-                cached = store.load_state(connection, account_id, head.owner_id)
-                if (cached.sequence, cached.head_hash) != (head.sequence, head.head_hash):
-                    raise StorageError(f"account {account_id} head disagrees with its log")
-            states[account_id] = cached.copy()
-        keys = [
-            (p.command.account_id, p.command.idempotency_key)
-            for p in batch
-            if p.command.account_id in heads
-        ]
-        earlier = store.find_outcomes(connection, keys)
-        context = _BatchContext()
-        write = BatchWrite()
-        results: _Results = [
-            self._decide_one(connection, pending, states, heads, earlier, context, write, now_us)
-            for pending in batch
-        ]
-        store.write(connection, write)
-        return results, states
-
-    def _decide_one(
-        self,
-        connection: Connection,
-        pending: _Pending,
-        states: dict[str, AccountState],
-        heads: dict[str, AccountHead],
-        earlier: dict[tuple[str, str], Event | Refusal],
-        context: _BatchContext,
-        write: BatchWrite,
-        now_us: int,
-    ) -> Outcome | LedgerError:
-        command = pending.command
-        account_id = command.account_id
-        if account_id not in heads:
-            return AccountNotFound(account_id)
-        owner_id = heads[account_id].owner_id
-        key = (account_id, command.idempotency_key)
-        fingerprint = pending.fingerprint
-        previous: tuple[str, Outcome | LedgerError] | None = context.decided.get(key)
-        if previous is None and key in earlier:
-            stored = earlier[key]
-            if isinstance(stored, Event):
-                previous = (stored.fingerprint, Outcome(stored, True, owner_id))
-            else:
-                previous = (stored.fingerprint, stored.error)
-        if previous is not None:
-            if previous[0] != fingerprint:
-                return IdempotencyConflict(command.idempotency_key)
-            answer = previous[1]
-            if isinstance(answer, Outcome):
-                return Outcome(answer.event, True, owner_id)
-            return answer
-        state = states[account_id]
-        try:
-            hold_was_placed = False
-            refund_target = None
-            if (
-                isinstance(command, CaptureHold | ReleaseHold)
-                and command.hold_id not in state.holds
-            ):
-                hold_was_placed = command.hold_id in context.resolved_holds or (
-                    self._was_placed(connection, state, command.hold_id)
-                )
-            if isinstance(command, Refund):
-                refund_target = self._refund_target(connection, state, command, context)
-            draft = decide(
-                state,
-                command,
-                now_us=now_us,
-                limits=self._limits,
-                hold_was_placed=hold_was_placed,
-                refund_target=refund_target,
-            )
-        except LedgerError as error:
-            if error.recorded and pending.record_refusal:
-                write.refusals.append(
-                    Refusal(account_id, command.idempotency_key, fingerprint, error, now_us)
-                )
-                context.decided[key] = (fingerprint, error)
-            return error
-        event = complete(
-            state,
-            draft,
-            idempotency_key=command.idempotency_key,
-            fingerprint=fingerprint,
-            recorded_at_us=now_us,
-        )
-        write.events.append(event)
-        context.written[event.event_id] = event
-        if event.event_type is EventType.HOLD_PLACED:
-            assert event.hold_id is not None
-            write.holds_opened[event.hold_id] = event
-        elif event.event_type in (EventType.HOLD_CAPTURED, EventType.HOLD_RELEASED):
-            assert event.hold_id is not None
-            if write.holds_opened.pop(event.hold_id, None) is None:
-                write.holds_closed.append(event.hold_id)
-            context.resolved_holds.add(event.hold_id)
-        elif event.event_type is EventType.REFUNDED:
-            assert event.refers_to is not None
-            context.refunded[event.refers_to] = (
-                context.refunded.get(event.refers_to, 0) + event.amount
-            )
-        if event.sequence % self._settings.snapshot_every == 0:
-            write.snapshots.append(
-                Snapshot(
-                    account_id,
-                    state.sequence,
-                    state.posted,
-                    state.held,
-                    state.holds_record(),
-                    state.head_hash,
-                    now_us,
-                )
-            )
-        write.heads[account_id] = AccountHead(account_id, owner_id, state.sequence, state.head_hash)
-        outcome = Outcome(event, False, owner_id)
-        context.decided[key] = (fingerprint, outcome)
-        return outcome
-
-    def _was_placed(self, connection: Connection, state: AccountState, hold_id: str) -> bool:
-        """Whether a hold id that is not active names a hold once placed on this account."""
-        parsed = parse_event_id(hold_id)
-        if parsed is None or parsed[0] != state.account_id or parsed[1] > state.sequence:
-            return False
-        event = self._store.event_at(connection, *parsed)
-        return event is not None and event.event_type is EventType.HOLD_PLACED
-
-    def _refund_target(
-        self,
-        connection: Connection,
-        state: AccountState,
-        command: Refund,
-        context: _BatchContext,
-    ) -> RefundTarget | None:
-        # Only the canonical id names an event (parse_event_id), and what was refunded is
-        # counted under the event's own id: never under the caller's spelling of it.
-        parsed = parse_event_id(command.event_id)
-        if parsed is None or parsed[0] != state.account_id or parsed[1] > state.sequence:
-            return None
-        event = context.written.get(command.event_id)
-        if event is None:
-            event = self._store.event_at(connection, *parsed)
-        if event is None:
-            return None
-        event_id = event.event_id
-        refunded = self._store.refunded_total(connection, state.account_id, event_id)
-        return RefundTarget(
-            event_id, event.event_type, event.amount, refunded + context.refunded.get(event_id, 0)
-        )
+            return self._planner.decide_and_write(connection, batch, self._cache)
 
 
 def _log_outcome(

@@ -161,7 +161,7 @@ class TestTampering:
         """Even with hashes recomputed, rule breaks (negative available, refund above what
         was taken) are found by replay."""
         from ledger.domain import Event
-        from ledger.storage.store import event_to_row
+        from ledger.storage.rows import event_to_row
 
         url, path, account = sqlite_ledger_file
         ledger = await Ledger.open(url, settings=settings)
