@@ -119,29 +119,30 @@ class TestBadValues:
                 load(cls, {env_name(cls, field): raw})
 
 
-class TestEnvFile:
-    CASES: list[tuple[str, Callable[[], Any], str, str]] = [
-        (
-            "LEDGERCHAT_LEDGER_BATCH_SIZE",
-            lambda: LedgerSettings.from_env(),
-            "batch_size",
-            "LEDGERCHAT_LEDGER_QUEUE_SIZE",
-        ),
-        (
-            "LEDGERCHAT_INFERENCE_QUEUE_LIMIT",
-            lambda: InferenceSettings.from_env(),
-            "queue_limit",
-            "LEDGERCHAT_INFERENCE_MAX_BATCH_SIZE",
-        ),
-        (
-            "LEDGERCHAT_RATE_LIMIT_PER_USER_PER_MINUTE",
-            lambda: load_settings().rate_limit,
-            "per_user_per_minute",
-            "LEDGERCHAT_RATE_LIMIT_PER_ADDRESS_PER_MINUTE",
-        ),
-    ]
+ENV_FILE_CASES: list[tuple[str, Callable[[], Any], str, str]] = [
+    (
+        "LEDGERCHAT_LEDGER_BATCH_SIZE",
+        lambda: LedgerSettings.from_env(),
+        "batch_size",
+        "LEDGERCHAT_LEDGER_QUEUE_SIZE",
+    ),
+    (
+        "LEDGERCHAT_INFERENCE_QUEUE_LIMIT",
+        lambda: InferenceSettings.from_env(),
+        "queue_limit",
+        "LEDGERCHAT_INFERENCE_MAX_BATCH_SIZE",
+    ),
+    (
+        "LEDGERCHAT_RATE_LIMIT_PER_USER_PER_MINUTE",
+        lambda: load_settings().rate_limit,
+        "per_user_per_minute",
+        "LEDGERCHAT_RATE_LIMIT_PER_ADDRESS_PER_MINUTE",
+    ),
+]
 
-    @pytest.mark.parametrize(("variable", "loader", "field", "other"), CASES)
+
+class TestEnvFile:
+    @pytest.mark.parametrize(("variable", "loader", "field", "other"), ENV_FILE_CASES)
     def test_env_file_is_read_and_the_environment_wins(
         self,
         clean_environment: Path,

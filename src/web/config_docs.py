@@ -46,14 +46,7 @@ ledger and the engine. The tables below are generated from the models.
 
 ## Quick reference
 
-| What | Variable | Default |
-| --- | --- | --- |
-| Database | `LEDGERCHAT_DATABASE_URL` | SQLite file `./data/ledgerchat.db` |
-| Data directory | `LEDGERCHAT_DATA_DIR` | `./data` |
-| Model catalog override | `LEDGERCHAT_CATALOG` | the bundled catalog (`gemma-3-270m` and others) |
-| Default model | `LEDGERCHAT_CHAT_DEFAULT_MODEL` | `gemma-3-270m` |
-| JWT signing key | `LEDGERCHAT_AUTH_JWT_SECRET` | random per start (every restart signs everyone out: set it in production) |
-| Signup grant | `LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS` | `100` |
+{quick_reference}
 
 PostgreSQL example: `LEDGERCHAT_DATABASE_URL=postgresql+asyncpg://user@host:5432/ledgerchat`
 (plain `postgresql://`, `postgres://` and `sqlite:///` URLs are accepted and get the async
@@ -88,6 +81,23 @@ per-entry overrides use `LEDGERCHAT_MODEL_<ID>__<FIELD>` (ID upper-cased, `-` an
 e.g. `LEDGERCHAT_MODEL_GEMMA_3_270M__LOAD_AT_START=true`; booleans as above). See
 docs/inference.md.
 """
+
+QUICK_REFERENCE = (
+    ("Database", "LEDGERCHAT_DATABASE_URL", "SQLite file `./data/ledgerchat.db`"),
+    ("Data directory", "LEDGERCHAT_DATA_DIR", "`./data`"),
+    (
+        "Model catalog override",
+        "LEDGERCHAT_CATALOG",
+        "the bundled catalog (`gemma-3-270m` and others)",
+    ),
+    ("Default model", "LEDGERCHAT_CHAT_DEFAULT_MODEL", "`gemma-3-270m`"),
+    (
+        "JWT signing key",
+        "LEDGERCHAT_AUTH_JWT_SECRET",
+        "random per start (every restart signs everyone out: set it in production)",
+    ),
+    ("Signup grant", "LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS", "`100`"),
+)
 
 LEDGER_INTRO = """
 ## Ledger
@@ -127,7 +137,12 @@ def render() -> str:
     web = "\n".join(section_table(cls) for cls in SECTIONS.values())
     inference = section_table(InferenceSettings, "inference")
     ledger = section_table(LedgerSettings, "ledger")
-    return f"{INTRO}\n{web}{WEB_NOTES}\n{inference}{LEDGER_INTRO}\n{ledger}"
+    quick = "\n".join(
+        ["| What | Variable | Default |", "| --- | --- | --- |"]
+        + [f"| {what} | `{variable}` | {default} |" for what, variable, default in QUICK_REFERENCE]
+    )
+    intro = INTRO.replace("{quick_reference}", quick)
+    return f"{intro}\n{web}{WEB_NOTES}\n{inference}{LEDGER_INTRO}\n{ledger}"
 
 
 def main(argv: list[str] | None = None) -> int:
