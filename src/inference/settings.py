@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "LEDGERCHAT_INFERENCE_"
 # The longest default deadline, as for a request's own deadline_s.
@@ -65,19 +71,33 @@ class InferenceSettings(BaseSettings):
     """torch intra-op threads; None leaves torch's default (one per core)."""
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`InferenceSettings(...)` takes only the given values (and defaults); the
+        environment is read by `from_env`."""
+        return (init_settings,)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> InferenceSettings:
-        """Defaults overridden by LEDGERCHAT_INFERENCE_* variables: those of the process and
-        `.env`, or those of `environ` on top of them (e.g. ..._QUEUE_LIMIT=64). A bad value is
-        a one-line ValueError naming the variable and the field."""
-        overrides: dict[str, Any] = {}
-        if environ is not None:
-            overrides = {
+        """Defaults overridden by LEDGERCHAT_INFERENCE_* variables (e.g. ..._QUEUE_LIMIT=64):
+        those of the process over those of `.env` (read by pydantic-settings), or only those
+        of `environ`. A bad value is a one-line ValueError naming the variable and field."""
+        if environ is None:
+            values = {**DotEnvSettingsSource(cls)(), **EnvSettingsSource(cls)()}
+        else:
+            values = {
                 name: environ[ENV_PREFIX + name.upper()]
                 for name in cls.model_fields
                 if environ.get(ENV_PREFIX + name.upper(), "") != ""
             }
         try:
-            return cls(**overrides)
+            return cls(**values)
         except ValidationError as exc:
             raise ValueError(_one_line(exc)) from None
 

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Self
 
 from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "LEDGERCHAT_LEDGER_"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/ledgerchat.db"
@@ -93,19 +99,33 @@ class LedgerSettings(BaseSettings):
         return self
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`LedgerSettings(...)` takes only the given values (and defaults); the environment
+        is read by `from_env`, so a test or a benchmark is not changed by the shell's."""
+        return (init_settings,)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LedgerSettings:
-        """Defaults overridden by LEDGERCHAT_LEDGER_* variables: those of the process and
-        `.env`, or those of `environ` on top of them. A bad value is a one-line ValueError
-        naming the variable."""
-        overrides: dict[str, Any] = {}
-        if environ is not None:
-            overrides = {
+        """Defaults overridden by LEDGERCHAT_LEDGER_* variables: those of the process over
+        those of `.env` (read by pydantic-settings), or only those of `environ`. A bad value
+        is a one-line ValueError naming the variable."""
+        if environ is None:
+            values = {**DotEnvSettingsSource(cls)(), **EnvSettingsSource(cls)()}
+        else:
+            values = {
                 name: environ[ENV_PREFIX + name.upper()]
                 for name in cls.model_fields
                 if environ.get(ENV_PREFIX + name.upper(), "").strip()
             }
         try:
-            return cls(**overrides)
+            return cls(**values)
         except ValidationError as exc:
             raise ValueError(one_line(exc, ENV_PREFIX)) from None
 

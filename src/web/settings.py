@@ -3,8 +3,9 @@
 Every field has a default, an environment variable (the concern's prefix plus the field name
 upper-cased) and a docstring; `python -m web.config_docs` writes docs/configuration.md from these
 models (with the ledger's and the engine's). Adding a setting is one annotated line plus its
-docstring. An optional `.env` file supplies values the real environment does not set; the
-process environment always wins. LEDGERCHAT_DATA_DIR is read here only: the paths derived from
+docstring. An optional `.env` file (read by python-dotenv, pydantic-settings' own `.env`
+reader) supplies values the real environment does not set; the process environment always
+wins. LEDGERCHAT_DATA_DIR is read here only: the paths derived from
 it are handed to the ledger (its database URL) and the engine (LEDGERCHAT_INFERENCE_CACHE_DIR).
 Nothing else in `web` reads `os.environ`. The web-owned limits (`MAX_MESSAGE_CHARS`, ...) are
 defined here and imported where used.
@@ -19,7 +20,7 @@ from typing import Any, Self, TypeVar
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from inference.catalog import MAX_NEW_TOKENS_CAP
 from ledger.domain import MAX_KEY_LENGTH
@@ -41,7 +42,6 @@ class SettingsError(ValueError):
 def _config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(
         env_prefix=ENV_PREFIX + prefix,
-        env_file=".env",
         extra="ignore",
         frozen=True,
         allow_inf_nan=False,
@@ -49,7 +49,23 @@ def _config(prefix: str) -> SettingsConfigDict:
     )
 
 
-class ServerSettings(BaseSettings):
+class _Section(BaseSettings):
+    """A concern's settings. Constructing one takes only the given values (and defaults);
+    `load_settings` reads the environment and `.env` for all of them at once."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+class ServerSettings(_Section):
     """Where the HTTP server listens and how it behaves."""
 
     model_config = _config("")
@@ -86,7 +102,7 @@ class ServerSettings(BaseSettings):
         return value
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(_Section):
     """The one database shared by the ledger and the web tables."""
 
     model_config = _config("DATABASE_")
@@ -98,7 +114,7 @@ class DatabaseSettings(BaseSettings):
     """Connections kept open to PostgreSQL (ignored for SQLite)."""
 
 
-class AuthSettings(BaseSettings):
+class AuthSettings(_Section):
     """Passwords, tokens and login lockout."""
 
     model_config = _config("AUTH_")
@@ -137,7 +153,7 @@ class AuthSettings(BaseSettings):
         return self
 
 
-class RateLimitSettings(BaseSettings):
+class RateLimitSettings(_Section):
     """Request rate limits, applied per client address and per authenticated user."""
 
     model_config = _config("RATE_LIMIT_")
@@ -152,7 +168,7 @@ class RateLimitSettings(BaseSettings):
     """Bound on rate-limit buckets kept in memory; the oldest are dropped first."""
 
 
-class BillingSettings(BaseSettings):
+class BillingSettings(_Section):
     """How chat requests are paid for."""
 
     model_config = _config("BILLING_")
@@ -180,7 +196,7 @@ class BillingSettings(BaseSettings):
         return value
 
 
-class ChatSettings(BaseSettings):
+class ChatSettings(_Section):
     """Limits on chat requests and stored conversations."""
 
     model_config = _config("CHAT_")
@@ -211,7 +227,7 @@ class ChatSettings(BaseSettings):
         return self
 
 
-class ModelSettings(BaseSettings):
+class ModelSettings(_Section):
     """Which models exist (the inference engine's own knobs are LEDGERCHAT_INFERENCE_*)."""
 
     model_config = _config("")
@@ -221,7 +237,7 @@ class ModelSettings(BaseSettings):
 
 
 # The concerns, by attribute of `Settings`, in documentation order.
-SECTIONS: dict[str, type[BaseSettings]] = {
+SECTIONS: dict[str, type[_Section]] = {
     "server": ServerSettings,
     "database": DatabaseSettings,
     "auth": AuthSettings,
@@ -261,7 +277,7 @@ def env_name(concern: str, field_name: str) -> str:
     return f"{SECTIONS[concern].model_config.get('env_prefix', '')}{field_name.upper()}"
 
 
-S = TypeVar("S", bound=BaseSettings)
+S = TypeVar("S", bound=_Section)
 
 
 def read_environment(
@@ -307,8 +323,7 @@ def _section(cls: type[S], values: Mapping[str, str]) -> S:
         if prefix + name.upper() in values
     }
     try:
-        # Given values win over pydantic-settings' own sources (which read the same ones).
-        return cls(_env_file=None, **fields)
+        return cls(**fields)
     except ValidationError as exc:
         raise SettingsError(_one_line(exc, prefix)) from None
 
