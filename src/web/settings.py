@@ -30,7 +30,6 @@ MIN_HOLD_TTL_S = 2
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Hard ceilings set by request schemas and columns; settings may only lower them.
 MAX_PASSWORD_CHARS = 1024
-MAX_IDEMPOTENCY_KEY_CHARS = MAX_KEY_LENGTH  # the ledger stores the key; so does the web table
 MAX_MESSAGE_CHARS = 100_000
 """Longest chat message any request schema accepts (LEDGERCHAT_CHAT_MAX_MESSAGE_CHARS lowers it)."""
 
@@ -183,16 +182,14 @@ class BillingSettings(_Section):
     """How often expired holds are released."""
     partial_capture_on_disconnect: bool = True
     """On disconnect/Stop, capture what was generated (true) or release everything (false)."""
-    max_idempotency_key_length: int = Field(default=MAX_IDEMPOTENCY_KEY_CHARS, gt=0)
+    max_idempotency_key_length: int = Field(default=MAX_KEY_LENGTH, gt=0)
     """Longest accepted Idempotency-Key header (at most the ledger's key length, 200)."""
 
     @field_validator("max_idempotency_key_length")
     @classmethod
     def _within_ledger_key_length(cls, value: int) -> int:
-        if value > MAX_IDEMPOTENCY_KEY_CHARS:
-            raise ValueError(
-                f"must be at most {MAX_IDEMPOTENCY_KEY_CHARS} (the header and column limit)"
-            )
+        if value > MAX_KEY_LENGTH:
+            raise ValueError(f"must be at most {MAX_KEY_LENGTH} (the header and column limit)")
         return value
 
 
