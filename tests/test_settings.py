@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings
 
 from inference.catalog import CatalogError, load_catalog
 from inference.settings import InferenceSettings
-from ledger.settings import LedgerSettings
+from ledger.settings import LedgerSettings, default_database_url
 from web import config_docs
 from web.settings import SECTIONS, SettingsError, load_settings
 
@@ -181,6 +181,7 @@ class TestDataDir:
         models stay in the per-user cache."""
         settings = load_settings(environ={}, env_file=None)
         assert settings.database_url == "sqlite+aiosqlite:///data/ledgerchat.db"
+        assert settings.database_url == default_database_url(settings.environ)
         engine = InferenceSettings.from_env(settings.environ)
         assert engine.cache_dir == Path.home() / ".cache" / "ledgerchat" / "models"
 

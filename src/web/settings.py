@@ -303,12 +303,16 @@ def load_settings(
 
 
 def derived_environment(settings: Settings) -> dict[str, str]:
-    """The variables of the ledger and the engine that follow from LEDGERCHAT_DATA_DIR: the
-    database URL and, when the data directory is set, the converted-model cache in it."""
-    derived = {"LEDGERCHAT_DATABASE_URL": settings.database_url}
-    if "data_dir" in settings.server.model_fields_set:
-        derived["LEDGERCHAT_INFERENCE_CACHE_DIR"] = str(settings.server.data_dir / "models")
-    return derived
+    """The variables of the ledger and the engine that follow from LEDGERCHAT_DATA_DIR, when
+    it is set: the database URL and the converted-model cache in it. (Unset, the ledger's own
+    default is the same ./data/ledgerchat.db and the engine keeps its per-user cache.)"""
+    server = settings.server
+    if "data_dir" not in server.model_fields_set:
+        return {}
+    return {
+        "LEDGERCHAT_DATABASE_URL": settings.database_url,
+        "LEDGERCHAT_INFERENCE_CACHE_DIR": str(server.data_dir / "models"),
+    }
 
 
 def _section(cls: type[S], values: Mapping[str, str]) -> S:
