@@ -62,7 +62,7 @@ def run_benchmark(
     if measure_cold:
         # A fresh cache directory makes the first load convert a GGUF source from scratch.
         with tempfile.TemporaryDirectory(prefix="ledgerchat-bench-") as cold_dir:
-            cold_settings = replace(settings, cache_dir=Path(cold_dir))
+            cold_settings = settings.model_copy(update={"cache_dir": Path(cold_dir)})
             figures["load_s_cold"] = load_model(entry, cold_settings).load_s
             figures["load_s_cached"] = load_model(entry, cold_settings).load_s
     else:
@@ -93,7 +93,7 @@ async def _measure_engine(
     rounds: int,
 ) -> dict[str, Any]:
     top_level = max(concurrency_levels)
-    engine = Engine(catalog, replace(settings, max_batch_size=top_level))
+    engine = Engine(catalog, settings.model_copy(update={"max_batch_size": top_level}))
     try:
         loaded = await engine.load(model_id)
         # Warm-up: first calls allocate and pick kernels; they are not what a user sees later.

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from pydantic import TypeAdapter, ValidationError
+
 from inference.errors import ModelUnavailable
 
 CATALOG_ENV = "LEDGERCHAT_CATALOG"
@@ -221,19 +223,18 @@ def env_key(model_id: str, field_name: str) -> str:
 def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     model_id = str(raw.get("id", ""))
     for name, kind in _ENV_FIELDS.items():
-        value = env.get(env_key(model_id, name))
+        key = env_key(model_id, name)
+        value = env.get(key)
         if value is None:
             continue
-        key = env_key(model_id, name)
-        if kind is bool:
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise CatalogError(f"{key}={value!r}: expected true or false")
-            raw[name] = value.lower() in ("1", "true", "yes")
-        elif kind is int:
+        if kind in (bool, int):
+            # pydantic's rules, as for every other setting (booleans: 1/0/true/false/yes/no/on/off).
             try:
-                raw[name] = int(value)
-            except ValueError:
-                raise CatalogError(f"{key}={value!r}: expected an integer") from None
+                raw[name] = TypeAdapter(kind).validate_python(value)
+            except ValidationError as exc:
+                expected = "true or false" if kind is bool else "an integer"
+                detail = exc.errors()[0]["msg"]
+                raise CatalogError(f"{key}={value!r}: expected {expected} ({detail})") from None
         elif name == "path":
             # A path override points the entry at a local directory (or a GGUF file). A
             # relative one is relative to the working directory, like any path given in the

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import statistics
 import sys
@@ -81,24 +80,28 @@ async def _run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     from web.app import create_app
 
     settings = load_settings()
-    settings = dataclasses.replace(
-        settings,
-        database=dataclasses.replace(
-            settings.database, url=args.db or f"sqlite+aiosqlite:///{scratch / 'bench.db'}"
-        ),
-        server=dataclasses.replace(settings.server, ui_enabled=False, log_level="warning"),
-        models=dataclasses.replace(
-            settings.models, catalog=str(args.catalog) if args.catalog else settings.models.catalog
-        ),
-        chat=dataclasses.replace(
-            settings.chat, max_max_tokens=max(args.max_tokens, settings.chat.max_max_tokens)
-        ),
-        rate_limit=dataclasses.replace(
-            settings.rate_limit,
-            per_address_per_minute=1_000_000,
-            per_user_per_minute=1_000_000,
-            chat_per_user_per_minute=1_000_000,
-        ),
+    settings = settings.model_copy(
+        update={
+            "database": settings.database.model_copy(
+                update={"url": args.db or f"sqlite+aiosqlite:///{scratch / 'bench.db'}"}
+            ),
+            "server": settings.server.model_copy(
+                update={"ui_enabled": False, "log_level": "warning"}
+            ),
+            "models": settings.models.model_copy(
+                update={"catalog": str(args.catalog) if args.catalog else settings.models.catalog}
+            ),
+            "chat": settings.chat.model_copy(
+                update={"max_max_tokens": max(args.max_tokens, settings.chat.max_max_tokens)}
+            ),
+            "rate_limit": settings.rate_limit.model_copy(
+                update={
+                    "per_address_per_minute": 1_000_000,
+                    "per_user_per_minute": 1_000_000,
+                    "chat_per_user_per_minute": 1_000_000,
+                }
+            ),
+        }
     )
     model_id = args.model or settings.chat.default_model
     app = create_app(settings)

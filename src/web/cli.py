@@ -15,11 +15,10 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import cast
 
 from web.logging import configure_logging
-from web.settings import SettingsError, read_env_file
+from web.settings import SettingsError, load_settings
 
 # Modules that contribute subcommands, in help order. A module that is not importable yet is
 # skipped so that the command keeps working while the packages grow.
@@ -58,24 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_env_file(path: Path = Path(".env")) -> None:
-    """Put the `.env` values into the process environment (variables already set win), so that
-    every command (`audit`, `models`, `serve`...) reads the same settings as `serve`.
-
-    An empty LEDGERCHAT_DATA_DIR is refused: the packages would read it differently."""
-    for name, value in read_env_file(path).items():
+def load_environment() -> None:
+    """Read the settings once (`.env` under the environment), so that a malformed value stops
+    every command with one line; then put the `.env` values and the paths derived from
+    LEDGERCHAT_DATA_DIR into the process environment (variables already set win), so that every
+    command (`audit`, `models`, `serve`...) reads the same settings as `serve`."""
+    for name, value in load_settings().environ.items():
         os.environ.setdefault(name, value)
-    if "LEDGERCHAT_DATA_DIR" in os.environ and not os.environ["LEDGERCHAT_DATA_DIR"].strip():
-        raise SettingsError(
-            "LEDGERCHAT_DATA_DIR is empty: give a directory, or unset it for the default ./data"
-        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        load_env_file()
+        load_environment()
     except (SettingsError, OSError, UnicodeDecodeError) as exc:
         print(f"ledgerchat: error: {exc}", file=sys.stderr)
         return 2

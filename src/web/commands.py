@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import getpass
 import math
 import socket
@@ -54,13 +53,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     settings = load_settings()
     server = settings.server
     if getattr(args, "host", None) is not None:
-        server = dataclasses.replace(server, host=args.host)
+        server = server.model_copy(update={"host": args.host})
     if getattr(args, "port", None) is not None:
-        server = dataclasses.replace(server, port=args.port)
+        server = server.model_copy(update={"port": args.port})
     models = settings.models
     if getattr(args, "catalog", None) is not None:
-        models = dataclasses.replace(models, catalog=str(args.catalog))
-    settings = dataclasses.replace(settings, server=server, models=models)
+        models = models.model_copy(update={"catalog": str(args.catalog)})
+    settings = settings.model_copy(update={"server": server, "models": models})
     db = getattr(args, "db", None)
     if db is not None:
         if not db.strip():

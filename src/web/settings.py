@@ -1,165 +1,265 @@
-"""Service settings: one frozen dataclass per concern, read once from LEDGERCHAT_* variables.
+"""Service settings: one pydantic-settings model per concern, read once from LEDGERCHAT_* variables.
 
-Every field has a default, an environment variable (the field name upper-cased, prefixed with
-the concern's prefix) and a one-line docstring; docs/configuration.md lists them all. An
-optional `.env` file supplies values that the real environment does not; the process
-environment always wins. Nothing else in `web` reads `os.environ`.
+Every field has a default, an environment variable (the concern's prefix plus the field name
+upper-cased) and a docstring; `python -m web.config_docs` writes docs/configuration.md from these
+models (with the ledger's and the engine's). Adding a setting is one annotated line plus its
+docstring. An optional `.env` file (read by python-dotenv, pydantic-settings' own `.env`
+reader) supplies values the real environment does not set; the process environment always
+wins. LEDGERCHAT_DATA_DIR is read here only: the paths derived from
+it are handed to the ledger (its database URL) and the engine (LEDGERCHAT_INFERENCE_CACHE_DIR).
+Nothing else in `web` reads `os.environ`. The web-owned limits (`MAX_MESSAGE_CHARS`, ...) are
+defined here and imported where used.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, Self, TypeVar
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from inference.catalog import MAX_NEW_TOKENS_CAP
+from ledger.domain import MAX_KEY_LENGTH
 
 ENV_PREFIX = "LEDGERCHAT_"
 MIN_HOLD_TTL_S = 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
 # Hard ceilings set by request schemas and columns; settings may only lower them.
 MAX_PASSWORD_CHARS = 1024
-MAX_IDEMPOTENCY_KEY_CHARS = 200
+MAX_MESSAGE_CHARS = 100_000
+"""Longest chat message any request schema accepts (LEDGERCHAT_CHAT_MAX_MESSAGE_CHARS lowers it)."""
 
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be parsed or is out of range."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ServerSettings:
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=ENV_PREFIX + prefix,
+        extra="ignore",
+        frozen=True,
+        allow_inf_nan=False,
+        use_attribute_docstrings=True,
+    )
+
+
+class _Section(BaseSettings):
+    """A concern's settings. Constructing one takes only the given values (and defaults);
+    `load_settings` reads the environment and `.env` for all of them at once."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+class ServerSettings(_Section):
     """Where the HTTP server listens and how it behaves."""
+
+    model_config = _config("")
 
     host: str = "127.0.0.1"
     """Interface uvicorn binds to."""
-    port: int = 8000
-    """TCP port uvicorn binds to."""
-    max_request_body_bytes: int = 1_048_576
+    port: int = Field(default=8000, ge=1, le=65535)
+    """TCP port uvicorn binds to (1-65535)."""
+    max_request_body_bytes: int = Field(default=1_048_576, gt=0)
     """Largest accepted request body; bigger bodies get 413."""
-    shutdown_grace_s: float = 10.0
-    """How long graceful shutdown waits for running streams before cancelling them."""
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """How long graceful shutdown waits for running streams before ending them (error
+    `shutting_down`, hold released)."""
     log_level: str = "info"
     """Minimum level of the JSON log lines (debug, info, warning, error)."""
     data_dir: Path = Path("data")
-    """Directory for the default SQLite database file (must not be empty)."""
+    """Directory of the default SQLite database file; when set, converted models are cached in
+    its `models` folder too (else in ~/.cache/ledgerchat/models). Must not be empty."""
     ui_enabled: bool = True
     """Serve the Gradio UI at / (when the UI package is importable)."""
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: give a directory, or unset it for the default ./data")
+        return value
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class DatabaseSettings:
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value
+
+
+class DatabaseSettings(_Section):
     """The one database shared by the ledger and the web tables."""
+
+    model_config = _config("DATABASE_")
 
     url: str = ""
     """Database URL (`sqlite:///...`, `postgresql://...` or their async forms, which are picked
     anyway); empty means `sqlite+aiosqlite:///<data_dir>/ledgerchat.db`."""
-    pool_size: int = 10
+    pool_size: int = Field(default=10, gt=0)
     """Connections kept open to PostgreSQL (ignored for SQLite)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AuthSettings:
+class AuthSettings(_Section):
     """Passwords, tokens and login lockout."""
+
+    model_config = _config("AUTH_")
 
     jwt_secret: str = ""
     """HS256 signing key for access tokens; empty means a random key per process start."""
-    access_token_ttl_s: int = 3600
+    access_token_ttl_s: int = Field(default=3600, gt=0)
     """Lifetime of a JWT access token."""
-    refresh_token_ttl_s: int = 30 * 24 * 3600
+    refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
     """Lifetime of a refresh token (each rotation issues a new one with a fresh lifetime)."""
-    password_min_length: int = 10
+    password_min_length: int = Field(default=10, gt=0)
     """Shortest accepted password."""
-    password_max_length: int = 256
+    password_max_length: int = Field(default=256, gt=0, le=MAX_PASSWORD_CHARS)
     """Longest accepted password (bounds hashing cost)."""
-    argon2_time_cost: int = 2
+    argon2_time_cost: int = Field(default=2, gt=0)
     """argon2id iterations; changing it rehashes passwords on next login."""
-    argon2_memory_cost_kib: int = 19_456
+    argon2_memory_cost_kib: int = Field(default=19_456, gt=0)
     """argon2id memory in KiB; changing it rehashes passwords on next login."""
-    argon2_parallelism: int = 1
+    argon2_parallelism: int = Field(default=1, gt=0)
     """argon2id lanes."""
-    lockout_failures: int = 5
+    lockout_failures: int = Field(default=5, gt=0)
     """Failed logins for one account within the window that lock it for that client."""
-    lockout_window_s: int = 15 * 60
+    lockout_window_s: int = Field(default=15 * 60, gt=0)
     """Window over which failed logins are counted, and how long the lock lasts."""
-    max_api_keys_per_user: int = 20
+    max_api_keys_per_user: int = Field(default=20, gt=0)
     """Active API keys a single user may hold."""
 
+    @model_validator(mode="after")
+    def _check_password_lengths(self) -> Self:
+        if self.password_min_length > self.password_max_length:
+            raise ValueError(
+                "need LEDGERCHAT_AUTH_PASSWORD_MIN_LENGTH <= LEDGERCHAT_AUTH_PASSWORD_MAX_LENGTH"
+                f" <= {MAX_PASSWORD_CHARS}, got {self.password_min_length} and"
+                f" {self.password_max_length}"
+            )
+        return self
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RateLimitSettings:
+
+class RateLimitSettings(_Section):
     """Request rate limits, applied per client address and per authenticated user."""
 
-    per_address_per_minute: int = 600
+    model_config = _config("RATE_LIMIT_")
+
+    per_address_per_minute: int = Field(default=600, gt=0)
     """Requests one client address may make per minute on any endpoint."""
-    per_user_per_minute: int = 300
+    per_user_per_minute: int = Field(default=300, gt=0)
     """Requests one authenticated user may make per minute on any endpoint."""
-    chat_per_user_per_minute: int = 60
+    chat_per_user_per_minute: int = Field(default=60, gt=0)
     """Chat requests (/api/chat, /v1/chat/completions) one user may start per minute."""
-    max_tracked_clients: int = 100_000
+    max_tracked_clients: int = Field(default=100_000, gt=0)
     """Bound on rate-limit buckets kept in memory; the oldest are dropped first."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class BillingSettings:
+class BillingSettings(_Section):
     """How chat requests are paid for."""
 
-    signup_grant_credits: int = 100
+    model_config = _config("BILLING_")
+
+    signup_grant_credits: int = Field(default=100, ge=0)
     """Credits granted to every new user, as a ledger event."""
-    hold_ttl_s: int = 600
+    hold_ttl_s: int = Field(default=600, ge=MIN_HOLD_TTL_S)
     """Lifetime of a chat hold; a crashed process leaves holds the sweeper releases after it.
-    A generation is stopped (timeout) at 3/4 of it (at most 60 s before), before it expires."""
-    sweep_interval_s: float = 30.0
+    A generation is stopped (timeout) at 3/4 of it (at most 60 s before), before it expires.
+    Minimum 2; must not exceed LEDGERCHAT_LEDGER_HOLD_TTL_MAX_S."""
+    sweep_interval_s: float = Field(default=30.0, gt=0)
     """How often expired holds are released."""
     partial_capture_on_disconnect: bool = True
     """On disconnect/Stop, capture what was generated (true) or release everything (false)."""
-    max_idempotency_key_length: int = 200
-    """Longest accepted Idempotency-Key header."""
+    max_idempotency_key_length: int = Field(default=MAX_KEY_LENGTH, gt=0)
+    """Longest accepted Idempotency-Key header (at most the ledger's key length, 200)."""
+
+    @field_validator("max_idempotency_key_length")
+    @classmethod
+    def _within_ledger_key_length(cls, value: int) -> int:
+        if value > MAX_KEY_LENGTH:
+            raise ValueError(f"must be at most {MAX_KEY_LENGTH} (the header and column limit)")
+        return value
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChatSettings:
+class ChatSettings(_Section):
     """Limits on chat requests and stored conversations."""
+
+    model_config = _config("CHAT_")
 
     default_model: str = "gemma-3-270m"
     """Model used when a request names none; /ready waits for it to be loaded."""
-    max_message_chars: int = 16_000
-    """Longest accepted new user message."""
-    max_history_messages: int = 40
+    max_message_chars: int = Field(default=16_000, gt=0, le=MAX_MESSAGE_CHARS)
+    """Longest accepted new user message (at most 100000, the request schema's limit)."""
+    max_history_messages: int = Field(default=40, gt=0)
     """Most recent conversation messages sent to the model as context."""
-    default_max_tokens: int = 256
+    default_max_tokens: int = Field(default=256, gt=0)
     """Completion token limit when the request gives none."""
-    max_max_tokens: int = 2048
-    """Highest completion token limit a request may ask for."""
-    conversations_page_size: int = 50
+    max_max_tokens: int = Field(default=2048, gt=0, le=MAX_NEW_TOKENS_CAP)
+    """Highest completion token limit a request may ask for (at most the engine's 65536)."""
+    conversations_page_size: int = Field(default=50, gt=0)
     """Conversations returned per page."""
-    retention_days: int = 30
+    retention_days: int = Field(default=30, gt=0)
     """Prompt and response text in model_interactions is cleared after this many days."""
-    retention_interval_s: float = 3600.0
+    retention_interval_s: float = Field(default=3600.0, gt=0)
     """How often the retention job runs."""
 
+    @model_validator(mode="after")
+    def _default_within_max(self) -> Self:
+        if self.default_max_tokens > self.max_max_tokens:
+            raise ValueError(
+                "LEDGERCHAT_CHAT_DEFAULT_MAX_TOKENS exceeds LEDGERCHAT_CHAT_MAX_MAX_TOKENS"
+            )
+        return self
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ModelSettings:
+
+class ModelSettings(_Section):
     """Which models exist (the inference engine's own knobs are LEDGERCHAT_INFERENCE_*)."""
+
+    model_config = _config("")
 
     catalog: str = ""
     """Operator catalog file merged over the bundled one; empty means the bundled catalog."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Settings:
+# The concerns, by attribute of `Settings`, in documentation order.
+SECTIONS: dict[str, type[_Section]] = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "auth": AuthSettings,
+    "rate_limit": RateLimitSettings,
+    "billing": BillingSettings,
+    "chat": ChatSettings,
+    "models": ModelSettings,
+}
+
+
+class Settings(BaseModel):
     """Every concern together; built once by `load_settings`."""
 
-    server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
-    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
-    auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
-    rate_limit: RateLimitSettings = dataclasses.field(default_factory=RateLimitSettings)
-    billing: BillingSettings = dataclasses.field(default_factory=BillingSettings)
-    chat: ChatSettings = dataclasses.field(default_factory=ChatSettings)
-    models: ModelSettings = dataclasses.field(default_factory=ModelSettings)
-    environ: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
-    """Every variable read, so the ledger and engine settings come from the same source."""
+    model_config = ConfigDict(frozen=True)
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    environ: Mapping[str, str] = Field(default_factory=dict, repr=False)
+    """Every variable read (with the paths derived from the data directory), so the ledger,
+    the engine and the catalog read theirs from the same source."""
 
     @property
     def database_url(self) -> str:
@@ -169,80 +269,25 @@ class Settings:
         return f"sqlite+aiosqlite:///{self.server.data_dir / 'ledgerchat.db'}"
 
 
-# Prefix per concern: LEDGERCHAT_<PREFIX><FIELD>. Server and database fields read without a
-# concern prefix where the name is already unambiguous (LEDGERCHAT_HOST, LEDGERCHAT_DATABASE_URL).
-_PREFIXES: dict[str, str] = {
-    "server": "",
-    "database": "DATABASE_",
-    "auth": "AUTH_",
-    "rate_limit": "RATE_LIMIT_",
-    "billing": "BILLING_",
-    "chat": "CHAT_",
-    "models": "",
-}
-
-T = TypeVar("T")
-
-
 def env_name(concern: str, field_name: str) -> str:
     """The environment variable that overrides `field_name` of `concern`."""
-    return f"{ENV_PREFIX}{_PREFIXES[concern]}{field_name.upper()}"
+    return f"{SECTIONS[concern].model_config.get('env_prefix', '')}{field_name.upper()}"
 
 
-def _parse(raw: str, kind: Any, name: str) -> Any:
-    try:
-        if kind is bool:
-            lowered = raw.strip().lower()
-            if lowered in {"1", "true", "yes", "on"}:
-                return True
-            if lowered in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(f"not a boolean: {raw!r}")
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        if kind is Path:
-            return Path(raw)
-        return raw
-    except ValueError as exc:
-        raise SettingsError(f"{name}: {exc}") from exc
+S = TypeVar("S", bound=_Section)
 
 
-def _build(cls: type[T], concern: str, values: Mapping[str, str]) -> T:
-    hints = get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        name = env_name(concern, field.name)
-        if name in values:
-            kwargs[field.name] = _parse(values[name], hints[field.name], name)
-    return cls(**kwargs)
-
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse KEY=VALUE lines (comments and blank lines skipped, optional quotes stripped; in an
-    unquoted value, ` #` starts a comment)."""
+def read_environment(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> dict[str, str]:
+    """The `.env` values (read by python-dotenv, pydantic-settings' own `.env` parser) with the
+    environment (`environ`, else the process's) on top."""
     values: dict[str, str] = {}
-    if not path.is_file():
-        return values
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if "=" not in stripped:
-            raise SettingsError(f"{path}:{line_number}: expected KEY=VALUE")
-        key, _, value = stripped.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif value.startswith("#"):
-            value = ""
-        elif " #" in value or "\t#" in value:
-            value = re.split(r"\s#", value, maxsplit=1)[0].rstrip()
-        values[key.strip()] = value
+    if env_file is not None and env_file.is_file():
+        values.update(
+            (name, value) for name, value in dotenv_values(env_file).items() if value is not None
+        )
+    values.update(os.environ if environ is None else environ)
     return values
 
 
@@ -250,118 +295,74 @@ def load_settings(
     environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
 ) -> Settings:
     """Read every concern once: `.env` values first, then the environment on top."""
-    values: dict[str, str] = {}
-    if env_file is not None:
-        values.update(read_env_file(env_file))
-    values.update(os.environ if environ is None else environ)
-    if "LEDGERCHAT_DATA_DIR" in values and not values["LEDGERCHAT_DATA_DIR"].strip():
-        raise SettingsError(
-            "LEDGERCHAT_DATA_DIR is empty: give a directory, or unset it for the default ./data"
-        )
-    settings = Settings(
-        server=_build(ServerSettings, "server", values),
-        database=_build(DatabaseSettings, "database", values),
-        auth=_build(AuthSettings, "auth", values),
-        rate_limit=_build(RateLimitSettings, "rate_limit", values),
-        billing=_build(BillingSettings, "billing", values),
-        chat=_build(ChatSettings, "chat", values),
-        models=_build(ModelSettings, "models", values),
-        environ=values,
-    )
-    check_settings(settings)
-    return with_database_url(settings, settings.database.url)
+    values = read_environment(environ, env_file)
+    sections = {concern: _section(cls, values) for concern, cls in SECTIONS.items()}
+    settings = Settings.model_validate(sections)
+    settings = with_database_url(settings, settings.database.url)
+    return settings.model_copy(update={"environ": {**derived_environment(settings), **values}})
+
+
+def derived_environment(settings: Settings) -> dict[str, str]:
+    """The variables of the ledger and the engine that follow from LEDGERCHAT_DATA_DIR, when
+    it is set: the database URL and the converted-model cache in it. (Unset, the ledger's own
+    default is the same ./data/ledgerchat.db and the engine keeps its per-user cache.)"""
+    server = settings.server
+    if "data_dir" not in server.model_fields_set:
+        return {}
+    return {
+        "LEDGERCHAT_DATABASE_URL": settings.database_url,
+        "LEDGERCHAT_INFERENCE_CACHE_DIR": str(server.data_dir / "models"),
+    }
+
+
+def _section(cls: type[S], values: Mapping[str, str]) -> S:
+    """`cls` from `values` (keyed by variable name); a bad value is a one-line SettingsError."""
+    prefix = cls.model_config.get("env_prefix", "")
+    fields: dict[str, Any] = {
+        name: values[prefix + name.upper()]
+        for name in cls.model_fields
+        if prefix + name.upper() in values
+    }
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc, prefix)) from None
+
+
+def _one_line(exc: ValidationError, prefix: str) -> str:
+    parts = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            name = prefix + str(error["loc"][0]).upper()
+            parts.append(f"{name}: {message}, got {error['input']!r}")
+        else:
+            parts.append(message)
+    return "; ".join(parts)
 
 
 def with_database_url(settings: Settings, url: str) -> Settings:
     """`settings` with the database URL normalised (plain `sqlite:///`, `postgresql://` and
     `postgres://` get the async drivers); an unusable URL is a SettingsError."""
-    if not url.strip():
-        return dataclasses.replace(
-            settings, database=dataclasses.replace(settings.database, url="")
-        )
     from ledger.errors import LedgerError
     from ledger.storage.database import normalise_url
 
-    try:
-        normalised = normalise_url(url.strip())
-    except (LedgerError, ValueError) as exc:
-        raise SettingsError(f"LEDGERCHAT_DATABASE_URL: {exc}") from exc
-    return dataclasses.replace(
-        settings, database=dataclasses.replace(settings.database, url=normalised)
-    )
+    normalised = ""
+    if url.strip():
+        try:
+            normalised = normalise_url(url.strip())
+        except (LedgerError, ValueError) as exc:
+            raise SettingsError(f"LEDGERCHAT_DATABASE_URL: {exc}") from exc
+    database = settings.database.model_copy(update={"url": normalised})
+    return settings.model_copy(update={"database": database})
 
 
 def check_settings(settings: Settings) -> None:
-    """Reject values that would make the service misbehave instead of failing later."""
-    for concern in _PREFIXES:
-        values = getattr(settings, concern)
-        for field in dataclasses.fields(values):
-            value = getattr(values, field.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise SettingsError(f"{env_name(concern, field.name)} must be a finite number")
-    positive = {
-        "LEDGERCHAT_PORT": settings.server.port,
-        "LEDGERCHAT_MAX_REQUEST_BODY_BYTES": settings.server.max_request_body_bytes,
-        env_name("database", "pool_size"): settings.database.pool_size,
-        env_name("auth", "access_token_ttl_s"): settings.auth.access_token_ttl_s,
-        env_name("auth", "refresh_token_ttl_s"): settings.auth.refresh_token_ttl_s,
-        env_name("auth", "password_min_length"): settings.auth.password_min_length,
-        env_name("auth", "argon2_time_cost"): settings.auth.argon2_time_cost,
-        env_name("auth", "argon2_memory_cost_kib"): settings.auth.argon2_memory_cost_kib,
-        env_name("auth", "argon2_parallelism"): settings.auth.argon2_parallelism,
-        env_name("auth", "lockout_failures"): settings.auth.lockout_failures,
-        env_name("auth", "lockout_window_s"): settings.auth.lockout_window_s,
-        env_name("auth", "max_api_keys_per_user"): settings.auth.max_api_keys_per_user,
-        env_name("billing", "hold_ttl_s"): settings.billing.hold_ttl_s,
-        env_name("billing", "sweep_interval_s"): settings.billing.sweep_interval_s,
-        env_name("billing", "max_idempotency_key_length"): (
-            settings.billing.max_idempotency_key_length
-        ),
-        env_name("chat", "max_message_chars"): settings.chat.max_message_chars,
-        env_name("chat", "max_history_messages"): settings.chat.max_history_messages,
-        env_name("chat", "max_max_tokens"): settings.chat.max_max_tokens,
-        env_name("chat", "default_max_tokens"): settings.chat.default_max_tokens,
-        env_name("chat", "conversations_page_size"): settings.chat.conversations_page_size,
-        env_name("chat", "retention_days"): settings.chat.retention_days,
-        env_name("chat", "retention_interval_s"): settings.chat.retention_interval_s,
-        env_name(
-            "rate_limit", "per_address_per_minute"
-        ): settings.rate_limit.per_address_per_minute,
-        env_name("rate_limit", "per_user_per_minute"): settings.rate_limit.per_user_per_minute,
-        env_name("rate_limit", "chat_per_user_per_minute"): (
-            settings.rate_limit.chat_per_user_per_minute
-        ),
-        env_name("rate_limit", "max_tracked_clients"): settings.rate_limit.max_tracked_clients,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise SettingsError(f"{name} must be positive, got {value}")
-    if settings.server.shutdown_grace_s < 0:
-        raise SettingsError("LEDGERCHAT_SHUTDOWN_GRACE_S must not be negative")
-    auth = settings.auth
-    if not auth.password_min_length <= auth.password_max_length <= MAX_PASSWORD_CHARS:
-        raise SettingsError(
-            "need LEDGERCHAT_AUTH_PASSWORD_MIN_LENGTH <= LEDGERCHAT_AUTH_PASSWORD_MAX_LENGTH"
-            f" <= {MAX_PASSWORD_CHARS}, got {auth.password_min_length} and"
-            f" {auth.password_max_length}"
-        )
-    if settings.billing.max_idempotency_key_length > MAX_IDEMPOTENCY_KEY_CHARS:
-        raise SettingsError(
-            "LEDGERCHAT_BILLING_MAX_IDEMPOTENCY_KEY_LENGTH must be at most"
-            f" {MAX_IDEMPOTENCY_KEY_CHARS} (the header and column limit)"
-        )
-    if settings.chat.default_max_tokens > settings.chat.max_max_tokens:
-        raise SettingsError(
-            "LEDGERCHAT_CHAT_DEFAULT_MAX_TOKENS exceeds LEDGERCHAT_CHAT_MAX_MAX_TOKENS"
-        )
-    if settings.billing.hold_ttl_s < MIN_HOLD_TTL_S:
-        raise SettingsError(f"LEDGERCHAT_BILLING_HOLD_TTL_S must be at least {MIN_HOLD_TTL_S}")
-    if settings.billing.signup_grant_credits < 0:
-        raise SettingsError("LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS must not be negative")
-    if settings.server.port > 65535:
-        raise SettingsError(f"LEDGERCHAT_PORT out of range: {settings.server.port}")
-    if settings.server.log_level.lower() not in LOG_LEVELS:
-        raise SettingsError(
-            f"LEDGERCHAT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)},"
-            f" got {settings.server.log_level!r}"
-        )
+    """Validate every concern again, after values were replaced (command-line options)."""
+    for concern in SECTIONS:
+        section = getattr(settings, concern)
+        try:
+            type(section).model_validate(section.model_dump())
+        except ValidationError as exc:
+            prefix = section.model_config.get("env_prefix", "")
+            raise SettingsError(_one_line(exc, prefix)) from None

@@ -17,10 +17,12 @@ from inference import (
 
 class TestSettings:
     def test_env_overrides(self) -> None:
-        """LEDGERCHAT_INFERENCE_<FIELD> overrides the default; the data dir sets the cache."""
+        """LEDGERCHAT_INFERENCE_<FIELD> overrides the default (the web service derives the
+        cache directory from LEDGERCHAT_DATA_DIR; the engine reads only its own variables)."""
         settings = InferenceSettings.from_env(
             {
-                "LEDGERCHAT_DATA_DIR": "/data",
+                "LEDGERCHAT_DATA_DIR": "/ignored",
+                "LEDGERCHAT_INFERENCE_CACHE_DIR": "/data/models",
                 "LEDGERCHAT_INFERENCE_QUEUE_LIMIT": "5",
                 "LEDGERCHAT_INFERENCE_DEFAULT_DEADLINE_S": "1.5",
             }

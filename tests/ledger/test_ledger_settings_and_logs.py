@@ -38,12 +38,13 @@ class TestSettings:
             LedgerSettings.from_env(environ)
 
     def test_default_database_url(self) -> None:
-        """LEDGERCHAT_DATABASE_URL wins; else ledgerchat.db in LEDGERCHAT_DATA_DIR or ./data."""
+        """LEDGERCHAT_DATABASE_URL wins; else ledgerchat.db in ./data (the web service derives
+        the URL from LEDGERCHAT_DATA_DIR and hands it over; the ledger does not read it)."""
         assert default_database_url({"LEDGERCHAT_DATABASE_URL": "postgresql://x/y"}) == (
             "postgresql://x/y"
         )
         assert default_database_url({"LEDGERCHAT_DATA_DIR": "/srv/lc"}) == (
-            "sqlite+aiosqlite:////srv/lc/ledgerchat.db"
+            "sqlite+aiosqlite:///data/ledgerchat.db"
         )
         assert default_database_url({}) == "sqlite+aiosqlite:///data/ledgerchat.db"
 

@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from web.services import Services
+from web.settings import MAX_PASSWORD_CHARS
 from web.ui.account import HISTORY_COLUMNS, KEY_COLUMNS, AccountActions
 from web.ui.admin import USER_COLUMNS, AdminActions, new_request_key
 from web.ui.chat import TEMPERATURE_MAX, TEMPERATURE_MIN, ChatActions, model_choices
@@ -115,7 +116,10 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
                         label="Username or email", elem_id="login-username", max_length=320
                     )
                     login_password = gr.Textbox(
-                        label="Password", type="password", elem_id="login-password", max_length=1024
+                        label="Password",
+                        type="password",
+                        elem_id="login-password",
+                        max_length=MAX_PASSWORD_CHARS,
                     )
                     login_button = gr.Button("Sign in", variant="primary", elem_id="login-button")
                     login_notice = gr.HTML("", elem_id="login-notice")
@@ -135,14 +139,14 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
                         label="Password",
                         type="password",
                         elem_id="register-password",
-                        max_length=1024,
+                        max_length=MAX_PASSWORD_CHARS,
                     )
                     password_error = gr.HTML("", elem_id="register-password-error")
                     register_confirm = gr.Textbox(
                         label="Confirm password",
                         type="password",
                         elem_id="register-confirm",
-                        max_length=1024,
+                        max_length=MAX_PASSWORD_CHARS,
                     )
                     confirm_error = gr.HTML("", elem_id="register-confirm-error")
                     register_button = gr.Button(

@@ -7,18 +7,20 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from web.settings import MAX_PASSWORD_CHARS
+
 Role = Literal["user", "admin"]
 
 
 class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):
     username: Annotated[str, msgspec.Meta(min_length=3, max_length=50)]
     email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
-    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PASSWORD_CHARS)]
 
 
 class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
     username: Annotated[str, msgspec.Meta(min_length=1, max_length=320)]
-    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PASSWORD_CHARS)]
 
 
 class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):

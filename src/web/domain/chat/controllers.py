@@ -15,6 +15,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
 from inference.errors import InferenceError
+from ledger.domain import MAX_KEY_LENGTH
 from ledger.errors import LedgerError
 from web.auth import IDENTITY_DEPENDENCY, SECURITY, check_chat_rate
 from web.domain.accounts.schemas import Identity
@@ -101,7 +102,8 @@ class ChatController(Controller):
         services: NamedDependency[Services],
         data: JSONBody[ChatRequest],
         idempotency_key: Annotated[
-            str | None, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200)
+            str | None,
+            HeaderParameter(name="Idempotency-Key", min_length=1, max_length=MAX_KEY_LENGTH),
         ] = None,
     ) -> ServerSentEvent:
         """Stream an answer as Server-Sent Events: `start`, `delta`..., then `done` with tokens,

@@ -8,6 +8,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from inference.catalog import MAX_NEW_TOKENS_CAP
+from web.settings import MAX_MESSAGE_CHARS
+
 MAX_STOP_STRINGS = 8
 
 
@@ -15,7 +18,7 @@ class SamplingOptions(msgspec.Struct, forbid_unknown_fields=True):
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.95
     top_k: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 64
-    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=MAX_NEW_TOKENS_CAP)] | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     stop: Annotated[
         list[Annotated[str, msgspec.Meta(min_length=1, max_length=64)]],
@@ -24,7 +27,7 @@ class SamplingOptions(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
-    message: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
+    message: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MESSAGE_CHARS)]
     conversation_id: Annotated[str, msgspec.Meta(max_length=36)] | None = None
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
     sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)

@@ -17,6 +17,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
 
 from inference.requests import ChatMessage, Role
+from ledger.domain import MAX_KEY_LENGTH
 from web.auth import IDENTITY_DEPENDENCY, SECURITY, check_chat_rate
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.controllers import settle_unstreamed, stream_error_body
@@ -233,7 +234,8 @@ class OpenAIController(Controller):
         data: JSONBody[ChatCompletionRequest],
         request: Request[Any, Any, Any],
         idempotency_key: Annotated[
-            str | None, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200)
+            str | None,
+            HeaderParameter(name="Idempotency-Key", min_length=1, max_length=MAX_KEY_LENGTH),
         ] = None,
     ) -> Response[ChatCompletion] | Response[dict[str, Any]] | ServerSentEvent:
         """OpenAI chat completions, billed like /api/chat; usage in the final chunk."""

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from inference.catalog import MAX_NEW_TOKENS_CAP
+
 MAX_MESSAGES = 256
 
 
@@ -31,8 +33,8 @@ class ChatCompletionRequest(msgspec.Struct):
     stream: bool = False
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
-    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=MAX_NEW_TOKENS_CAP)] | None = None
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1, le=MAX_NEW_TOKENS_CAP)] | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     stop: (
         Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
