@@ -23,7 +23,7 @@ from inference.errors import (
     PromptTooLong,
 )
 from inference.events import Finished, FinishReason, ModelStatus, StreamEvent, TextDelta, Timings
-from inference.requests import ChatMessage, GenerationRequest, SamplingParams, TokenEstimate
+from inference.requests import ChatMessage, GenerationRequest, PreparedRequest, SamplingParams
 from inference.settings import InferenceSettings
 
 __all__ = [
@@ -46,12 +46,12 @@ __all__ = [
     "ModelStatus",
     "ModelUnavailable",
     "OutOfMemory",
+    "PreparedRequest",
     "PromptTooLong",
     "SamplingParams",
     "SchedulerLoad",
     "StreamEvent",
     "TextDelta",
     "Timings",
-    "TokenEstimate",
     "load_catalog",
 ]

@@ -25,7 +25,7 @@ from inference.errors import (
 )
 from inference.events import Finished, ModelStatus, StreamEvent
 from inference.loading import LoadedModel, free_memory, load_model
-from inference.requests import GenerationRequest, TokenEstimate
+from inference.requests import GenerationRequest, PreparedRequest
 from inference.scheduler import ModelScheduler, Slot
 from inference.settings import InferenceSettings
 from inference.sources import check_availability
@@ -56,14 +56,6 @@ class SchedulerLoad:
 
     waiting: int
     running: int
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    state: _ModelState
-    prompt_ids: list[int]
-    max_new_tokens: int
-    fell_back_from: str | None
 
 
 class Engine:
@@ -152,21 +144,47 @@ class Engine:
         """Loads a model now (no fallback); raises what loading raised."""
         return await self._ensure_loaded(self._state(model_id))
 
-    async def estimate(self, request: GenerationRequest) -> TokenEstimate:
-        """Worst-case token counts (async: it needs the tokenizer, so it loads the model that
-        would answer, falling back as stream() would). Raises InvalidRequest, PromptTooLong,
-        ModelUnavailable."""
-        prepared = await self._prepare(request)
-        return TokenEstimate(
-            prompt_tokens=len(prepared.prompt_ids),
-            max_completion_tokens=prepared.max_new_tokens,
-            model_id=prepared.state.entry.id,
+    async def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Check and tokenize a request once (async: it needs the tokenizer, so it loads the
+        model that would answer, falling back as stream() would). The result carries the exact
+        prompt token count and the worst-case completion; pass it to stream(). Raises
+        InvalidRequest, PromptTooLong, ModelUnavailable."""
+        if not isinstance(request, GenerationRequest):
+            raise InvalidRequest("expected a GenerationRequest")
+        limits = self.settings
+        if len(request.messages) > limits.max_prompt_messages:
+            raise InvalidRequest(f"at most {limits.max_prompt_messages} messages per request")
+        for message in request.messages:
+            if len(message.content) > limits.max_message_chars:
+                raise InvalidRequest(
+                    f"a message has {len(message.content)} characters; at most "
+                    f"{limits.max_message_chars} are allowed"
+                )
+        state, fell_back_from = await self._resolve(request.model_id)
+        loaded = state.loaded
+        assert loaded is not None
+        prompt_ids = encode_prompt(loaded.tokenizer, request.messages)
+        context_limit = state.entry.context_limit_tokens
+        if len(prompt_ids) >= context_limit:
+            raise PromptTooLong(len(prompt_ids), context_limit)
+        wanted = request.sampling.max_new_tokens or state.entry.max_new_tokens_cap
+        room = context_limit - len(prompt_ids)
+        max_new_tokens = min(wanted, state.entry.max_new_tokens_cap, room)
+        return PreparedRequest(
+            request=request,
+            prompt_ids=tuple(prompt_ids),
+            max_completion_tokens=max_new_tokens,
+            model_id=state.entry.id,
+            fell_back_from=fell_back_from,
         )
 
-    def stream(self, request: GenerationRequest) -> GenerationStream:
-        """Events of one request: TextDelta..., then exactly one Finished. Errors found before
-        generation starts (InvalidRequest, PromptTooLong, ModelUnavailable, EngineBusy, ...)
-        are raised by the first iteration."""
+    def stream(self, request: GenerationRequest | PreparedRequest) -> GenerationStream:
+        """Events of one request: TextDelta..., then exactly one Finished. A plain request is
+        prepared by the first iteration; a prepared one (from prepare()) is not tokenized
+        again. Errors found before generation starts (InvalidRequest, PromptTooLong,
+        ModelUnavailable, EngineBusy, ...) are raised by the first iteration."""
+        if isinstance(request, PreparedRequest):
+            return GenerationStream(self, request.request, request)
         return GenerationStream(self, request)
 
     def cancel(self, request_id: str) -> bool:
@@ -254,39 +272,18 @@ class Engine:
                 )
                 state = self._states[fallback]
 
-    async def _prepare(self, request: GenerationRequest) -> _Prepared:
-        if not isinstance(request, GenerationRequest):
-            raise InvalidRequest("expected a GenerationRequest")
-        limits = self.settings
-        if len(request.messages) > limits.max_prompt_messages:
-            raise InvalidRequest(f"at most {limits.max_prompt_messages} messages per request")
-        for message in request.messages:
-            if len(message.content) > limits.max_message_chars:
-                raise InvalidRequest(
-                    f"a message has {len(message.content)} characters; at most "
-                    f"{limits.max_message_chars} are allowed"
-                )
-        state, fell_back_from = await self._resolve(request.model_id)
-        loaded = state.loaded
-        assert loaded is not None
-        prompt_ids = encode_prompt(loaded.tokenizer, request.messages)
-        context_limit = state.entry.context_limit_tokens
-        if len(prompt_ids) >= context_limit:
-            raise PromptTooLong(len(prompt_ids), context_limit)
-        wanted = request.sampling.max_new_tokens or state.entry.max_new_tokens_cap
-        room = context_limit - len(prompt_ids)
-        max_new_tokens = min(wanted, state.entry.max_new_tokens_cap, room)
-        return _Prepared(state, prompt_ids, max_new_tokens, fell_back_from)
-
 
 class GenerationStream(AsyncIterator[StreamEvent]):
     """The events of one request. Leaving it early (break, task cancellation, aclose()) stops
     the request within one decode step; after `await aclose()`, `finished` holds the final
     event with the exact token counts."""
 
-    def __init__(self, engine: Engine, request: GenerationRequest) -> None:
+    def __init__(
+        self, engine: Engine, request: GenerationRequest, prepared: PreparedRequest | None = None
+    ) -> None:
         self._engine = engine
         self.request = request
+        self._prepared = prepared
         self.finished: Finished | None = None
         self._started_at = time.monotonic()
         self._events: asyncio.Queue[StreamEvent] | None = None
@@ -361,8 +358,8 @@ class GenerationStream(AsyncIterator[StreamEvent]):
     async def _prepare_and_submit(self) -> None:
         engine = self._engine
         request = self.request
-        prepared = await engine._prepare(request)
-        scheduler = prepared.state.scheduler
+        prepared = self._prepared or await engine.prepare(request)
+        scheduler = engine._states[prepared.model_id].scheduler
         if scheduler is None:
             raise ModelUnavailable(request.model_id, "the engine is closed")
         loop = asyncio.get_running_loop()
@@ -376,13 +373,13 @@ class GenerationStream(AsyncIterator[StreamEvent]):
         deadline_s = request.deadline_s or engine.settings.default_deadline_s
         slot = Slot(
             request_id=request.request_id,
-            prompt_ids=prepared.prompt_ids,
-            max_new_tokens=prepared.max_new_tokens,
+            prompt_ids=list(prepared.prompt_ids),
+            max_new_tokens=prepared.max_completion_tokens,
             sampling=request.sampling,
             submitted_at=self._started_at,
             deadline_at=self._started_at + deadline_s,
             deliver=deliver,
-            model_id_answered=prepared.state.entry.id,
+            model_id_answered=prepared.model_id,
             fell_back_from=prepared.fell_back_from,
             # Cancelled while being prepared: the scheduler ends it without running it.
             cancel_requested=self._cancel_pending,

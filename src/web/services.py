@@ -26,7 +26,7 @@ from web.domain.accounts.services import AccountsService
 from web.domain.admin.services import AdminService
 from web.domain.billing.services import BillingService
 from web.domain.chat.conversations import ConversationsService
-from web.domain.chat.services import ChatService
+from web.domain.chat.service import ChatService
 from web.domain.keys.services import ApiKeysService
 from web.logging import get_logger
 from web.rate_limit import RateLimiter

@@ -27,7 +27,7 @@ from web.domain.chat.schemas import (
     ConversationView,
     RenameConversationRequest,
 )
-from web.domain.chat.services import ChatInput, PreparedChat
+from web.domain.chat.service import ChatInput, PreparedChat
 from web.errors import ServiceError
 from web.exception_handlers import error_body
 from web.logging import get_logger

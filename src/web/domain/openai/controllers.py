@@ -21,7 +21,7 @@ from web.auth import IDENTITY_DEPENDENCY, SECURITY, check_chat_rate
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.controllers import settle_unstreamed, stream_error_body
 from web.domain.chat.schemas import ChatCompleted, ChatDelta, SamplingOptions
-from web.domain.chat.services import ChatInput, PreparedChat
+from web.domain.chat.service import ChatInput, PreparedChat
 from web.domain.openai.schemas import (
     AssistantMessage,
     Billing,
