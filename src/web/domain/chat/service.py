@@ -56,6 +56,7 @@ class ChatService:
         billing: BillingSettings,
         price_of: Callable[[str], ModelPrice] | None = None,
     ) -> None:
+        self._sessions = sessions
         self._engine = engine
         self._conversations = conversations
         self._chat = chat
