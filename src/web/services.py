@@ -148,7 +148,13 @@ class Services:
             api_keys=ApiKeysService(sessions, settings.auth),
             conversations=conversations,
             chat=ChatService(
-                sessions, ledger, engine, conversations, settings.chat, settings.billing
+                sessions,
+                ledger,
+                engine,
+                conversations,
+                settings.chat,
+                settings.billing,
+                rate_limiter=self.chat_limiter,
             ),
             billing=billing,
             admin=AdminService(ledger, accounts, billing),

@@ -15,7 +15,6 @@ import gradio as gr
 
 from inference.errors import EngineBusy, InferenceError, ModelUnavailable
 from inference.events import ModelStatus
-from web.auth import check_chat_rate
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.schemas import (
     ChatCompleted,
@@ -225,8 +224,7 @@ class ChatActions:
         )
         yield (turn.render(), "", notice_html("info", ""), gr.skip(), gr.skip())
         try:
-            # The same per-user chat rate limit as /api/chat and /v1.
-            check_chat_rate(self._services, caller)
+            # prepare applies the same per-user chat rate limit as /api/chat and /v1.
             prepared = await self._services.chat.prepare(caller, chat_input)
         except (ServiceError, InferenceError) as error:
             # Nothing was generated or charged: take the message back into the input box.

@@ -16,7 +16,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
 from inference.errors import InferenceError
 from ledger.errors import LedgerError
-from web.auth import IDENTITY_DEPENDENCY, SECURITY, check_chat_rate
+from web.auth import IDENTITY_DEPENDENCY, SECURITY
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.schemas import (
     ChatCompleted,
@@ -107,7 +107,6 @@ class ChatController(Controller):
         """Stream an answer as Server-Sent Events: `start`, `delta`..., then `done` with tokens,
         cost, price version, answering model and new balance. 402 before any generation when
         the worst-case cost is not covered."""
-        check_chat_rate(services, identity)
         prepared = await services.chat.prepare(
             identity,
             ChatInput(

@@ -37,7 +37,8 @@ from web.domain.chat.inputs import (
 from web.domain.chat.pricing import cost_credits
 from web.domain.chat.streams import ChatStreams, NoStream
 from web.domain.chat.turn import PreparedChat, Turn
-from web.errors import NotFound, ShuttingDown
+from web.errors import NotFound, RateLimited, ShuttingDown
+from web.rate_limit import RateLimiter
 from web.settings import BillingSettings, ChatSettings
 
 __all__ = ["ChatInput", "ChatService", "PreparedChat"]
@@ -55,7 +56,9 @@ class ChatService:
         chat: ChatSettings,
         billing: BillingSettings,
         price_of: Callable[[str], ModelPrice] | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
+        self._rate_limiter = rate_limiter
         self._sessions = sessions
         self._engine = engine
         self._conversations = conversations
@@ -103,7 +106,9 @@ class ChatService:
 
     # -- prepare: every refusal happens here ---------------------------------------------
     async def prepare(self, identity: Identity, chat_input: ChatInput) -> PreparedChat:
-        """Check, claim, hold and start a chat; raises every refusal before streaming."""
+        """Check, claim, hold and start a chat; raises every refusal before streaming. The
+        per-user chat rate limit is applied here, so /api/chat, /v1 and the UI share it."""
+        self._check_rate(identity)
         if self._streams.closing:
             raise ShuttingDown("the service is shutting down; retry shortly")
         validate_chat_input(chat_input, self._chat, self._billing)
@@ -121,6 +126,13 @@ class ChatService:
             raise
         turn.billing_s += claim_s
         return PreparedChat(self._streams, turn)
+
+    def _check_rate(self, identity: Identity) -> None:
+        if self._rate_limiter is None:
+            return
+        retry_after_s = self._rate_limiter.hit(f"chat:{identity.user_id}")
+        if retry_after_s:
+            raise RateLimited("too many chat requests for this user", retry_after_s=retry_after_s)
 
     async def _context(
         self, identity: Identity, chat_input: ChatInput

@@ -17,7 +17,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
 
 from inference.requests import ChatMessage, Role
-from web.auth import IDENTITY_DEPENDENCY, SECURITY, check_chat_rate
+from web.auth import IDENTITY_DEPENDENCY, SECURITY
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.controllers import settle_unstreamed, stream_error_body
 from web.domain.chat.schemas import ChatCompleted, ChatDelta, SamplingOptions
@@ -237,7 +237,6 @@ class OpenAIController(Controller):
         ] = None,
     ) -> Response[ChatCompletion] | Response[dict[str, Any]] | ServerSentEvent:
         """OpenAI chat completions, billed like /api/chat; usage in the final chunk."""
-        check_chat_rate(services, identity)
         prepared = await services.chat.prepare(identity, chat_input(data, idempotency_key))
         if data.stream:
             include_usage = data.stream_options is None or data.stream_options.include_usage
