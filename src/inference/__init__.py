@@ -8,7 +8,6 @@ from inference.catalog import (
     Catalog,
     CatalogEntry,
     CatalogError,
-    ModelPrice,
     ModelSource,
     load_catalog,
 )
@@ -41,7 +40,6 @@ __all__ = [
     "InferenceSettings",
     "InvalidRequest",
     "ModelLoadFailed",
-    "ModelPrice",
     "ModelSource",
     "ModelStatus",
     "ModelUnavailable",

@@ -118,7 +118,6 @@ class Engine:
                     unavailable_reason=reason,
                     how_to_provide=how,
                     quantization=entry.quantization,
-                    price=entry.price,
                     loaded=state.loaded is not None,
                     memory_bytes=state.loaded.memory_bytes if state.loaded else None,
                     fallback_model_id=entry.fallback_model_id,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from inference.catalog import ModelPrice
 from inference.events import Finished, Timings
+from web.domain.billing.prices import ModelPrice
 from web.domain.chat.settlement import Settlement, StreamEnd, decide_settlement
 
 # 1 per message + ceil(prompt x 50 / 1000) + ceil(completion x 100 / 1000)

@@ -14,8 +14,8 @@ from typing import Any, cast
 import gradio as gr
 
 from inference.errors import EngineBusy, InferenceError, ModelUnavailable
-from inference.events import ModelStatus
 from web.domain.accounts.schemas import Identity
+from web.domain.billing.prices import PricedModel
 from web.domain.chat.schemas import (
     ChatCompleted,
     ChatDelta,
@@ -90,7 +90,7 @@ def validate_sampling(temperature: Any, max_tokens: Any, max_tokens_limit: int) 
     return SamplingChoice(temperature=temperature_value, max_tokens=max_tokens_value)
 
 
-def price_terms(model: ModelStatus) -> PriceTerms:
+def price_terms(model: PricedModel) -> PriceTerms:
     return PriceTerms(
         per_message_credits=model.price.per_message_credits,
         prompt_credits_per_1k_tokens=model.price.prompt_credits_per_1k_tokens,
@@ -98,7 +98,7 @@ def price_terms(model: ModelStatus) -> PriceTerms:
     )
 
 
-def model_choices(models: list[ModelStatus]) -> list[tuple[str, str]]:
+def model_choices(models: list[PricedModel]) -> list[tuple[str, str]]:
     """Every catalog model, available or not, as (label, id) for the selector."""
     return [
         (
@@ -180,7 +180,7 @@ class ChatActions:
     async def _identity(self, session: UISession) -> Identity:
         return await identity(session, self._services.accounts)
 
-    def models(self) -> list[ModelStatus]:
+    def models(self) -> list[PricedModel]:
         return self._services.chat.models()
 
     def default_model_id(self) -> str:

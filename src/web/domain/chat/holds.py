@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from inference.catalog import ModelPrice
 from ledger import Ledger
 from ledger.errors import InsufficientCredits, LedgerBusy
 from ledger.models import Receipt
 from web import metrics
 from web.domain.accounts.schemas import Identity
+from web.domain.billing.prices import ModelPrice
 from web.domain.chat.pricing import price_as_dict
 from web.domain.chat.schemas import BalanceView
 from web.errors import CreditsExhausted

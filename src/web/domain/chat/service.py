@@ -13,18 +13,18 @@ import asyncio
 import collections
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inference import Engine
-from inference.catalog import ModelPrice
 from inference.errors import InferenceError
-from inference.events import Finished, ModelStatus, TextDelta
+from inference.events import Finished, TextDelta
 from inference.requests import ChatMessage, GenerationRequest
 from ledger import Ledger
 from web import metrics
 from web.domain.accounts.schemas import Identity
+from web.domain.billing.prices import PriceCatalog, PricedModel
 from web.domain.chat.claims import SLOW_PREPARE_FRACTION, ChatClaims
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.holds import ChatHolds
@@ -55,7 +55,7 @@ class ChatService:
         conversations: ConversationsService,
         chat: ChatSettings,
         billing: BillingSettings,
-        price_of: Callable[[str], ModelPrice] | None = None,
+        prices: PriceCatalog,
         rate_limiter: RateLimiter | None = None,
     ) -> None:
         self._rate_limiter = rate_limiter
@@ -64,7 +64,7 @@ class ChatService:
         self._conversations = conversations
         self._chat = chat
         self._billing = billing
-        self._price_of = price_of or self._catalog_price
+        self._prices = prices
         self._holds = ChatHolds(ledger, billing.hold_ttl_s)
         self._claims = ChatClaims(
             sessions, ledger, self._holds, billing.hold_ttl_s, chat.default_model
@@ -74,7 +74,7 @@ class ChatService:
             self._claims,
             self._holds,
             conversations,
-            self._price_of,
+            prices.get,
             billing.partial_capture_on_disconnect,
         )
 
@@ -87,22 +87,16 @@ class ChatService:
         """Billing time of recent requests (for `ledgerchat bench service`)."""
         return self._streams.billing_overhead_ms
 
-    def models(self) -> list[ModelStatus]:
-        return list(self._engine.models())
+    def models(self) -> list[PricedModel]:
+        """Every catalog model as it stands now, with its price."""
+        return [PricedModel.of(m, self._prices.get(m.id)) for m in self._engine.models()]
 
-    def find_model(self, model_id: str | None) -> ModelStatus:
+    def find_model(self, model_id: str | None) -> PricedModel:
         wanted = model_id or self._chat.default_model
         for model in self._engine.models():
             if model.id == wanted:
-                return model
+                return PricedModel.of(model, self._prices.get(model.id))
         raise NotFound(f"model {wanted!r} is not in the catalog")
-
-    def price(self, model_id: str) -> ModelPrice:
-        """The price of a model, as billed now."""
-        return self._price_of(model_id)
-
-    def _catalog_price(self, model_id: str) -> ModelPrice:
-        return self.find_model(model_id).price
 
     # -- prepare: every refusal happens here ---------------------------------------------
     async def prepare(self, identity: Identity, chat_input: ChatInput) -> PreparedChat:
@@ -158,7 +152,7 @@ class ChatService:
         self,
         identity: Identity,
         chat_input: ChatInput,
-        model: ModelStatus,
+        model: PricedModel,
         request_id: str,
         claimed_at: float,
     ) -> Turn:
@@ -182,7 +176,7 @@ class ChatService:
             # The engine falls back to another model when this one cannot load; price the
             # hold at the model that will answer.
             model = self.find_model(prepared.model_id)
-        price = self._price_of(model.id)
+        price = model.price
         hold_credits = cost_credits(price, prepared.prompt_tokens, prepared.max_completion_tokens)
         hold_started = time.perf_counter()
         hold_id = await self._holds.place(identity, request_id, hold_credits, price)

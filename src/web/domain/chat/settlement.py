@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from inference.catalog import ModelPrice
 from inference.events import Finished
+from web.domain.billing.prices import ModelPrice
 from web.domain.chat.pricing import cost_credits
 
 StopReason = Literal["aborted", "cancelled"]

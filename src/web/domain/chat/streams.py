@@ -15,10 +15,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from inference import Engine
-from inference.catalog import ModelPrice
 from inference.events import Finished, TextDelta
 from ledger.errors import HoldAlreadyResolved, HoldExpired
 from web import metrics
+from web.domain.billing.prices import ModelPrice
 from web.domain.chat.claims import ChatClaims
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.holds import ChatHolds

@@ -11,9 +11,9 @@ import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
-from inference.catalog import ModelPrice
 from inference.events import Finished, ModelStatus, TextDelta
 from web.domain.accounts.schemas import Identity
+from web.domain.billing.prices import ModelPrice
 from web.domain.chat.inputs import ChatInput
 from web.domain.chat.schemas import ChatCompleted, ChatEvent, ChatStarted
 from web.logging import get_logger
