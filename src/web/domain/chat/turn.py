@@ -81,13 +81,17 @@ class PreparedChat:
     def events(self) -> AsyncGenerator[ChatEvent, None]:
         """start, delta..., done; call once. Closing it early (Stop, disconnect) ends the
         generation and settles the turn at once."""
-        if self._consumed:
+        if self._events is not None:
             raise RuntimeError("a prepared chat streams once")
-        self._consumed = True
         self._events = self._stream()
         return self._events
 
     async def _stream(self) -> AsyncGenerator[ChatEvent, None]:
+        # Consumed from the first iteration on, not from events(): a generator made but never
+        # iterated (the client left first) is still released by cancel().
+        if self._consumed:
+            raise RuntimeError("this prepared chat was cancelled or already streamed")
+        self._consumed = True
         if self._replay is not None:
             for event in self._replay:
                 yield event
@@ -109,19 +113,19 @@ class PreparedChat:
     async def stop(self) -> ChatCompleted | None:
         """End the chat now (generation stops, what was generated is settled per policy) and
         return its settled outcome; None when it was never streamed (released in full) or its
-        settlement failed (logged where it failed; an unresolved hold expires)."""
+        settlement failed (logged; an unresolved hold expires and the sweeper releases it)."""
         if self._replay is not None:
             done = self._replay[-1]
             return done if isinstance(done, ChatCompleted) else None
         turn = self._turn
         assert turn is not None
-        if self._events is None:
-            await self.cancel()
-            return None
-        await self._events.aclose()
+        if self._events is not None:
+            await self._events.aclose()
         if turn.settlement is None:
+            await self.cancel()  # never streamed: released in full, nothing to report
             return None
         try:
             return await asyncio.shield(turn.settlement)
-        except Exception:
+        except Exception as exc:
+            log.error("chat_settlement_failed", request_id=turn.request_id, error=str(exc))
             return None
