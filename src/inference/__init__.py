@@ -11,7 +11,7 @@ from inference.catalog import (
     ModelSource,
     load_catalog,
 )
-from inference.engine import Engine, GenerationStream, SchedulerLoad
+from inference.engine import Engine, SchedulerLoad
 from inference.errors import (
     EngineBusy,
     InferenceError,
@@ -24,6 +24,7 @@ from inference.errors import (
 from inference.events import Finished, FinishReason, ModelStatus, StreamEvent, TextDelta, Timings
 from inference.requests import ChatMessage, GenerationRequest, PreparedRequest, SamplingParams
 from inference.settings import InferenceSettings
+from inference.stream import GenerationStream
 
 __all__ = [
     "Catalog",
