@@ -8,11 +8,10 @@ from inference.catalog import (
     Catalog,
     CatalogEntry,
     CatalogError,
-    ModelPrice,
     ModelSource,
     load_catalog,
 )
-from inference.engine import Engine, GenerationStream, SchedulerLoad
+from inference.engine import Engine, SchedulerLoad
 from inference.errors import (
     EngineBusy,
     InferenceError,
@@ -23,8 +22,9 @@ from inference.errors import (
     PromptTooLong,
 )
 from inference.events import Finished, FinishReason, ModelStatus, StreamEvent, TextDelta, Timings
-from inference.requests import ChatMessage, GenerationRequest, SamplingParams, TokenEstimate
+from inference.requests import ChatMessage, GenerationRequest, PreparedRequest, SamplingParams
 from inference.settings import InferenceSettings
+from inference.stream import GenerationStream
 
 __all__ = [
     "Catalog",
@@ -41,17 +41,16 @@ __all__ = [
     "InferenceSettings",
     "InvalidRequest",
     "ModelLoadFailed",
-    "ModelPrice",
     "ModelSource",
     "ModelStatus",
     "ModelUnavailable",
     "OutOfMemory",
+    "PreparedRequest",
     "PromptTooLong",
     "SamplingParams",
     "SchedulerLoad",
     "StreamEvent",
     "TextDelta",
     "Timings",
-    "TokenEstimate",
     "load_catalog",
 ]

@@ -1,12 +1,12 @@
 """The model catalog: which models exist, where their weights come from, how to load them and
-what they cost. Read from the TOML shipped in this package, then an operator override file
-(argument or LEDGERCHAT_CATALOG), then per-entry env overrides LEDGERCHAT_MODEL_<ID>__<FIELD>
-(ID upper-cased with '-' and '.' as '_', e.g. LEDGERCHAT_MODEL_GEMMA_3_270M__LOAD_AT_START=true).
+their token limits (credit prices are web's billing, not here). Read from the TOML shipped in
+this package, then an operator override file (argument or LEDGERCHAT_CATALOG), then per-entry
+env overrides LEDGERCHAT_MODEL_<ID>__<FIELD> (ID upper-cased with '-' and '.' as '_', e.g.
+LEDGERCHAT_MODEL_GEMMA_3_270M__LOAD_AT_START=true).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -37,23 +37,6 @@ MAX_NEW_TOKENS_CAP = 65_536
 
 class CatalogError(ValueError):
     """The catalog file or an override is malformed; the message names the entry and field."""
-
-
-@dataclass(frozen=True)
-class ModelPrice:
-    """Integer credit prices; `version` changes whenever a price or the model id changes."""
-
-    per_message_credits: int
-    prompt_credits_per_1k_tokens: int
-    completion_credits_per_1k_tokens: int
-    version: str
-
-    @staticmethod
-    def derive_version(
-        model_id: str, per_message: int, prompt_per_1k: int, completion_per_1k: int
-    ) -> str:
-        text = f"{model_id}|{per_message}|{prompt_per_1k}|{completion_per_1k}"
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -88,7 +71,6 @@ class CatalogEntry:
     device: Device
     context_limit_tokens: int
     max_new_tokens_cap: int
-    price: ModelPrice
     load_at_start: bool = False
     fallback_model_id: str | None = None
 
@@ -178,7 +160,8 @@ def _read_entries(path: Path) -> list[dict[str, Any]]:
     models = data.get("models", [])
     if not isinstance(models, list) or not all(isinstance(item, dict) for item in models):
         raise CatalogError(f"{path}: expected [[models]] tables")
-    unknown = set(data) - {"models"}
+    # `prices` tables are web's billing (read there from the same operator file).
+    unknown = set(data) - {"models", *_BILLING_KEYS}
     if unknown:
         raise CatalogError(f"{path}: unknown top-level keys {sorted(unknown)}")
     return [dict(item) for item in models]
@@ -191,12 +174,8 @@ def _merge(entries: list[dict[str, Any]], override: dict[str, Any]) -> None:
     for existing in entries:
         if existing.get("id") == model_id:
             for key, value in override.items():
-                if key in ("price", "source") and isinstance(value, dict):
-                    # A new source replaces the old one (kinds differ); a price merges per field.
-                    base = existing.get(key, {}) if key == "price" else {}
-                    existing[key] = {**base, **value}
-                else:
-                    existing[key] = value
+                # A new source replaces the old one whole (kinds differ).
+                existing[key] = value
             return
     entries.append(dict(override))
 
@@ -255,8 +234,8 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     where = f"catalog entry {model_id!r}"
     known = {
         "id", "display_name", "source", "quantization", "dtype", "device",
-        "context_limit_tokens", "max_new_tokens_cap", "price", "load_at_start",
-        "fallback_model_id",
+        "context_limit_tokens", "max_new_tokens_cap", "load_at_start", "fallback_model_id",
+        *_BILLING_KEYS,
     }  # fmt: skip
     unknown = set(raw) - known
     if unknown:
@@ -264,18 +243,6 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     source = _build_source(raw.get("source"), where, override_path)
     context_limit = _int_in(raw, "context_limit_tokens", 16, MAX_CONTEXT_LIMIT_TOKENS, where)
     cap = _int_in(raw, "max_new_tokens_cap", 1, MAX_NEW_TOKENS_CAP, where)
-    price_raw = raw.get("price")
-    if not isinstance(price_raw, dict):
-        raise CatalogError(f"{where}: price table is required")
-    _check_keys(price_raw, _PRICE_KEYS, where + " price")
-    per_message = _int_in(price_raw, "per_message_credits", 0, 10**9, where + " price")
-    prompt = _int_in(price_raw, "prompt_credits_per_1k_tokens", 0, 10**9, where + " price")
-    completion = _int_in(price_raw, "completion_credits_per_1k_tokens", 0, 10**9, where + " price")
-    version = price_raw.get("version")
-    if version is None:
-        version = ModelPrice.derive_version(model_id, per_message, prompt, completion)
-    elif not isinstance(version, str) or not version:
-        raise CatalogError(f"{where}: price.version must be a non-empty string")
     fallback = raw.get("fallback_model_id")
     if fallback is not None and not isinstance(fallback, str):
         raise CatalogError(f"{where}: fallback_model_id must be a string")
@@ -291,7 +258,6 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
         device=cast(Device, _choice(raw, "device", DEVICES, "auto", where)),
         context_limit_tokens=context_limit,
         max_new_tokens_cap=cap,
-        price=ModelPrice(per_message, prompt, completion, version),
         load_at_start=load_at_start,
         fallback_model_id=fallback,
     )
@@ -327,12 +293,8 @@ def _build_source(raw: object, where: str, override_path: Path | None) -> ModelS
     return ModelSource(kind="hf_repo", repo_id=repo_id, revision=revision)
 
 
-_PRICE_KEYS = (
-    "per_message_credits",
-    "prompt_credits_per_1k_tokens",
-    "completion_credits_per_1k_tokens",
-    "version",
-)
+_BILLING_KEYS = ("price", "prices")
+"""Keys of a catalog file that belong to web's billing (credit prices): inference skips them."""
 _SOURCE_KEYS: dict[str, tuple[str, ...]] = {
     "gguf_package": ("kind", "package"),
     "gguf_file": ("kind", "path"),

@@ -22,7 +22,7 @@ MAX_BENCH_ROUNDS = 10
 def register(subparsers: Any) -> None:
     models = subparsers.add_parser("models", help="list or fetch the catalog's models")
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    listing = models_sub.add_parser("list", help="each model, availability, quantization, price")
+    listing = models_sub.add_parser("list", help="each model, availability, quantization, memory")
     _add_catalog_argument(listing)
     listing.add_argument("--load", action="store_true", help="load available models to show memory")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -85,17 +85,14 @@ def models_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_status_json(model) for model in models], indent=2))
         return 0
-    header = ("ID", "AVAILABLE", "QUANT", "PRICE msg/1k-in/1k-out", "MEMORY", "NOTE")
+    header = ("ID", "AVAILABLE", "QUANT", "MEMORY", "NOTE")
     rows = [header]
     for model in models:
-        price = model.price
         rows.append(
             (
                 model.id,
                 "yes" if model.available else "no",
                 model.quantization,
-                f"{price.per_message_credits}/{price.prompt_credits_per_1k_tokens}/"
-                f"{price.completion_credits_per_1k_tokens}",
                 f"{model.memory_bytes / 2**20:.0f} MiB" if model.memory_bytes else "-",
                 "" if model.available else f"{model.unavailable_reason}; {model.how_to_provide}",
             )
@@ -115,12 +112,6 @@ def _status_json(model: Any) -> dict[str, Any]:
         "unavailable_reason": model.unavailable_reason,
         "how_to_provide": model.how_to_provide,
         "quantization": model.quantization,
-        "price": {
-            "per_message_credits": model.price.per_message_credits,
-            "prompt_credits_per_1k_tokens": model.price.prompt_credits_per_1k_tokens,
-            "completion_credits_per_1k_tokens": model.price.completion_credits_per_1k_tokens,
-            "version": model.price.version,
-        },
         "loaded": model.loaded,
         "memory_bytes": model.memory_bytes,
         "fallback_model_id": model.fallback_model_id,

@@ -1,5 +1,6 @@
 """The engine: the catalog's models, loaded lazily (once, under a per-model lock) or at start,
-each served by its own scheduler thread; requests validated, estimated and streamed.
+each served by its own scheduler thread; requests validated and tokenized once (`prepare`),
+then streamed (`GenerationStream`, in `stream.py`).
 
 A model that cannot be loaded (missing weights, load error, out of memory) is answered by its
 fallback model when the catalog names one; the final event then says which model answered."""
@@ -7,9 +8,6 @@ fallback model when the catalog names one; the final event then says which model
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
@@ -23,20 +21,19 @@ from inference.errors import (
     OutOfMemory,
     PromptTooLong,
 )
-from inference.events import Finished, ModelStatus, StreamEvent
+from inference.events import ModelStatus
 from inference.loading import LoadedModel, free_memory, load_model
-from inference.requests import GenerationRequest, TokenEstimate
-from inference.scheduler import ModelScheduler, Slot
+from inference.requests import GenerationRequest, PreparedRequest
+from inference.scheduler import ModelScheduler
 from inference.settings import InferenceSettings
 from inference.sources import check_availability
+from inference.stream import GenerationStream
 from inference.text import encode_prompt
 
 log = structlog.get_logger(__name__)
 
 # How long close() waits for a scheduler thread to finish its current step.
 _SCHEDULER_JOIN_TIMEOUT_S = 30.0
-# How long aclose() of a stream waits for the scheduler to confirm the cancellation.
-_CANCEL_CONFIRM_TIMEOUT_S = 30.0
 
 
 class _ModelState:
@@ -56,14 +53,6 @@ class SchedulerLoad:
 
     waiting: int
     running: int
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    state: _ModelState
-    prompt_ids: list[int]
-    max_new_tokens: int
-    fell_back_from: str | None
 
 
 class Engine:
@@ -126,7 +115,6 @@ class Engine:
                     unavailable_reason=reason,
                     how_to_provide=how,
                     quantization=entry.quantization,
-                    price=entry.price,
                     loaded=state.loaded is not None,
                     memory_bytes=state.loaded.memory_bytes if state.loaded else None,
                     fallback_model_id=entry.fallback_model_id,
@@ -152,21 +140,47 @@ class Engine:
         """Loads a model now (no fallback); raises what loading raised."""
         return await self._ensure_loaded(self._state(model_id))
 
-    async def estimate(self, request: GenerationRequest) -> TokenEstimate:
-        """Worst-case token counts (async: it needs the tokenizer, so it loads the model that
-        would answer, falling back as stream() would). Raises InvalidRequest, PromptTooLong,
-        ModelUnavailable."""
-        prepared = await self._prepare(request)
-        return TokenEstimate(
-            prompt_tokens=len(prepared.prompt_ids),
-            max_completion_tokens=prepared.max_new_tokens,
-            model_id=prepared.state.entry.id,
+    async def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Check and tokenize a request once (async: it needs the tokenizer, so it loads the
+        model that would answer, falling back as stream() would). The result carries the exact
+        prompt token count and the worst-case completion; pass it to stream(). Raises
+        InvalidRequest, PromptTooLong, ModelUnavailable."""
+        if not isinstance(request, GenerationRequest):
+            raise InvalidRequest("expected a GenerationRequest")
+        limits = self.settings
+        if len(request.messages) > limits.max_prompt_messages:
+            raise InvalidRequest(f"at most {limits.max_prompt_messages} messages per request")
+        for message in request.messages:
+            if len(message.content) > limits.max_message_chars:
+                raise InvalidRequest(
+                    f"a message has {len(message.content)} characters; at most "
+                    f"{limits.max_message_chars} are allowed"
+                )
+        state, fell_back_from = await self._resolve(request.model_id)
+        loaded = state.loaded
+        assert loaded is not None
+        prompt_ids = encode_prompt(loaded.tokenizer, request.messages)
+        context_limit = state.entry.context_limit_tokens
+        if len(prompt_ids) >= context_limit:
+            raise PromptTooLong(len(prompt_ids), context_limit)
+        wanted = request.sampling.max_new_tokens or state.entry.max_new_tokens_cap
+        room = context_limit - len(prompt_ids)
+        max_new_tokens = min(wanted, state.entry.max_new_tokens_cap, room)
+        return PreparedRequest(
+            request=request,
+            prompt_ids=tuple(prompt_ids),
+            max_completion_tokens=max_new_tokens,
+            model_id=state.entry.id,
+            fell_back_from=fell_back_from,
         )
 
-    def stream(self, request: GenerationRequest) -> GenerationStream:
-        """Events of one request: TextDelta..., then exactly one Finished. Errors found before
-        generation starts (InvalidRequest, PromptTooLong, ModelUnavailable, EngineBusy, ...)
-        are raised by the first iteration."""
+    def stream(self, request: GenerationRequest | PreparedRequest) -> GenerationStream:
+        """Events of one request: TextDelta..., then exactly one Finished. A plain request is
+        prepared by the first iteration; a prepared one (from prepare()) is not tokenized
+        again. Errors found before generation starts (InvalidRequest, PromptTooLong,
+        ModelUnavailable, EngineBusy, ...) are raised by the first iteration."""
+        if isinstance(request, PreparedRequest):
+            return GenerationStream(self, request.request, request)
         return GenerationStream(self, request)
 
     def cancel(self, request_id: str) -> bool:
@@ -253,165 +267,6 @@ class Engine:
                     "model_fallback", model=state.entry.id, fallback=fallback, error=str(exc)
                 )
                 state = self._states[fallback]
-
-    async def _prepare(self, request: GenerationRequest) -> _Prepared:
-        if not isinstance(request, GenerationRequest):
-            raise InvalidRequest("expected a GenerationRequest")
-        limits = self.settings
-        if len(request.messages) > limits.max_prompt_messages:
-            raise InvalidRequest(f"at most {limits.max_prompt_messages} messages per request")
-        for message in request.messages:
-            if len(message.content) > limits.max_message_chars:
-                raise InvalidRequest(
-                    f"a message has {len(message.content)} characters; at most "
-                    f"{limits.max_message_chars} are allowed"
-                )
-        state, fell_back_from = await self._resolve(request.model_id)
-        loaded = state.loaded
-        assert loaded is not None
-        prompt_ids = encode_prompt(loaded.tokenizer, request.messages)
-        context_limit = state.entry.context_limit_tokens
-        if len(prompt_ids) >= context_limit:
-            raise PromptTooLong(len(prompt_ids), context_limit)
-        wanted = request.sampling.max_new_tokens or state.entry.max_new_tokens_cap
-        room = context_limit - len(prompt_ids)
-        max_new_tokens = min(wanted, state.entry.max_new_tokens_cap, room)
-        return _Prepared(state, prompt_ids, max_new_tokens, fell_back_from)
-
-
-class GenerationStream(AsyncIterator[StreamEvent]):
-    """The events of one request. Leaving it early (break, task cancellation, aclose()) stops
-    the request within one decode step; after `await aclose()`, `finished` holds the final
-    event with the exact token counts."""
-
-    def __init__(self, engine: Engine, request: GenerationRequest) -> None:
-        self._engine = engine
-        self.request = request
-        self.finished: Finished | None = None
-        self._started_at = time.monotonic()
-        self._events: asyncio.Queue[StreamEvent] | None = None
-        self._slot: Slot | None = None
-        self._scheduler: ModelScheduler | None = None
-        self._done = False
-        # Set by a cancel before the request reached its scheduler (loading, tokenizing).
-        self._cancel_pending = False
-        self._registered = False
-
-    def __aiter__(self) -> GenerationStream:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        if self._done:
-            raise StopAsyncIteration
-        if self._events is None:
-            try:
-                await self._submit()
-            except BaseException:
-                self._done = True
-                raise
-        assert self._events is not None
-        try:
-            event = await self._events.get()
-        except BaseException:
-            # The consuming task was cancelled: stop generating for nobody.
-            self._request_cancel()
-            raise
-        if isinstance(event, Finished):
-            self._on_finished(event)
-        return event
-
-    async def aclose(self) -> None:
-        """Cancel if still running and wait (bounded) for the final event."""
-        if self._done:
-            return
-        if self._events is None:
-            self._done = True
-            return
-        self._request_cancel()
-        try:
-            async with asyncio.timeout(_CANCEL_CONFIRM_TIMEOUT_S):
-                while not self._done:
-                    event = await self._events.get()
-                    if isinstance(event, Finished):
-                        self._on_finished(event)
-        except TimeoutError:
-            log.error("cancel_not_confirmed", request_id=self.request.request_id)
-            self._done = True
-
-    def __del__(self) -> None:
-        # `break` out of `async for` drops the stream without aclose(); stop its generation.
-        if not self._done:
-            self._request_cancel()
-
-    async def _submit(self) -> None:
-        engine = self._engine
-        request = self.request
-        if request.request_id in engine._active:
-            raise InvalidRequest(f"request_id {request.request_id!r} is already running")
-        # Reserved before the first await: a concurrent stream with the same id is refused,
-        # and engine.cancel() reaches this request while it is still being prepared.
-        engine._active[request.request_id] = self
-        self._registered = True
-        try:
-            await self._prepare_and_submit()
-        except BaseException:
-            self._unregister()
-            raise
-
-    async def _prepare_and_submit(self) -> None:
-        engine = self._engine
-        request = self.request
-        prepared = await engine._prepare(request)
-        scheduler = prepared.state.scheduler
-        if scheduler is None:
-            raise ModelUnavailable(request.model_id, "the engine is closed")
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[StreamEvent] = asyncio.Queue()
-
-        def deliver(event: StreamEvent) -> None:
-            # A closed loop raises RuntimeError: nobody is left to read the event.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(events.put_nowait, event)
-
-        deadline_s = request.deadline_s or engine.settings.default_deadline_s
-        slot = Slot(
-            request_id=request.request_id,
-            prompt_ids=prepared.prompt_ids,
-            max_new_tokens=prepared.max_new_tokens,
-            sampling=request.sampling,
-            submitted_at=self._started_at,
-            deadline_at=self._started_at + deadline_s,
-            deliver=deliver,
-            model_id_answered=prepared.state.entry.id,
-            fell_back_from=prepared.fell_back_from,
-            # Cancelled while being prepared: the scheduler ends it without running it.
-            cancel_requested=self._cancel_pending,
-        )
-        scheduler.submit(slot)  # raises EngineBusy at once when the queue is full
-        self._events, self._slot, self._scheduler = events, slot, scheduler
-
-    def _request_cancel(self) -> None:
-        """The consumer left: stop generating and free the request id."""
-        self._cancel_generation()
-        if self._slot is not None:
-            self._unregister()
-
-    def _cancel_generation(self) -> None:
-        """Stop generating; the id stays reserved until the stream's Finished."""
-        self._cancel_pending = True
-        if self._slot is not None and self._scheduler is not None and not self._slot.finished:
-            self._scheduler.cancel(self._slot)
-
-    def _unregister(self) -> None:
-        """Free the request id, unless another stream holds it now."""
-        if self._registered and self._engine._active.get(self.request.request_id) is self:
-            del self._engine._active[self.request.request_id]
-        self._registered = False
-
-    def _on_finished(self, event: Finished) -> None:
-        self.finished = event
-        self._done = True
-        self._unregister()
 
 
 def _retrieve_exception(task: asyncio.Task[LoadedModel]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from inference.catalog import ModelPrice, Quantization
+from inference.catalog import Quantization
 
 FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
 
@@ -59,7 +59,6 @@ class ModelStatus:
     unavailable_reason: str | None
     how_to_provide: str | None
     quantization: Quantization
-    price: ModelPrice
     loaded: bool
     memory_bytes: int | None
     fallback_model_id: str | None

@@ -121,12 +121,21 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
-class TokenEstimate:
-    """Worst-case token counts of a request before it runs (for credit holds)."""
+class PreparedRequest:
+    """A request checked and tokenized once by `Engine.prepare`: the exact prompt token count
+    and the worst-case completion (for credit holds), ready for `Engine.stream` without a
+    second tokenization. `model_id` is the model that will answer (a fallback, when the
+    requested one cannot load)."""
 
-    prompt_tokens: int
+    request: GenerationRequest
+    prompt_ids: tuple[int, ...]
     max_completion_tokens: int
     model_id: str
+    fell_back_from: str | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
 
 
 def _is_number(value: object) -> bool:

@@ -94,12 +94,6 @@ async def provide_admin(identity: NamedDependency[Identity]) -> Identity:
     return identity
 
 
-def check_chat_rate(services: Services, identity: Identity) -> None:
-    retry_after = services.chat_limiter.hit(f"chat:{identity.user_id}")
-    if retry_after:
-        raise RateLimited("too many chat requests for this user", retry_after_s=retry_after)
-
-
 def client_of(request: Request[Any, Any, Any]) -> str:
     return client_address(request.scope)
 

@@ -24,9 +24,10 @@ from web.background import clear_old_interaction_text, run_every, sweep_expired_
 from web.database import create_engine, schema_is_current, session_factory, upgrade_schema
 from web.domain.accounts.services import AccountsService
 from web.domain.admin.services import AdminService
+from web.domain.billing.prices import PriceCatalog, load_prices
 from web.domain.billing.services import BillingService
 from web.domain.chat.conversations import ConversationsService
-from web.domain.chat.services import ChatService
+from web.domain.chat.service import ChatService
 from web.domain.keys.services import ApiKeysService
 from web.logging import get_logger
 from web.rate_limit import RateLimiter
@@ -117,12 +118,12 @@ class Services:
             await db.dispose()
             raise
         engine = self._injected_engine
+        catalog_path = Path(settings.models.catalog) if settings.models.catalog else None
         if engine is None and not self._needs_models:
             # The CLI's user and key commands load no model: an empty catalog, so a broken
             # model catalog or inference setting does not stop them.
             engine = Engine(Catalog(()), InferenceSettings())
         elif engine is None:
-            catalog_path = Path(settings.models.catalog) if settings.models.catalog else None
             try:
                 engine = Engine(
                     load_catalog(catalog_path, settings.environ),
@@ -132,9 +133,16 @@ class Services:
                 await ledger.close()
                 await db.dispose()
                 raise
-            if self._start_engine:
-                await engine.start()
-                self._jobs.append(asyncio.create_task(self._load_default_model(engine)))
+        try:
+            # Before any model loads: a model without a price stops the start at once.
+            prices = self._prices(engine, catalog_path)
+        except BaseException:
+            await ledger.close()
+            await db.dispose()
+            raise
+        if self._injected_engine is None and self._needs_models and self._start_engine:
+            await engine.start()
+            self._jobs.append(asyncio.create_task(self._load_default_model(engine)))
         sessions = session_factory(db)
         accounts = AccountsService(sessions, ledger, settings.auth, settings.billing)
         conversations = ConversationsService(sessions, settings.chat.conversations_page_size)
@@ -148,7 +156,14 @@ class Services:
             api_keys=ApiKeysService(sessions, settings.auth),
             conversations=conversations,
             chat=ChatService(
-                sessions, ledger, engine, conversations, settings.chat, settings.billing
+                sessions,
+                ledger,
+                engine,
+                conversations,
+                settings.chat,
+                settings.billing,
+                prices,
+                rate_limiter=self.chat_limiter,
             ),
             billing=billing,
             admin=AdminService(ledger, accounts, billing),
@@ -172,6 +187,15 @@ class Services:
             ]
         self._loop = asyncio.get_running_loop()
         log.info("services_started", database=db.url.render_as_string(hide_password=True))
+
+    def _prices(self, engine: Engine, catalog_path: Path | None) -> PriceCatalog:
+        """Credit prices (web's billing, not the inference catalog): every model the engine
+        offers must have one, or the service does not start."""
+        if not len(engine.catalog):
+            return PriceCatalog({})
+        prices = load_prices(catalog_path)
+        prices.check_covers(engine.catalog.ids(), catalog_path)
+        return prices
 
     async def _load_default_model(self, engine: Engine) -> None:
         """Load the default model in the background; /ready reports ready once it is."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inference import CatalogError, ModelPrice, ModelUnavailable, load_catalog
+from inference import CatalogError, ModelUnavailable, load_catalog
 from inference.catalog import env_key
 
 
@@ -22,21 +22,24 @@ class TestDefaultCatalog:
         assert catalog.get("gemma-3-1b-it").source.repo_id == "google/gemma-3-1b-it"
         assert catalog.get("gemma-3-1b-it").fallback_model_id == "gemma-3-270m"
 
-    def test_price_version_is_derived_and_tracks_prices(self, no_catalog_env: None) -> None:
-        """Without an explicit version, the price version is a hash of id and prices."""
-        price = load_catalog().get("gemma-3-270m").price
-        assert price.version == ModelPrice.derive_version(
-            "gemma-3-270m",
-            price.per_message_credits,
-            price.prompt_credits_per_1k_tokens,
-            price.completion_credits_per_1k_tokens,
+    def test_prices_are_not_the_catalogs(self, tmp_path: Path, no_catalog_env: None) -> None:
+        """Credit prices are web's billing: a `price` table in an entry (catalog files from
+        before the move) and a top-level `prices` section are skipped, not parsed here."""
+        override = tmp_path / "ops.toml"
+        override.write_text(
+            """
+[[models]]
+id = "gemma-3-270m"
+price = { completion_credits_per_1k_tokens = 9 }
+
+[prices."gemma-3-270m"]
+per_message_credits = 3
+""",
+            encoding="utf-8",
         )
-        assert price.version != ModelPrice.derive_version(
-            "gemma-3-270m",
-            price.per_message_credits + 1,
-            price.prompt_credits_per_1k_tokens,
-            price.completion_credits_per_1k_tokens,
-        )
+        entry = load_catalog(override).get("gemma-3-270m")
+        assert not hasattr(entry, "price")
+        assert entry == load_catalog().get("gemma-3-270m")
 
     def test_unknown_id(self, no_catalog_env: None) -> None:
         """Looking up an unknown id names the ids that exist."""
@@ -46,7 +49,7 @@ class TestDefaultCatalog:
 
 class TestOverrides:
     def test_operator_file_merges_and_adds(self, tmp_path: Path, no_catalog_env: None) -> None:
-        """An operator file changes fields of existing entries (prices per field) and adds
+        """An operator file changes fields of existing entries and adds
         new entries; relative paths are relative to the file."""
         override = tmp_path / "ops.toml"
         override.write_text(
@@ -54,28 +57,20 @@ class TestOverrides:
 [[models]]
 id = "gemma-3-270m"
 load_at_start = true
-price = { completion_credits_per_1k_tokens = 9 }
 
 [[models]]
 id = "local"
 source = { kind = "hf_dir", path = "models/local" }
 context_limit_tokens = 2048
 max_new_tokens_cap = 64
-price = { per_message_credits = 0, prompt_credits_per_1k_tokens = 0, \
-completion_credits_per_1k_tokens = 0, version = "free-v1" }
 """,
             encoding="utf-8",
         )
-        default = load_catalog().get("gemma-3-270m")
         catalog = load_catalog(override)
         bundled = catalog.get("gemma-3-270m")
         assert bundled.load_at_start is True
-        assert bundled.price.completion_credits_per_1k_tokens == 9
-        assert bundled.price.per_message_credits == default.price.per_message_credits
-        assert bundled.price.version != default.price.version
         local = catalog.get("local")
         assert local.source.path == tmp_path / "models" / "local"
-        assert local.price.version == "free-v1"
 
     def test_catalog_env_variable(self, tmp_path: Path, no_catalog_env: None) -> None:
         """LEDGERCHAT_CATALOG names the operator file when no path is given."""

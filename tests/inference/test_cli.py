@@ -26,13 +26,12 @@ class TestModelsCommand:
     def test_list_json(
         self, tiny_catalog_path: Path, capsys: pytest.CaptureFixture[str], no_catalog_env: None
     ) -> None:
-        """`models list --json` reports every catalog model with availability and price."""
+        """`models list --json` reports every catalog model with its availability."""
         assert main(["models", "list", "--catalog", str(tiny_catalog_path), "--json"]) == 0
         models = {item["id"]: item for item in json.loads(capsys.readouterr().out)}
         assert models[TINY]["available"] is True
         assert models[TINY_MISSING]["available"] is False
         assert models[TINY_MISSING]["how_to_provide"]
-        assert models[TINY]["price"]["completion_credits_per_1k_tokens"] == 3
         assert "gemma-3-270m" in models
 
     def test_list_table(

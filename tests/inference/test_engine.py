@@ -228,22 +228,48 @@ class TestDeadlinesAndQueue:
         assert finished.completion_tokens >= 1
 
 
-class TestRequestsAndEstimates:
-    async def test_estimate_is_worst_case(self, make_engine: EngineFactory) -> None:
-        """estimate() gives the exact prompt tokens and the bound on completion tokens."""
+class TestRequestsAndPrepare:
+    async def test_prepare_is_worst_case(self, make_engine: EngineFactory) -> None:
+        """prepare() gives the exact prompt tokens and the bound on completion tokens; the
+        prepared request streams as the plain one would."""
         engine = make_engine()
         req = request(TINY, PROMPTS[4], max_new_tokens=30)
-        estimate = await engine.estimate(req)
-        _, finished = await collect(engine.stream(req))
+        estimate = await engine.prepare(req)
+        _, finished = await collect(engine.stream(estimate))
         assert estimate.prompt_tokens == finished.prompt_tokens
         assert estimate.max_completion_tokens == 30 >= finished.completion_tokens
-        capped = await engine.estimate(request(TINY, "x", max_new_tokens=10_000))
+        capped = await engine.prepare(request(TINY, "x", max_new_tokens=10_000))
         assert capped.max_completion_tokens == TINY_CAP
+
+    async def test_a_prepared_request_is_not_tokenized_again(
+        self, make_engine: EngineFactory
+    ) -> None:
+        """prepare() then stream(prepared) encodes the message once (the real tokenizer's
+        encode is counted); a plain request streamed alone is encoded once too."""
+        engine = make_engine()
+        await engine.load(TINY)
+        loaded = engine.loaded_model(TINY)
+        assert loaded is not None
+        tokenizer = loaded.tokenizer
+        real_encode = tokenizer.encode_content
+        encoded: list[str] = []
+
+        def counting_encode(text: str) -> list[int]:
+            encoded.append(text)
+            return real_encode(text)
+
+        tokenizer.encode_content = counting_encode  # type: ignore[method-assign]
+        prepared = await engine.prepare(request(TINY, "count me", max_new_tokens=3))
+        _, finished = await collect(engine.stream(prepared))
+        assert encoded == ["count me"]
+        assert finished.prompt_tokens == prepared.prompt_tokens
+        await collect(engine.stream(request(TINY, "and me", max_new_tokens=3)))
+        assert encoded == ["count me", "and me"]
 
     async def test_estimate_near_context_limit(self, make_engine: EngineFactory) -> None:
         """The completion bound shrinks so prompt + completion fits the context limit."""
         engine = make_engine()
-        estimate = await engine.estimate(request(TINY, "y" * 300, max_new_tokens=TINY_CAP))
+        estimate = await engine.prepare(request(TINY, "y" * 300, max_new_tokens=TINY_CAP))
         assert estimate.prompt_tokens + estimate.max_completion_tokens == TINY_CONTEXT_LIMIT
 
     async def test_prompt_too_long(self, make_engine: EngineFactory) -> None:
@@ -264,7 +290,7 @@ class TestRequestsAndEstimates:
             (ChatMessage("user", "a"), ChatMessage("assistant", "b"), ChatMessage("user", "c")),
         )
         with pytest.raises(InvalidRequest, match="at most 1 messages"):
-            await engine.estimate(req)
+            await engine.prepare(req)
 
     async def test_duplicate_running_request_id(self, make_engine: EngineFactory) -> None:
         """Two running streams may not share a request_id (cancel() would be ambiguous)."""
@@ -306,25 +332,24 @@ class TestModelsAndFallback:
         assert [entry["model"] for entry in failures] == [TINY_BROKEN]
         status = {model.id: model for model in engine.models()}[TINY_BROKEN]
         assert not status.available and "failed to load" in (status.unavailable_reason or "")
-        estimate = await engine.estimate(request(TINY_BROKEN, "hi", 4))
+        estimate = await engine.prepare(request(TINY_BROKEN, "hi", 4))
         assert estimate.model_id == TINY
 
     async def test_concurrent_first_requests_load_once(self, make_engine: EngineFactory) -> None:
         """Concurrent first requests for a model load it exactly once."""
         engine = make_engine()
         with capture_logs() as logs:
-            await asyncio.gather(*(engine.estimate(request(TINY, f"hi {i}")) for i in range(4)))
+            await asyncio.gather(*(engine.prepare(request(TINY, f"hi {i}")) for i in range(4)))
         assert [entry["event"] for entry in logs].count("model_loaded") == 1
 
-    async def test_models_report_loaded_memory_and_price(self, make_engine: EngineFactory) -> None:
-        """models() shows availability, price, and memory once loaded."""
+    async def test_models_report_loaded_memory(self, make_engine: EngineFactory) -> None:
+        """models() shows availability, and memory once loaded."""
         engine = make_engine()
         before = {model.id: model for model in engine.models()}[TINY]
         assert before.available and not before.loaded and before.memory_bytes is None
         await engine.load(TINY)
         after = {model.id: model for model in engine.models()}[TINY]
         assert after.loaded and after.memory_bytes is not None and after.memory_bytes > 0
-        assert after.price.completion_credits_per_1k_tokens == 3
 
     async def test_start_loads_models_marked_load_at_start(
         self, tiny_catalog_path, tiny_settings, monkeypatch: pytest.MonkeyPatch

@@ -354,13 +354,11 @@ id = "extra"
 source = {{ kind = "hf_dir", path = "/nowhere"{source_extra} }}
 context_limit_tokens = 100
 max_new_tokens_cap = {cap}
-price = {{ per_message_credits = 1, prompt_credits_per_1k_tokens = 1, \
-completion_credits_per_1k_tokens = 1{price_extra} }}
 """
 
 
-def entry(cap: int = 10, source_extra: str = "", price_extra: str = "") -> str:
-    return ENTRY.format(cap=cap, source_extra=source_extra, price_extra=price_extra)
+def entry(cap: int = 10, source_extra: str = "") -> str:
+    return ENTRY.format(cap=cap, source_extra=source_extra)
 
 
 class TestCatalogValidation:
@@ -369,7 +367,7 @@ class TestCatalogValidation:
         path.write_text(entry(10) + entry(20), encoding="utf-8")
         with pytest.raises(CatalogError, match="'extra' appears twice"):
             load_catalog(path, environ={})
-        override = '[[models]]\nid = "gemma-3-270m"\nprice = { per_message_credits = 5 }\n'
+        override = '[[models]]\nid = "gemma-3-270m"\nload_at_start = true\n'
         path.write_text(override * 2, encoding="utf-8")
         with pytest.raises(CatalogError, match="'gemma-3-270m' appears twice"):
             load_catalog(path, environ={})
@@ -378,12 +376,6 @@ class TestCatalogValidation:
         path = tmp_path / "c.toml"
         path.write_text(entry(source_extra=', revison = "x"'), encoding="utf-8")
         with pytest.raises(CatalogError, match=r"\['revison'\].*allowed: kind, path"):
-            load_catalog(path, environ={})
-
-    def test_unknown_price_key(self, tmp_path: Path, no_catalog_env: None) -> None:
-        path = tmp_path / "c.toml"
-        path.write_text(entry(price_extra=', versoin = "v2"'), encoding="utf-8")
-        with pytest.raises(CatalogError, match=r"\['versoin'\].*allowed: per_message_credits"):
             load_catalog(path, environ={})
 
     def test_unreadable_catalog_files(self, tmp_path: Path, no_catalog_env: None) -> None:

@@ -8,6 +8,8 @@ from prometheus_client import REGISTRY
 from web_testing import chat, signed_in, sse_events
 
 from conftest import TINY_BROKEN, TINY_CAP
+from web.domain.chat.schemas import ChatDelta, SamplingOptions
+from web.domain.chat.service import ChatInput
 
 pytestmark = pytest.mark.slow
 
@@ -190,3 +192,69 @@ class TestNulCharacters:
             assert events == []
             assert "NUL" in body["error"]["message"]
             assert [t["type"] for t in await history(client, headers)] == ["credits_added"]
+
+
+class TestPromptTokenizedOnce:
+    async def test_one_chat_encodes_its_message_once(self, server):
+        """The prompt is tokenized once per chat: the hold's worst case and the generation use
+        the same prepared request (the real tokenizer's encode is counted, not mocked)."""
+        tokenizer = server.services.engine.loaded_model("tiny").tokenizer
+        real_encode = tokenizer.encode_content
+        encoded: list[str] = []
+
+        def counting_encode(text: str) -> list[int]:
+            encoded.append(text)
+            return real_encode(text)
+
+        tokenizer.encode_content = counting_encode
+        async with server.client() as client:
+            headers = await signed_in(client, "once")
+            status, events, _ = await chat(
+                client, headers, "count my tokens", sampling={"max_tokens": 4, "temperature": 0}
+            )
+        assert status == 200
+        assert events[-1].event == "done"
+        assert encoded == ["count my tokens"]
+
+
+class TestStop:
+    async def signed_in_identity(self, server, client, username):
+        headers = await signed_in(client, username)
+        token = headers["Authorization"].removeprefix("Bearer ")
+        return headers, await server.services.accounts.identity_from_access_token(token)
+
+    async def test_stop_mid_stream_returns_the_settled_partial_capture(self, server):
+        """stop() during a stream ends the generation and returns the settled outcome: the
+        tokens generated so far, billed as the ledger's capture says."""
+        async with server.client() as client:
+            headers, identity = await self.signed_in_identity(server, client, "stopper")
+            prepared = await server.services.chat.prepare(
+                identity,
+                ChatInput(
+                    message="go on", sampling=SamplingOptions(max_tokens=TINY_CAP, temperature=0)
+                ),
+            )
+            events = prepared.events()
+            async for event in events:
+                if isinstance(event, ChatDelta):
+                    break
+            done = await prepared.stop()
+            assert done is not None
+            assert done.settlement == "partially_captured"
+            assert 0 < done.completion_tokens < TINY_CAP
+            assert 0 < done.cost_credits < done.hold_credits
+            rows = await history(client, headers)
+            assert rows[0]["type"] == "hold_captured"
+            assert -rows[0]["amount"] == done.cost_credits
+            assert done.balance == await server.services.billing.balance(identity)
+            assert await prepared.stop() == done  # asking again gives the same outcome
+
+    async def test_stop_before_streaming_releases_and_returns_nothing(self, server):
+        """A prepared chat stopped before its events were read is released in full: no
+        outcome, nothing charged, the hold gone."""
+        async with server.client() as client:
+            _, identity = await self.signed_in_identity(server, client, "early")
+            prepared = await server.services.chat.prepare(identity, ChatInput(message="hi"))
+            assert await prepared.stop() is None
+            balance = await server.services.billing.balance(identity)
+            assert balance.held == 0 and balance.available == balance.posted

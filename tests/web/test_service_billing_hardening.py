@@ -52,19 +52,19 @@ async def wait_hold_resolved(
             await asyncio.sleep(0.05)
 
 
-def slow_first_estimate(server: Any, delay_s: float) -> None:
-    """The first estimate takes delay_s (as a lazy model load does); later ones are prompt."""
+def slow_first_prepare(server: Any, delay_s: float) -> None:
+    """The first prepare takes delay_s (as a lazy model load does); later ones are prompt."""
     engine = server.services.engine
-    real_estimate = engine.estimate
+    real_prepare = engine.prepare
     calls: list[int] = []
 
-    async def estimate(request: Any) -> Any:
+    async def prepare(request: Any) -> Any:
         calls.append(1)
         if len(calls) == 1:
             await asyncio.sleep(delay_s)
-        return await real_estimate(request)
+        return await real_prepare(request)
 
-    engine.estimate = estimate
+    engine.prepare = prepare
 
 
 def slow_decode(loaded: Any, per_step_s: float) -> None:
@@ -276,7 +276,7 @@ class TestClaimJudgedByItsHold:
     async def test_slow_prepare_keeps_its_claim_while_its_hold_is_live(
         self, make_server, make_settings
     ):
-        """Prepare took most of the hold TTL (slow estimate) before placing the hold: a retry
+        """Prepare took most of the hold TTL (slow engine prepare) before placing the hold: a retry
         after the claim's age passed the TTL, while the hold is live, is 409, not a second
         generation; the request is charged once."""
         # The claim is made at 0 s and the hold placed at ~3 s (expiring at ~9 s); the retry
@@ -284,7 +284,7 @@ class TestClaimJudgedByItsHold:
         # 1.5 s from either edge. The first stream is held open until then.
         server = await make_server(make_settings(LEDGERCHAT_BILLING_HOLD_TTL_S="6"))
         await server.services.engine.load(TINY)
-        slow_first_estimate(server, 3)
+        slow_first_prepare(server, 3)
         resume, _cancelled = hold_streams_open(server)
         async with server.client() as client:
             headers = await signed_in(client, "twice")
@@ -307,9 +307,9 @@ class TestClaimJudgedByItsHold:
 class TestEarlyDisconnect:
     @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
     async def test_client_gone_before_the_stream_starts_holds_nothing(self, server, path):
-        """The client gives up while prepare runs (slow estimate): the hold is resolved at
+        """The client gives up while prepare runs (slow engine prepare): the hold is resolved at
         once, not left for the TTL, and a retry with the same key is not 409."""
-        slow_first_estimate(server, 0.8)
+        slow_first_prepare(server, 0.8)
         if path == "/api/chat":
             body: dict[str, Any] = {"message": "go on", "sampling": {"max_tokens": 16}}
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from web_testing import signed_in
+from web_testing import chat, signed_in
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +113,30 @@ class TestOpenAIClient:
             )
         await wrong.close()
         await client.close()
+
+
+class TestChatRateLimit:
+    async def test_api_and_v1_share_one_chat_budget(self, make_server, make_settings):
+        """The per-user chat rate limit counts /api/chat and /v1/chat/completions together:
+        past the budget both answer 429 with Retry-After, and nothing more is held."""
+        server = await make_server(
+            make_settings(LEDGERCHAT_RATE_LIMIT_CHAT_PER_USER_PER_MINUTE="2")
+        )
+        await server.services.engine.load("tiny")
+        completion = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+        }
+        async with server.client() as client:
+            headers = await signed_in(client, "limited")
+            status, _, _ = await chat(client, headers, sampling={"max_tokens": 2})
+            assert status == 200
+            first = await client.post("/v1/chat/completions", json=completion, headers=headers)
+            assert first.status_code == 200
+            status, _, body = await chat(client, headers, sampling={"max_tokens": 2})
+            assert status == 429 and body["error"]["code"] == "rate_limited"
+            limited = await client.post("/v1/chat/completions", json=completion, headers=headers)
+            assert limited.status_code == 429
+            assert int(limited.headers["retry-after"]) >= 1
+            assert (await client.get("/api/balance", headers=headers)).json()["held"] == 0

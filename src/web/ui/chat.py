@@ -5,7 +5,6 @@ chat service; this module turns its events and errors into what the page shows.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -15,9 +14,8 @@ from typing import Any, cast
 import gradio as gr
 
 from inference.errors import EngineBusy, InferenceError, ModelUnavailable
-from inference.events import ModelStatus
-from web.auth import check_chat_rate
 from web.domain.accounts.schemas import Identity
+from web.domain.billing.prices import PricedModel
 from web.domain.chat.schemas import (
     ChatCompleted,
     ChatDelta,
@@ -26,12 +24,11 @@ from web.domain.chat.schemas import (
     MessageView,
     SamplingOptions,
 )
-from web.domain.chat.services import ChatInput
+from web.domain.chat.service import ChatInput
 from web.errors import (
     CreditsExhausted,
     NotFound,
     RateLimited,
-    RequestInProgress,
     ServiceError,
     ShuttingDown,
     ValidationFailed,
@@ -53,9 +50,6 @@ from web.ui.text import (
 TEMPERATURE_MIN = 0.0
 TEMPERATURE_MAX = 2.0
 MAX_TOKENS_MIN = 1
-# How long a stopped reply waits for its settlement to be stored: 100 x 0.05 s = 5 s.
-STOPPED_OUTCOME_ATTEMPTS = 100
-STOPPED_OUTCOME_POLL_S = 0.05
 
 ChatHistory = list[dict[str, str]]
 
@@ -96,7 +90,7 @@ def validate_sampling(temperature: Any, max_tokens: Any, max_tokens_limit: int) 
     return SamplingChoice(temperature=temperature_value, max_tokens=max_tokens_value)
 
 
-def price_terms(model: ModelStatus) -> PriceTerms:
+def price_terms(model: PricedModel) -> PriceTerms:
     return PriceTerms(
         per_message_credits=model.price.per_message_credits,
         prompt_credits_per_1k_tokens=model.price.prompt_credits_per_1k_tokens,
@@ -104,7 +98,7 @@ def price_terms(model: ModelStatus) -> PriceTerms:
     )
 
 
-def model_choices(models: list[ModelStatus]) -> list[tuple[str, str]]:
+def model_choices(models: list[PricedModel]) -> list[tuple[str, str]]:
     """Every catalog model, available or not, as (label, id) for the selector."""
     return [
         (
@@ -186,7 +180,7 @@ class ChatActions:
     async def _identity(self, session: UISession) -> Identity:
         return await identity(session, self._services.accounts)
 
-    def models(self) -> list[ModelStatus]:
+    def models(self) -> list[PricedModel]:
         return self._services.chat.models()
 
     def default_model_id(self) -> str:
@@ -230,8 +224,7 @@ class ChatActions:
         )
         yield (turn.render(), "", notice_html("info", ""), gr.skip(), gr.skip())
         try:
-            # The same per-user chat rate limit as /api/chat and /v1.
-            check_chat_rate(self._services, caller)
+            # prepare applies the same per-user chat rate limit as /api/chat and /v1.
             prepared = await self._services.chat.prepare(caller, chat_input)
         except (ServiceError, InferenceError) as error:
             # Nothing was generated or charged: take the message back into the input box.
@@ -252,9 +245,9 @@ class ChatActions:
                 elif isinstance(event, ChatCompleted):
                     completed = event
         if stopped:
-            # Closing the stream settled it (billed what was generated); asking again with the
-            # same Idempotency-Key returns that stored outcome without charging twice.
-            completed = await self._stored_outcome(caller, chat_input)
+            # Closing the stream settled it (billed what was generated): stop() gives that
+            # settled outcome.
+            completed = await prepared.stop()
         session.stop_requested = False
         if completed is None:
             yield (
@@ -286,27 +279,8 @@ class ChatActions:
             completed.conversation_id or conversation_id,
         )
 
-    async def _stored_outcome(
-        self, caller: Identity, chat_input: ChatInput
-    ) -> ChatCompleted | None:
-        """The settled outcome of a stopped chat, replayed through its Idempotency-Key. The
-        settlement may still be running when the stream is closed, so wait for it, briefly."""
-        for _ in range(STOPPED_OUTCOME_ATTEMPTS):
-            try:
-                replay = await self._services.chat.prepare(caller, chat_input)
-            except RequestInProgress:
-                await asyncio.sleep(STOPPED_OUTCOME_POLL_S)
-                continue
-            outcome: ChatCompleted | None = None
-            async with aclosing(_generator(replay.events())) as events:
-                async for event in events:
-                    if isinstance(event, ChatCompleted):
-                        outcome = event
-            return outcome
-        return None
-
     async def _balance(self, caller: Identity) -> str:
-        balance = await self._services.chat.balance(caller)
+        balance = await self._services.billing.balance(caller)
         return balance_html(balance.available, balance.held)
 
     def request_stop(self, session: UISession) -> str:

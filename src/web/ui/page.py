@@ -51,7 +51,7 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
         if session.signed_in:
             try:
                 caller = await identity(session, services.accounts)
-                balance = await services.chat.balance(caller)
+                balance = await services.billing.balance(caller)
             except SessionEnded:
                 pass
             else:

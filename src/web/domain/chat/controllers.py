@@ -3,37 +3,30 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, delete, get, patch, post
-from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEvent
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
-from inference.errors import InferenceError
 from ledger.domain import MAX_KEY_LENGTH
-from ledger.errors import LedgerError
-from web.auth import IDENTITY_DEPENDENCY, SECURITY, check_chat_rate
+from web.auth import SECURITY
 from web.domain.accounts.schemas import Identity
+from web.domain.chat.conversations import ConversationsService
+from web.domain.chat.deps import CHAT_DEPENDENCIES, CONVERSATIONS_DEPENDENCIES
 from web.domain.chat.schemas import (
-    ChatCompleted,
-    ChatDelta,
     ChatRequest,
-    ChatStarted,
     ConversationDetail,
     ConversationView,
     RenameConversationRequest,
 )
-from web.domain.chat.services import ChatInput, PreparedChat
-from web.errors import ServiceError
-from web.exception_handlers import error_body
+from web.domain.chat.service import ChatInput, ChatService
+from web.domain.chat.sse import settle_unstreamed, sse_events
 from web.logging import get_logger
 from web.params import ConversationId
-from web.services import Services
 
 log = get_logger(__name__)
 
@@ -52,54 +45,17 @@ class ModelView(msgspec.Struct):
     max_new_tokens_cap: int
 
 
-async def sse_events(prepared: PreparedChat) -> AsyncIterator[ServerSentEventMessage]:
-    """start, delta..., done; an error after the stream began becomes an `error` event."""
-    try:
-        async for event in prepared.events():
-            if isinstance(event, ChatDelta):
-                name = "delta"
-            elif isinstance(event, ChatStarted):
-                name = "start"
-            else:
-                assert isinstance(event, ChatCompleted)
-                name = "done"
-            yield ServerSentEventMessage(data=msgspec.json.encode(event).decode(), event=name)
-    except Exception as exc:
-        body = stream_error_body(prepared, exc)
-        yield ServerSentEventMessage(data=msgspec.json.encode(body).decode(), event="error")
-
-
-def stream_error_body(prepared: PreparedChat, exc: Exception) -> dict[str, Any]:
-    """Log a stream that ended with an error after it began, and give the error body sent as
-    its last event (SSE `error` event here, an error chunk on /v1)."""
-    if isinstance(exc, ServiceError | LedgerError | InferenceError):
-        # An expected ending (shutting down, ledger busy, engine failure): its code says it.
-        log.warning(
-            "chat_stream_ended", request_id=prepared.request_id, code=exc.code, error=str(exc)
-        )
-    else:
-        log.exception("chat_stream_failed", request_id=prepared.request_id)
-    return error_body(str(getattr(exc, "code", "internal_error")), str(exc))
-
-
-def settle_unstreamed(prepared: PreparedChat) -> BackgroundTask:
-    """Runs once the response is over, however it ended: a client that left before the body
-    started never iterates the events, so this releases the hold and frees the key (a no-op
-    for a chat that streamed; its own settlement ran)."""
-    return BackgroundTask(prepared.cancel)
-
-
 class ChatController(Controller):
     path = "/api"
     tags = ("chat",)
-    dependencies = IDENTITY_DEPENDENCY
+    dependencies = CHAT_DEPENDENCIES
     security = SECURITY
 
     @post("/chat", status_code=HTTP_200_OK)
     async def chat(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        chat_service: NamedDependency[ChatService],
         data: JSONBody[ChatRequest],
         idempotency_key: Annotated[
             str | None,
@@ -109,8 +65,7 @@ class ChatController(Controller):
         """Stream an answer as Server-Sent Events: `start`, `delta`..., then `done` with tokens,
         cost, price version, answering model and new balance. 402 before any generation when
         the worst-case cost is not covered."""
-        check_chat_rate(services, identity)
-        prepared = await services.chat.prepare(
+        prepared = await chat_service.prepare(
             identity,
             ChatInput(
                 model_id=data.model,
@@ -128,7 +83,7 @@ class ChatController(Controller):
 
     @get("/models")
     async def models(
-        self, identity: NamedDependency[Identity], services: NamedDependency[Services]
+        self, identity: NamedDependency[Identity], chat_service: NamedDependency[ChatService]
     ) -> list[ModelView]:
         """The catalog with prices and load state."""
         return [
@@ -145,51 +100,51 @@ class ChatController(Controller):
                 context_limit_tokens=m.context_limit_tokens,
                 max_new_tokens_cap=m.max_new_tokens_cap,
             )
-            for m in services.chat.models()
+            for m in chat_service.models()
         ]
 
 
 class ConversationsController(Controller):
     path = "/api/conversations"
     tags = ("conversations",)
-    dependencies = IDENTITY_DEPENDENCY
+    dependencies = CONVERSATIONS_DEPENDENCIES
     security = SECURITY
 
     @get("/")
     async def list_conversations(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        conversations_service: NamedDependency[ConversationsService],
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
     ) -> list[ConversationView]:
         """Most recently updated first."""
-        return await services.conversations.list(identity, limit=limit, offset=offset)
+        return await conversations_service.list(identity, limit=limit, offset=offset)
 
     @get("/{conversation_id:str}")
     async def get_conversation(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        conversations_service: NamedDependency[ConversationsService],
         conversation_id: ConversationId,
     ) -> ConversationDetail:
-        return await services.conversations.get(identity, conversation_id)
+        return await conversations_service.get(identity, conversation_id)
 
     @patch("/{conversation_id:str}")
     async def rename(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        conversations_service: NamedDependency[ConversationsService],
         conversation_id: ConversationId,
         data: JSONBody[RenameConversationRequest],
     ) -> ConversationView:
-        return await services.conversations.rename(identity, conversation_id, data.title)
+        return await conversations_service.rename(identity, conversation_id, data.title)
 
     @delete("/{conversation_id:str}", status_code=HTTP_204_NO_CONTENT)
     async def delete_conversation(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        conversations_service: NamedDependency[ConversationsService],
         conversation_id: ConversationId,
     ) -> None:
-        await services.conversations.delete(identity, conversation_id)
+        await conversations_service.delete(identity, conversation_id)

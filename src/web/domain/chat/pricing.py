@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from inference.catalog import ModelPrice
+from web.domain.billing.prices import ModelPrice
 
 
 def cost_credits(price: ModelPrice, prompt_tokens: int, completion_tokens: int) -> int:

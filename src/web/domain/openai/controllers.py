@@ -18,11 +18,12 @@ from litestar.status_codes import HTTP_200_OK
 
 from inference.requests import ChatMessage, Role
 from ledger.domain import MAX_KEY_LENGTH
-from web.auth import IDENTITY_DEPENDENCY, SECURITY, check_chat_rate
+from web.auth import SECURITY
 from web.domain.accounts.schemas import Identity
-from web.domain.chat.controllers import settle_unstreamed, stream_error_body
+from web.domain.chat.deps import CHAT_DEPENDENCIES
 from web.domain.chat.schemas import ChatCompleted, ChatDelta, SamplingOptions
-from web.domain.chat.services import ChatInput, PreparedChat
+from web.domain.chat.service import ChatInput, ChatService, PreparedChat
+from web.domain.chat.sse import settle_unstreamed, stream_error_body
 from web.domain.openai.schemas import (
     AssistantMessage,
     Billing,
@@ -38,7 +39,6 @@ from web.domain.openai.schemas import (
 from web.errors import ValidationFailed
 from web.exception_handlers import error_body
 from web.logging import get_logger
-from web.services import Services
 
 log = get_logger(__name__)
 FINISH_REASONS = {"stop": "stop", "length": "length"}
@@ -211,26 +211,24 @@ async def collect(
 class OpenAIController(Controller):
     path = "/v1"
     tags = ("openai",)
-    dependencies = IDENTITY_DEPENDENCY
+    dependencies = CHAT_DEPENDENCIES
     security = SECURITY
 
     @get("/models")
     async def models(
-        self, identity: NamedDependency[Identity], services: NamedDependency[Services]
+        self, identity: NamedDependency[Identity], chat_service: NamedDependency[ChatService]
     ) -> ModelList:
         """Models that can answer now (OpenAI format)."""
         created = int(time.time())
         return ModelList(
-            data=[
-                ModelCard(id=m.id, created=created) for m in services.chat.models() if m.available
-            ]
+            data=[ModelCard(id=m.id, created=created) for m in chat_service.models() if m.available]
         )
 
     @post("/chat/completions", status_code=HTTP_200_OK, responses=None)
     async def chat_completions(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        chat_service: NamedDependency[ChatService],
         data: JSONBody[ChatCompletionRequest],
         request: Request[Any, Any, Any],
         idempotency_key: Annotated[
@@ -239,8 +237,7 @@ class OpenAIController(Controller):
         ] = None,
     ) -> Response[ChatCompletion] | Response[dict[str, Any]] | ServerSentEvent:
         """OpenAI chat completions, billed like /api/chat; usage in the final chunk."""
-        check_chat_rate(services, identity)
-        prepared = await services.chat.prepare(identity, chat_input(data, idempotency_key))
+        prepared = await chat_service.prepare(identity, chat_input(data, idempotency_key))
         if data.stream:
             include_usage = data.stream_options is None or data.stream_options.include_usage
             return ServerSentEvent(

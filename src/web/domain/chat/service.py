@@ -1,0 +1,235 @@
+"""The chat service: the one entry of /api/chat, /v1/chat/completions and the Gradio UI.
+
+`ChatService.prepare` validates, claims the Idempotency-Key (`claims.py`), tokenizes the prompt
+once and prices its worst case, places the ledger hold (`holds.py`) and starts generation;
+anything refused there (402, 404, 409, 503) is raised before a single byte is streamed. The
+`PreparedChat` it returns (`turn.py`) streams ChatStarted, ChatDelta..., ChatCompleted, and
+however the stream ends its hold is resolved exactly once (`streams.py`, deciding with
+`settlement.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inference import Engine
+from inference.errors import InferenceError
+from inference.events import Finished, TextDelta
+from inference.requests import ChatMessage, GenerationRequest
+from ledger import Ledger
+from web import metrics
+from web.domain.accounts.schemas import Identity
+from web.domain.billing.prices import PriceCatalog, PricedModel
+from web.domain.chat.claims import SLOW_PREPARE_FRACTION, ChatClaims
+from web.domain.chat.conversations import ConversationsService
+from web.domain.chat.holds import ChatHolds
+from web.domain.chat.inputs import (
+    ChatInput,
+    generation_deadline_s,
+    sampling_params,
+    validate_chat_input,
+)
+from web.domain.chat.pricing import cost_credits
+from web.domain.chat.streams import ChatStreams, NoStream
+from web.domain.chat.turn import PreparedChat, Turn
+from web.errors import NotFound, RateLimited, ShuttingDown
+from web.rate_limit import RateLimiter
+from web.settings import BillingSettings, ChatSettings
+
+__all__ = ["ChatInput", "ChatService", "PreparedChat"]
+
+
+class ChatService:
+    """Billed chat over one engine, ledger and database."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        ledger: Ledger,
+        engine: Engine,
+        conversations: ConversationsService,
+        chat: ChatSettings,
+        billing: BillingSettings,
+        prices: PriceCatalog,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
+        self._rate_limiter = rate_limiter
+        self._sessions = sessions
+        self._engine = engine
+        self._conversations = conversations
+        self._chat = chat
+        self._billing = billing
+        self._prices = prices
+        self._holds = ChatHolds(ledger, billing.hold_ttl_s)
+        self._claims = ChatClaims(
+            sessions, ledger, self._holds, billing.hold_ttl_s, chat.default_model
+        )
+        self._streams = ChatStreams(
+            engine,
+            self._claims,
+            self._holds,
+            conversations,
+            prices.get,
+            billing.partial_capture_on_disconnect,
+        )
+
+    @property
+    def active_streams(self) -> int:
+        return self._streams.active_count
+
+    @property
+    def billing_overhead_ms(self) -> collections.deque[float]:
+        """Billing time of recent requests (for `ledgerchat bench service`)."""
+        return self._streams.billing_overhead_ms
+
+    def models(self) -> list[PricedModel]:
+        """Every catalog model as it stands now, with its price."""
+        return [PricedModel.of(m, self._prices.get(m.id)) for m in self._engine.models()]
+
+    def find_model(self, model_id: str | None) -> PricedModel:
+        wanted = model_id or self._chat.default_model
+        for model in self._engine.models():
+            if model.id == wanted:
+                return PricedModel.of(model, self._prices.get(model.id))
+        raise NotFound(f"model {wanted!r} is not in the catalog")
+
+    # -- prepare: every refusal happens here ---------------------------------------------
+    async def prepare(self, identity: Identity, chat_input: ChatInput) -> PreparedChat:
+        """Check, claim, hold and start a chat; raises every refusal before streaming. The
+        per-user chat rate limit is applied here, so /api/chat, /v1 and the UI share it."""
+        self._check_rate(identity)
+        if self._streams.closing:
+            raise ShuttingDown("the service is shutting down; retry shortly")
+        validate_chat_input(chat_input, self._chat, self._billing)
+        model = self.find_model(chat_input.model_id)
+        key = chat_input.idempotency_key or f"auto-{uuid.uuid4()}"
+        claim_started = time.perf_counter()
+        claimed = await self._claims.claim(identity, chat_input, key)
+        if isinstance(claimed, list):
+            return PreparedChat(self._streams, None, replay=claimed)
+        claim_s = time.perf_counter() - claim_started
+        try:
+            turn = await self._start(identity, chat_input, model, claimed, claim_started)
+        except BaseException:
+            await self._claims.unclaim(claimed)
+            raise
+        turn.billing_s += claim_s
+        return PreparedChat(self._streams, turn)
+
+    def _check_rate(self, identity: Identity) -> None:
+        if self._rate_limiter is None:
+            return
+        retry_after_s = self._rate_limiter.hit(f"chat:{identity.user_id}")
+        if retry_after_s:
+            raise RateLimited("too many chat requests for this user", retry_after_s=retry_after_s)
+
+    async def _context(
+        self, identity: Identity, chat_input: ChatInput
+    ) -> tuple[str | None, tuple[ChatMessage, ...]]:
+        if chat_input.messages is not None:
+            return None, chat_input.messages
+        assert chat_input.message is not None
+        history: list[ChatMessage] = []
+        conversation_id = chat_input.conversation_id
+        if conversation_id is not None:
+            stored = await self._conversations.recent_messages(
+                identity, conversation_id, self._chat.max_history_messages
+            )
+            history = [
+                ChatMessage(
+                    role="assistant" if m.role == "assistant" else "user", content=m.content
+                )
+                for m in stored
+            ]
+        return conversation_id, (*history, ChatMessage(role="user", content=chat_input.message))
+
+    async def _start(
+        self,
+        identity: Identity,
+        chat_input: ChatInput,
+        model: PricedModel,
+        request_id: str,
+        claimed_at: float,
+    ) -> Turn:
+        conversation_id, messages = await self._context(identity, chat_input)
+        request = GenerationRequest(
+            model_id=model.id,
+            messages=messages,
+            sampling=sampling_params(chat_input.sampling, model, self._chat),
+            request_id=request_id,
+            # The generation must end (timeout) before its hold can expire, so a capture never
+            # races the sweeper.
+            deadline_s=min(
+                self._engine.settings.default_deadline_s,
+                generation_deadline_s(self._billing.hold_ttl_s),
+            ),
+        )
+        # Tokenized once here; the same prepared request is streamed below.
+        prepared = await self._engine.prepare(request)
+        requested_model_id = model.id
+        if prepared.model_id != model.id:
+            # The engine falls back to another model when this one cannot load; price the
+            # hold at the model that will answer.
+            model = self.find_model(prepared.model_id)
+        price = model.price
+        hold_credits = cost_credits(price, prepared.prompt_tokens, prepared.max_completion_tokens)
+        hold_started = time.perf_counter()
+        hold_id = await self._holds.place(identity, request_id, hold_credits, price)
+        stream: AsyncIterator[TextDelta | Finished] = NoStream()
+        turn = Turn(
+            identity=identity,
+            chat_input=chat_input,
+            request_id=request_id,
+            conversation_id=conversation_id,
+            model=model,
+            price=price,
+            requested_model_id=requested_model_id,
+            hold_id=hold_id,
+            hold_credits=hold_credits,
+            estimated_prompt_tokens=prepared.prompt_tokens,
+            prompt_text=messages[-1].content,
+            stream=stream,
+            first_event=TextDelta(text=""),
+            started_at=time.monotonic(),
+            billing_s=time.perf_counter() - hold_started,
+        )
+        try:
+            if time.perf_counter() - claimed_at > self._billing.hold_ttl_s * SLOW_PREPARE_FRACTION:
+                await self._claims.mark_hold_placed(request_id)
+            turn.stream = stream = aiter(self._engine.stream(prepared))
+            # Waiting for the first event lets an engine refusal (busy, unavailable) become an
+            # HTTP error instead of a broken stream; the hold is released in full.
+            turn.first_event = await anext(stream)
+            if conversation_id is None and chat_input.message is not None:
+                created = await self._conversations.create(identity, chat_input.message)
+                turn.conversation_id = created.id
+        except InferenceError as exc:
+            metrics.CHAT_REQUESTS.labels(exc.code).inc()
+            await self._streams.release_quietly(turn, "failed")
+            raise
+        except BaseException:
+            # Shielded: a cancelled request still frees its hold and stops its generation.
+            await asyncio.shield(self._streams.release_quietly(turn, "cancelled"))
+            raise
+        return turn
+
+    # -- shutdown --------------------------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """Refuse new chats from now on; running ones continue."""
+        self._streams.closing = True
+
+    def end_streams(self) -> None:
+        """Shutdown after the grace period: stop every running generation; each stream then
+        settles (hold released, reason `cancelled`) and ends with an error `shutting_down`."""
+        self._streams.end_all()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        return await self._streams.wait_idle(timeout_s)
+
+    async def wait_settlements(self, timeout_s: float) -> None:
+        await self._streams.wait_settlements(timeout_s)
