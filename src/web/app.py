@@ -109,6 +109,6 @@ def create_app(
         debug=False,
     )
     app = Litestar.from_config(config)
-    install_request_context(app, services.address_limiter)
+    install_request_context(app, services.address_limiter, settings.server)
     document_errors(app.openapi_schema)
     return app

@@ -182,6 +182,9 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.server.port,
         log_config=None,  # our structlog configuration stays in charge
         access_log=False,
+        # The app resolves X-Forwarded-For itself, from LEDGERCHAT_TRUSTED_PROXIES only;
+        # uvicorn's own handling would believe any loopback peer (FORWARDED_ALLOW_IPS).
+        proxy_headers=False,
         # The service ends its own streams at the grace period; uvicorn cancels what is left
         # only after they had time to send their last event and settle.
         timeout_graceful_shutdown=math.ceil(

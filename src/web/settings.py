@@ -45,6 +45,16 @@ class ServerSettings:
     """Directory for the default SQLite database file (must not be empty)."""
     ui_enabled: bool = True
     """Serve the Gradio UI at / (when the UI package is importable)."""
+    trusted_proxies: str = ""
+    """Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is
+    believed; empty means the connection's peer is always the client."""
+    public_url: str = ""
+    """The URL browsers reach the service at (`https://chat.example.com`): the UI's root URL
+    and the only accepted Origin; empty means the bind address and the request's Host."""
+    metrics_token: str = ""
+    """Bearer token /metrics requires; empty means /metrics answers loopback clients only."""
+    csv_export_ttl_s: int = 600
+    """How long a CSV export of the UI stays on disk for its download before it is deleted."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -317,6 +327,7 @@ def check_settings(settings: Settings) -> None:
         env_name("billing", "max_idempotency_key_length"): (
             settings.billing.max_idempotency_key_length
         ),
+        "LEDGERCHAT_CSV_EXPORT_TTL_S": settings.server.csv_export_ttl_s,
         env_name("chat", "max_message_chars"): settings.chat.max_message_chars,
         env_name("chat", "max_history_messages"): settings.chat.max_history_messages,
         env_name("chat", "max_max_tokens"): settings.chat.max_max_tokens,
@@ -358,6 +369,7 @@ def check_settings(settings: Settings) -> None:
         raise SettingsError(f"LEDGERCHAT_BILLING_HOLD_TTL_S must be at least {MIN_HOLD_TTL_S}")
     if settings.billing.signup_grant_credits < 0:
         raise SettingsError("LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS must not be negative")
+    check_edge_settings(settings.server)
     if settings.server.port > 65535:
         raise SettingsError(f"LEDGERCHAT_PORT out of range: {settings.server.port}")
     if settings.server.log_level.lower() not in LOG_LEVELS:
@@ -365,3 +377,22 @@ def check_settings(settings: Settings) -> None:
             f"LEDGERCHAT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)},"
             f" got {settings.server.log_level!r}"
         )
+
+
+def check_edge_settings(server: ServerSettings) -> None:
+    """The proxy list must parse and the public URL must be an http(s) origin."""
+    from urllib.parse import urlsplit
+
+    from web.request_guard import parse_networks
+
+    try:
+        parse_networks(server.trusted_proxies)
+    except ValueError as exc:
+        raise SettingsError(f"LEDGERCHAT_TRUSTED_PROXIES: {exc}") from exc
+    if server.public_url:
+        parts = urlsplit(server.public_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+            raise SettingsError(
+                "LEDGERCHAT_PUBLIC_URL must be http(s)://host[:port] without a path,"
+                f" got {server.public_url!r}"
+            )

@@ -48,7 +48,10 @@ class LiveServer:
 
 async def start_server(app: Litestar) -> LiveServer:
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    # As `ledgerchat serve`: the app, not uvicorn, decides whom X-Forwarded-For is believed from.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(SERVER_START_TIMEOUT_S):

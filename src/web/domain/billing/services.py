@@ -167,11 +167,13 @@ class BillingService:
     ) -> UsageReport:
         """Requests, tokens and credits per UTC day and model, from the interactions table."""
         until = until or dt.datetime.now(dt.UTC).date()
-        since = since or until - dt.timedelta(days=29)
+        # Clamped, and the day's end taken inclusive: date arithmetic past 0001-01-01 or
+        # 9999-12-31 raises OverflowError.
+        since = since or max(dt.date.min + dt.timedelta(days=29), until) - dt.timedelta(days=29)
         if since > until or (until - since).days >= MAX_USAGE_DAYS:
             raise ValidationFailed(f"since..until must be 1-{MAX_USAGE_DAYS} days, since first")
         start = dt.datetime.combine(since, dt.time(), dt.UTC)
-        end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
+        last = dt.datetime.combine(until, dt.time.max, dt.UTC)
         async with self._sessions() as session:
             rows = (
                 await session.execute(
@@ -184,7 +186,7 @@ class BillingService:
                     ).where(
                         ModelInteractionRow.user_id == identity.user_id,
                         ModelInteractionRow.created_at >= start,
-                        ModelInteractionRow.created_at < end,
+                        ModelInteractionRow.created_at <= last,
                     )
                 )
             ).all()
