@@ -5,6 +5,8 @@ database a 503 that neither loses nor doubles a charge."""
 
 from __future__ import annotations
 
+import csv
+import io
 import sqlite3
 
 from web_testing import PASSWORD, chat, register, signed_in
@@ -234,3 +236,34 @@ class TestStorageBusy:
             assert replay_status == 200 and replay[-1].data["replayed"]
             after = (await client.get("/api/balance", headers=headers)).json()["posted"]
             assert before - after == done["cost_credits"] > 0
+
+
+class TestCsvExport:
+    async def test_formula_cells_are_neutralised(self, server):
+        """A note an admin typed that starts like a formula is exported with a leading `'`;
+        negative amounts stay numbers."""
+        async with server.client() as client:
+            headers = await signed_in(client, "csvuser")
+            user_id = (await client.get("/api/me", headers=headers)).json()["id"]
+            await server.services.accounts.register(
+                "csvroot", "csvroot@example.com", PASSWORD, role="admin"
+            )
+            admin = await client.post(
+                "/api/auth/login", json={"username": "csvroot", "password": PASSWORD}
+            )
+            admin_headers = {"Authorization": f"Bearer {admin.json()['access_token']}"}
+            notes = ['=HYPERLINK("http://evil.example","x")', "+1", "-2+3", "@SUM(A1)", "\tx"]
+            for index, note in enumerate(notes):
+                response = await client.post(
+                    f"/api/admin/users/{user_id}/credits",
+                    json={"amount": 1, "note": note},
+                    headers={**admin_headers, "Idempotency-Key": f"csv-{index}"},
+                )
+                assert response.status_code == 200, response.text
+            await chat(client, headers, sampling={"max_tokens": 2})
+            exported = await client.get("/api/transactions?format=csv", headers=headers)
+        rows = list(csv.DictReader(io.StringIO(exported.text)))
+        exported_notes = {row["note"] for row in rows if row["note"]}
+        assert {"'" + note for note in notes} <= exported_notes, exported_notes
+        charges = [row for row in rows if row["type"] == "hold_captured"]
+        assert charges and all(int(row["amount"]) < 0 for row in charges)
