@@ -30,15 +30,17 @@ class TestCsvExportFiles:
         only; a sweep after the TTL removes it."""
         session = await _signed_in(services, "exporter")
         update, _ = await AccountActions(services).export_csv(session)
-        path = Path(update["value"])
-        assert path.read_text(encoding="utf-8").startswith("event_id,")
-        assert path.parent == private_folder()
-        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-        assert (
-            path.parent.owner() == Path.home().owner() or os.geteuid() == path.parent.stat().st_uid
+        _check_private_then_expired(
+            Path(update["value"]), services.settings.server.csv_export_ttl_s
         )
-        ttl_s = services.settings.server.csv_export_ttl_s
-        old = time.time() - ttl_s - 5
-        os.utime(path, (old, old))
-        assert sweep(ttl_s) >= 1
-        assert not path.exists()
+
+
+def _check_private_then_expired(path: Path, ttl_s: int) -> None:
+    assert path.read_text(encoding="utf-8").startswith("event_id,")
+    assert path.parent == private_folder()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert path.parent.stat().st_uid == os.geteuid()
+    old = time.time() - ttl_s - 5
+    os.utime(path, (old, old))
+    assert sweep(ttl_s) >= 1
+    assert not path.exists()
