@@ -28,8 +28,10 @@ MAX_ADDRESS_CHARS = 64
 MAX_FORWARDED_HOPS = 16
 DEFAULT_PORTS = {"http": "80", "https": "443"}
 
-# Gradio's page needs inline scripts and styles (its bootstrap and svelte's style attributes)
-# and blob: workers; everything else is same-origin. No framing anywhere.
+# Gradio's page needs inline scripts and styles (its bootstrap and svelte's style attributes),
+# blob: workers and eval: without 'unsafe-eval' sign-in fails in chromium ("Evaluating a string
+# as JavaScript violates ... CSP", Gradio runs the event handlers it transpiles to JS that way).
+# Everything else is same-origin. No framing anywhere.
 PAGE_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
     "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "

@@ -55,7 +55,6 @@ def test_page_works_under_csp_using_only_allowed_routes(
     paths = {
         (method, re.sub(r"^https?://[^/]+", "", url).split("?", 1)[0]) for method, url, _ in own
     }
-    print("routes used by the page:", sorted(paths))
     gradio = [
         (method, path)
         for method, path in paths

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from litestar.handlers import ASGIRouteHandler
 
 from web.services import Services
-from web.ui.export_files import private_folder
+from web.ui.export_files import gradio_cache_folder
 from web.ui.mount import GRADIO_PATH_PREFIXES, GradioASGI, ui_route_handlers
 from web.ui.page import UILimits, build_blocks
 from web.ui.styles import PAGE_CSS, PAGE_HEAD
@@ -48,7 +48,7 @@ def mount_ui(services: Services) -> Sequence[ASGIRouteHandler]:
         css=PAGE_CSS,
         head=PAGE_HEAD,
         public_url=services.settings.server.public_url,
-        cache_dir=private_folder(),
+        cache_dir=gradio_cache_folder(),
     )
     return ui_route_handlers(gradio_app)
 

@@ -27,6 +27,14 @@ def private_folder() -> Path:
     return _folder
 
 
+def gradio_cache_folder() -> Path:
+    """The subfolder Gradio copies served files into. It must differ from the export folder:
+    Gradio serves only files it copied itself, and it copies none already inside its cache."""
+    folder = private_folder() / "served"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
 def sweep(max_age_s: float) -> int:
     """Delete files in the folder (and Gradio's cache subfolders) older than `max_age_s`;
     returns how many went."""
@@ -38,7 +46,7 @@ def sweep(max_age_s: float) -> int:
             if path.is_file() and path.stat().st_mtime < cutoff:
                 path.unlink()
                 removed += 1
-            elif path.is_dir() and not any(path.iterdir()):
+            elif path.is_dir() and path.name != "served" and not any(path.iterdir()):
                 path.rmdir()
         except FileNotFoundError:
             continue  # another sweep got there first

@@ -95,6 +95,9 @@ class GradioASGI:
             for block in blocks.blocks.values():
                 block.GRADIO_CACHE = str(cache_dir)
         self._app = _create_gradio_app(blocks, css=css, head=head)
+        if cache_dir is not None:
+            # Gradio's file route serves only from its upload folder (and allow-listed paths).
+            self._app.uploaded_file_dir = str(cache_dir)
         self._start_lock = asyncio.Lock()
         self._started = False
 
