@@ -22,8 +22,6 @@ from typing import Any
 
 import msgspec
 from litestar import Litestar
-from litestar.routes import HTTPRoute
-
 from litestar.openapi.spec import (
     Components,
     OpenAPI,
@@ -35,6 +33,7 @@ from litestar.openapi.spec import (
     Schema,
 )
 from litestar.openapi.spec.enums import OpenAPIType
+from litestar.routes import HTTPRoute
 
 from web.domain.openai.schemas import ChatCompletion
 

@@ -24,6 +24,7 @@ from urllib.parse import unquote
 
 import gradio as gr
 from gradio.routes import App
+from litestar.enums import ScopeType
 from litestar.handlers import ASGIRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
 
@@ -124,9 +125,9 @@ class GradioASGI:
         raw_path = scope.get("raw_path")
         if raw_path:
             forwarded["path"] = unquote(raw_path.decode("latin-1"))
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             # The page uses no websocket; refuse the handshake.
-            await send({"type": "websocket.close", "code": 1008})
+            await send({"type": "websocket.close", "code": 1008, "reason": ""})
             return
         if not gradio_route_allowed(str(scope.get("method", "")), forwarded["path"]):
             await _send_not_found(send)
