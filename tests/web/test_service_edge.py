@@ -9,7 +9,10 @@ import csv
 import io
 import sqlite3
 
-from web_testing import PASSWORD, chat, register, signed_in
+from web_testing import PASSWORD, LiveServer, chat, register, signed_in, start_server
+
+from web.app import create_app
+from web.commands import uvicorn_config
 
 WRONG = "not the password 1"
 
@@ -78,10 +81,24 @@ class TestCrossSite:
             assert direct.status_code == 403
 
 
+async def _serve_as_production(settings) -> LiveServer:
+    """The app under `ledgerchat serve`'s own uvicorn configuration, on a free port."""
+    app = create_app(settings, mount_ui=False, configure_logs=False)
+    return await start_server(app, uvicorn_config(app, settings))
+
+
 class TestTrustedProxies:
-    async def test_forwarded_for_is_ignored_without_trusted_proxies(self, server):
-        """By default X-Forwarded-For is the client's own claim: a lockout earned under one
-        claimed address holds under another."""
+    async def test_forwarded_for_is_ignored_without_trusted_proxies(self, settings):
+        """By default X-Forwarded-For is the client's own claim, also under `serve`'s
+        uvicorn (which by itself believes it from any loopback peer): a lockout earned under
+        one claimed address holds under another."""
+        server = await _serve_as_production(settings)
+        try:
+            await self._claimed_address_changes_nothing(server)
+        finally:
+            await server.stop()
+
+    async def _claimed_address_changes_nothing(self, server) -> None:
         async with server.client() as client:
             await register(client, "spoofer")
             await _lock_out(client, "spoofer", {"X-Forwarded-For": "198.51.100.1"})
@@ -119,13 +136,17 @@ class TestTrustedProxies:
             )
             assert garbage.status_code == 200, garbage.text
 
-    async def test_long_forwarded_for_on_postgres_is_no_500(
-        self, make_server, make_settings, postgres_url
-    ):
-        """An X-Forwarded-For longer than the client_address column never reaches it."""
-        server = await make_server(
-            make_settings(database_url=postgres_url, LEDGERCHAT_TRUSTED_PROXIES="127.0.0.1")
-        )
+    async def test_long_forwarded_for_on_postgres_is_no_500(self, make_settings, postgres_url):
+        """An X-Forwarded-For longer than the client_address column never reaches it, under
+        `serve`'s uvicorn configuration with a trusted proxy."""
+        settings = make_settings(database_url=postgres_url, LEDGERCHAT_TRUSTED_PROXIES="127.0.0.1")
+        server = await _serve_as_production(settings)
+        try:
+            await self._long_address_is_a_401(server)
+        finally:
+            await server.stop()
+
+    async def _long_address_is_a_401(self, server) -> None:
         async with server.client() as client:
             await register(client, "longaddr")
             response = await client.post(
