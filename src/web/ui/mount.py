@@ -47,12 +47,13 @@ GRADIO_PATH_PREFIXES: tuple[str, ...] = (
 
 MAX_UPLOAD_BYTES = 1_000_000
 # What the page calls (GET also allows HEAD): the page, its static files, the queue (join,
-# then the event stream), the heartbeat, the config and the CSV export's download.
+# then the event stream), unqueued events, the heartbeat, the config and the CSV download.
 READ_PATHS = frozenset(
     {"/", "/config", "/theme.css", "/favicon.ico", "/robots.txt", "/gradio_api/queue/data"}
 )
 READ_PREFIXES = ("/assets/", "/static/", "/svelte/", "/gradio_api/heartbeat/", "/gradio_api/file=")
-WRITE_PATHS = frozenset({"/gradio_api/queue/join"})
+# queue/join starts queued events; run/predict answers the `queue=False` ones (Stop).
+WRITE_PATHS = frozenset({"/gradio_api/queue/join", "/gradio_api/run/predict"})
 # Headers from which Gradio would build the page's root URL; a client may send any of them.
 ROOT_URL_HEADERS = frozenset({b"x-forwarded-host", b"x-forwarded-proto", b"x-gradio-server"})
 NOT_FOUND_BODY = b'{"error":{"code":"not_found","message":"no such page","details":{}}}'
