@@ -12,11 +12,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Router
+from litestar import Litestar, MediaType, Response, Router
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.routes import HTTPRoute
+from litestar.status_codes import HTTP_204_NO_CONTENT
+from litestar.types import Scope
 
 from inference import Engine
 from web.auth import AUTH_MIDDLEWARE, SECURITY_COMPONENTS, SERVICES_DEPENDENCY
@@ -30,7 +33,7 @@ from web.domain.system.controllers import health, metrics_endpoint, ready
 from web.exception_handlers import EXCEPTION_HANDLERS
 from web.logging import configure_logging, get_logger
 from web.middleware import install_request_context
-from web.openapi import document_errors
+from web.openapi import document_errors, match_server_schemas
 from web.services import Services
 from web.settings import Settings, load_settings
 
@@ -51,6 +54,30 @@ def _ui_handlers(services: Services) -> Sequence[Any]:
     if isinstance(mounted, list | tuple):
         return tuple(mounted)
     return (mounted,)
+
+
+def complete_options_allow(app: Litestar) -> None:
+    """Make every automatic OPTIONS answer list all of its path's methods. Litestar builds the
+    OPTIONS handler with the first handler registered on a path and keeps it when the route is
+    rebuilt with more, so `OPTIONS /api/keys` listed POST but not GET."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if handler.handler_name == "options_handler" and handler.http_methods == {"OPTIONS"}:
+                handler._fn = _options_answer(sorted(route.methods))
+
+
+def _options_answer(methods: list[str]) -> Any:
+    def options_handler(scope: Scope) -> Response[None]:
+        return Response(
+            content=None,
+            status_code=HTTP_204_NO_CONTENT,
+            headers={"Allow": ", ".join(methods)},
+            media_type=MediaType.TEXT,
+        )
+
+    return options_handler
 
 
 def create_app(
@@ -109,6 +136,8 @@ def create_app(
         debug=False,
     )
     app = Litestar.from_config(config)
-    install_request_context(app, services.address_limiter)
+    complete_options_allow(app)
+    install_request_context(app, services.address_limiter, settings.server)
     document_errors(app.openapi_schema)
+    match_server_schemas(app)
     return app

@@ -148,6 +148,27 @@ def check_port_free(host: str, port: int) -> None:
             raise CommandError(f"cannot listen on {host}:{port}: {_first_line(exc)}") from exc
 
 
+def uvicorn_config(app: Any, settings: Settings) -> Any:
+    """How `serve` runs uvicorn (tests start servers with the same configuration)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,  # our structlog configuration stays in charge
+        access_log=False,
+        # The app resolves X-Forwarded-For itself, from LEDGERCHAT_TRUSTED_PROXIES only;
+        # uvicorn's own handling would believe any loopback peer (FORWARDED_ALLOW_IPS).
+        proxy_headers=False,
+        # The service ends its own streams at the grace period; uvicorn cancels what is left
+        # only after they had time to send their last event and settle.
+        timeout_graceful_shutdown=math.ceil(
+            settings.server.shutdown_grace_s + SHUTDOWN_SETTLE_MARGIN_S
+        ),
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the service until SIGTERM or Ctrl-C; a signalled graceful shutdown exits 0.
 
@@ -175,18 +196,7 @@ def serve(args: argparse.Namespace) -> int:
             # the signal after serving, as uvicorn would.
             self._captured_signals.clear()
 
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,  # our structlog configuration stays in charge
-        access_log=False,
-        # The service ends its own streams at the grace period; uvicorn cancels what is left
-        # only after they had time to send their last event and settle.
-        timeout_graceful_shutdown=math.ceil(
-            settings.server.shutdown_grace_s + SHUTDOWN_SETTLE_MARGIN_S
-        ),
-    )
+    config = uvicorn_config(app, settings)
     server = GracefulServer(config)
 
     async def main() -> None:

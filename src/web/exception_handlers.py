@@ -9,7 +9,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from inference.errors import (
     EngineBusy,
@@ -158,6 +158,17 @@ def _body_missing(errors: Any) -> bool:
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, RecursionError) and "deserializ" in str(exc):
+        # msgspec refuses JSON nested deeper than it recurses with RecursionError, which
+        # Litestar lets through: a malformed body, not a server failure.
+        return _json(400, error_body("validation_failed", "the JSON body is nested too deeply"))
+    if is_storage_busy(exc):
+        log.warning("storage_busy", path=request.url.path, error=str(exc)[:200])
+        return _json(
+            503,
+            error_body("storage_busy", "the database is busy; retry shortly"),
+            {"Retry-After": str(RETRY_AFTER_BUSY_S)},
+        )
     if isinstance(exc, DBAPIError) and "0x00" in str(exc):
         # PostgreSQL text cannot hold NUL. Inputs are checked for it where they enter; this
         # keeps one that slipped through a client error on both backends' behalf, not a 500.
@@ -167,6 +178,25 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     return _json(
         HTTP_500_INTERNAL_SERVER_ERROR,
         error_body("internal_error", "the server failed; the request id identifies the log lines"),
+    )
+
+
+def is_storage_busy(exc: BaseException) -> bool:
+    """A driver error saying another transaction held a lock for longer than the busy
+    timeout: SQLite's "database is locked"/"busy", PostgreSQL's lock_not_available (55P03)
+    and a lock or statement timeout (57014). Nothing was written, so a retry is safe."""
+    if not isinstance(exc, OperationalError):
+        return False
+    text = str(exc.orig).lower()
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return (
+        "database is locked" in text
+        or "database is busy" in text
+        or sqlstate
+        in (
+            "55P03",
+            "57014",
+        )
     )
 
 

@@ -2,11 +2,20 @@
 
 Gauges that describe current state (active holds, queue depth, model load state, memory) are
 refreshed by `refresh_state_gauges` just before /metrics renders, from the live services.
+/metrics tells request rates, model names and memory to whoever reads it: with
+LEDGERCHAT_METRICS_TOKEN set it needs that bearer token, without one it answers only clients on
+the loopback interface (after X-Forwarded-For from trusted proxies is applied).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+
+from litestar.types import Scope
 from prometheus_client import Counter, Gauge, Histogram
+
+from web.errors import NotAuthenticated, PermissionDenied
 
 REQUEST_LATENCY_S = Histogram(
     "ledgerchat_http_request_duration_seconds",
@@ -55,3 +64,28 @@ BILLING_OVERHEAD_S = Histogram(
     "balance and history writes.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+
+def check_metrics_access(scope: Scope, token: str) -> None:
+    """Raise unless the request may read /metrics (see the module docstring)."""
+    if token:
+        given = ""
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"authorization":
+                given = value.decode("latin-1")
+        scheme, _, presented = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), token.encode()
+        ):
+            raise NotAuthenticated("/metrics needs the bearer token LEDGERCHAT_METRICS_TOKEN")
+        return
+    client = scope.get("client")
+    try:
+        loopback = client is not None and ipaddress.ip_address(str(client[0])).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise PermissionDenied(
+            "/metrics answers loopback clients only; set LEDGERCHAT_METRICS_TOKEN to scrape it"
+            " from elsewhere"
+        )

@@ -1,6 +1,7 @@
-"""Per-request plumbing as one ASGI layer: a request id (kept from X-Request-ID when sane, else
-new) bound to every log line and echoed in the response, the per-address rate limit, the
-latency histogram and one `request_finished` log line.
+"""Per-request plumbing as one ASGI layer: the client's real address (web.request_guard), a
+request id (kept from X-Request-ID when sane, else new) bound to every log line and echoed in
+the response, the edge refusals (cross-origin 403, non-JSON 415), the per-address rate limit,
+the security headers, the latency histogram and one `request_finished` log line.
 
 It wraps Litestar's whole HTTP handler (`install_request_context`) rather than sitting in the
 app's middleware list: Litestar runs that list only for matched routes, and an exception raised
@@ -27,6 +28,8 @@ from web.exception_handlers import error_body
 from web.logging import get_logger
 from web.metrics import REQUEST_LATENCY_S
 from web.rate_limit import RateLimiter
+from web.request_guard import ClientAddresses, parse_networks, refusal, security_headers
+from web.settings import ServerSettings
 
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -39,20 +42,25 @@ log = get_logger("web.request")
 
 
 def client_address(scope: Scope) -> str:
+    """The client address RequestContext resolved (proxies taken into account)."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
 
 
-def install_request_context(app: Litestar, address_limiter: RateLimiter) -> None:
+def install_request_context(
+    app: Litestar, address_limiter: RateLimiter, server: ServerSettings
+) -> None:
     """Put the request layer around everything that answers HTTP requests in `app`: routing,
     route middleware and Litestar's exception handling, so it sees every response."""
-    app.asgi_handler = RequestContext(app.asgi_handler, address_limiter)
+    app.asgi_handler = RequestContext(app.asgi_handler, address_limiter, server)
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, address_limiter: RateLimiter) -> None:
+    def __init__(self, app: ASGIApp, address_limiter: RateLimiter, server: ServerSettings) -> None:
         self.app = app
         self.address_limiter = address_limiter
+        self.addresses = ClientAddresses(parse_networks(server.trusted_proxies))
+        self.public_url = server.public_url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -61,6 +69,13 @@ class RequestContext:
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         path = request_path(scope)
+        client = scope.get("client")
+        # Everything downstream (login lockout, rate limits, logs, the UI) reads this.
+        scope["client"] = (self.addresses.resolve(scope), client[1] if client else 0)
+        extra_headers = [
+            (REQUEST_ID_HEADER.encode(), request_id.encode()),
+            *security_headers(path),
+        ]
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             request_id=request_id, method=scope.get("method"), path=path
@@ -71,12 +86,17 @@ class RequestContext:
         async def send_with_request_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                present = {name.lower() for name, _ in message.get("headers", [])}
                 headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                headers.extend(item for item in extra_headers if item[0] not in present)
                 message = {**message, "headers": headers}
             await send(message)
 
         try:
+            refused = refusal(scope, path, self.public_url)
+            if refused is not None:
+                await _send_error(send_with_request_id, *refused)
+                return
             if path not in UNLIMITED_PATHS and not path.startswith(UNLIMITED_PREFIXES):
                 retry_after = self.address_limiter.hit(client_address(scope))
                 if retry_after:
@@ -114,19 +134,33 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 
 async def _send_429(send: Any, retry_after_s: int) -> None:
-    body = json.dumps(
-        error_body(
-            "rate_limited", "too many requests from this address", {"retry_after_s": retry_after_s}
-        )
-    ).encode()
+    await _send_error(
+        send,
+        429,
+        "rate_limited",
+        "too many requests from this address",
+        {"retry_after_s": retry_after_s},
+        [(b"retry-after", str(retry_after_s).encode())],
+    )
+
+
+async def _send_error(
+    send: Any,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = json.dumps(error_body(code, message, details)).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 429,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"retry-after", str(retry_after_s).encode()),
                 (b"content-length", str(len(body)).encode()),
+                *(headers or []),
             ],
         }
     )

@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from inference.catalog import MAX_NEW_TOKENS_CAP
 from ledger.domain import MAX_KEY_LENGTH
+from web.request_guard import parse_networks
 
 ENV_PREFIX = "LEDGERCHAT_"
 MIN_HOLD_TTL_S = 2
@@ -85,12 +87,38 @@ class ServerSettings(_Section):
     its `models` folder too (else in ~/.cache/ledgerchat/models). Must not be empty."""
     ui_enabled: bool = True
     """Serve the Gradio UI at / (when the UI package is importable)."""
+    trusted_proxies: str = ""
+    """Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is
+    believed; empty means the connection's peer is always the client."""
+    public_url: str = ""
+    """The URL browsers reach the service at (`https://chat.example.com`): the UI's root URL
+    and the only accepted Origin; empty means the bind address and the request's Host."""
+    metrics_token: str = ""
+    """Bearer token /metrics requires; empty means /metrics answers loopback clients only."""
+    csv_export_ttl_s: int = Field(default=600, gt=0)
+    """How long a CSV export of the UI stays on disk for its download before it is deleted."""
 
     @field_validator("data_dir", mode="before")
     @classmethod
     def _data_dir_not_empty(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             raise ValueError("is empty: give a directory, or unset it for the default ./data")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, value: str) -> str:
+        parse_networks(value)  # its ValueError names the entry that does not parse
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_an_origin(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (
+            parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/")
+        ):
+            raise ValueError(f"must be http(s)://host[:port] without a path, got {value!r}")
         return value
 
     @field_validator("log_level")

@@ -71,3 +71,33 @@ class TestGradioMount:
         assert len(set(GRADIO_PATH_PREFIXES)) == len(GRADIO_PATH_PREFIXES)
         for service_prefix in ("/api", "/v1", "/schema", "/health", "/ready", "/metrics"):
             assert not any(service_prefix.startswith(p) for p in GRADIO_PATH_PREFIXES)
+
+
+class TestGradioRoutesRefused:
+    def test_upload_and_unused_routes_are_404(self, client: TestClient[Litestar]) -> None:
+        """Gradio's upload route and the routes the page never calls are refused by the
+        mount before Gradio sees them; the page's own routes still answer."""
+        upload = client.post(
+            "/gradio_api/upload", files={"files": ("a.txt", b"x" * 1000, "text/plain")}
+        )
+        assert upload.status_code == 404
+        for path in ("/gradio_api/info", "/gradio_api/startup-events", "/monitoring"):
+            assert client.get(path).status_code == 404, path
+        assert client.get("/config").status_code == 200
+
+    def test_forwarded_host_is_not_the_root_url(self, client: TestClient[Litestar]) -> None:
+        """X-Forwarded-Host and X-Gradio-Server never become the page's root URL."""
+        config = client.get(
+            "/config",
+            headers={"X-Forwarded-Host": "evil.example", "X-Gradio-Server": "http://evil.example"},
+        ).json()
+        assert "evil.example" not in str(config.get("root"))
+
+
+def test_public_url_is_the_root_url() -> None:
+    """With a public URL configured, the page's root URL is exactly it."""
+    gradio_app = GradioASGI(_blocks(), public_url="https://chat.example")
+    app = Litestar([*ui_route_handlers(gradio_app)])
+    with TestClient(app) as test_client:
+        config = test_client.get("/config", headers={"X-Forwarded-Host": "evil.example"}).json()
+    assert config["root"] == "https://chat.example"

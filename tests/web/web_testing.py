@@ -46,9 +46,15 @@ class LiveServer:
         await asyncio.wait_for(self.task, 60)
 
 
-async def start_server(app: Litestar) -> LiveServer:
+async def start_server(app: Litestar, config: uvicorn.Config | None = None) -> LiveServer:
+    """`app` on a free loopback port; `config` (its port is replaced) defaults to the one below."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    if config is None:
+        # As `ledgerchat serve`: the app, not uvicorn, decides whom X-Forwarded-For is believed.
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, lifespan="on", proxy_headers=False
+        )
+    config.host, config.port = "127.0.0.1", port
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(SERVER_START_TIMEOUT_S):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from litestar.handlers import ASGIRouteHandler
 
 from web.services import Services
+from web.ui.export_files import gradio_cache_folder
 from web.ui.mount import GRADIO_PATH_PREFIXES, GradioASGI, ui_route_handlers
 from web.ui.page import UILimits, build_blocks
 from web.ui.styles import PAGE_CSS, PAGE_HEAD
@@ -42,7 +43,14 @@ def mount_ui(services: Services) -> Sequence[ASGIRouteHandler]:
     blocks = build_blocks(
         services, limits, storage_secret=storage_secret_for(services.settings.auth.jwt_secret)
     )
-    return ui_route_handlers(GradioASGI(blocks, css=PAGE_CSS, head=PAGE_HEAD))
+    gradio_app = GradioASGI(
+        blocks,
+        css=PAGE_CSS,
+        head=PAGE_HEAD,
+        public_url=services.settings.server.public_url,
+        cache_dir=gradio_cache_folder(),
+    )
+    return ui_route_handlers(gradio_app)
 
 
 __all__ = ["GRADIO_PATH_PREFIXES", "UILimits", "mount_ui"]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,14 +18,13 @@ from web.domain.accounts.schemas import Identity
 from web.domain.billing.schemas import TransactionView, UsageReport
 from web.errors import ServiceError
 from web.services import Services
+from web.ui.export_files import private_folder, schedule_sweep, sweep
 from web.ui.session import SessionEnded, UISession, identity
 from web.ui.text import balance_html, notice_html
 
 HISTORY_PAGE_SIZE = 20
 HISTORY_COLUMNS = ["Time (UTC)", "Type", "Amount", "Balance after", "Model", "Tokens", "Reason"]
 USAGE_DAYS = 30
-CSV_EXPORT_DIR = Path(tempfile.gettempdir()) / "ledgerchat-ui-csv"
-CSV_MAX_AGE_S = 600
 KEY_COLUMNS = ["Id", "Name", "Prefix", "Created (UTC)", "Last used", "Status"]
 
 
@@ -35,15 +32,12 @@ def _time(value: dt.datetime | None) -> str:
     return "" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _fresh_csv_path(username: str) -> Path:
-    """A new file in the export folder, after deleting exports older than CSV_MAX_AGE_S
-    (Gradio serves its own cached copy, so the originals are only needed briefly)."""
-    CSV_EXPORT_DIR.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - CSV_MAX_AGE_S
-    for old in CSV_EXPORT_DIR.glob("*.csv"):
-        if old.stat().st_mtime < cutoff:
-            old.unlink(missing_ok=True)
-    return CSV_EXPORT_DIR / f"transactions-{username}-{uuid.uuid4().hex[:8]}.csv"
+def _fresh_csv_path(username: str, ttl_s: float) -> Path:
+    """A new file in the private export folder, after deleting exports older than `ttl_s`;
+    another sweep is scheduled for just after this one's TTL (web.ui.export_files)."""
+    sweep(ttl_s)
+    schedule_sweep(ttl_s)
+    return private_folder() / f"transactions-{username}-{uuid.uuid4().hex[:8]}.csv"
 
 
 def transaction_rows(transactions: list[TransactionView]) -> list[list[Any]]:
@@ -164,7 +158,7 @@ class AccountActions:
         except SessionEnded as ended:
             return gr.skip(), notice_html("error", ended.message)
         text = await self._services.billing.transactions_csv(caller)
-        path = _fresh_csv_path(caller.username)
+        path = _fresh_csv_path(caller.username, self._services.settings.server.csv_export_ttl_s)
         path.write_text(text, encoding="utf-8")
         return gr.update(value=str(path), visible=True), notice_html("success", "CSV ready.")
 

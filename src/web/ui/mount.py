@@ -6,17 +6,25 @@ static assets; that is the broken page measured in FACTS.md. So the UI is mounte
 exact top-level prefixes Gradio serves (plus a plain handler for `/` itself) and the original
 request path is restored before the call reaches Gradio. Gradio's queue is started on the
 first request, so the mount needs no hook in the app's lifespan.
+
+Gradio answers far more than the page needs (uploads, run history, MCP, its own API docs), none
+of it behind the service's sign-in: only the routes the page was seen to call in a browser
+(tests/ui/test_edge_browser.py) are let through, everything else is a 404. Gradio's root URL
+is pinned (LEDGERCHAT_PUBLIC_URL, else the address the connection arrived at), never taken from
+X-Forwarded-Host or X-Gradio-Server, which any client can send.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import gradio as gr
 from gradio.routes import App
+from litestar.enums import ScopeType
 from litestar.handlers import ASGIRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
 
@@ -38,14 +46,60 @@ GRADIO_PATH_PREFIXES: tuple[str, ...] = (
 
 
 MAX_UPLOAD_BYTES = 1_000_000
+# What the page calls (GET also allows HEAD): the page, its static files, the queue (join,
+# then the event stream), unqueued events, the heartbeat, the config and the CSV download.
+READ_PATHS = frozenset(
+    {"/", "/config", "/theme.css", "/favicon.ico", "/robots.txt", "/gradio_api/queue/data"}
+)
+READ_PREFIXES = ("/assets/", "/static/", "/svelte/", "/gradio_api/heartbeat/", "/gradio_api/file=")
+# queue/join starts queued events; run/predict answers the `queue=False` ones (Stop).
+WRITE_PATHS = frozenset({"/gradio_api/queue/join", "/gradio_api/run/predict"})
+# Headers from which Gradio would build the page's root URL; a client may send any of them.
+ROOT_URL_HEADERS = frozenset({b"x-forwarded-host", b"x-forwarded-proto", b"x-gradio-server"})
+NOT_FOUND_BODY = b'{"error":{"code":"not_found","message":"no such page","details":{}}}'
+
+
+def gradio_route_allowed(method: str, path: str) -> bool:
+    """Whether the page needs this Gradio route (see the module docstring)."""
+    method = method.upper()
+    if method in ("GET", "HEAD"):
+        return path in READ_PATHS or path.startswith(READ_PREFIXES)
+    return method == "POST" and path in WRITE_PATHS
+
+
+def root_url(scope: Scope, public_url: str) -> str:
+    """The configured public URL, else http:// plus the local address the connection came in
+    on (a socket fact, not a header)."""
+    if public_url:
+        return public_url.rstrip("/")
+    host, port = scope.get("server") or ("127.0.0.1", 80)
+    host = f"[{host}]" if ":" in str(host) else str(host)
+    return f"http://{host}:{port}"
 
 
 class GradioASGI:
     """The ASGI app of one `Blocks`, started lazily and called with the request's real path."""
 
-    def __init__(self, blocks: gr.Blocks, *, css: str = "", head: str = "") -> None:
+    def __init__(
+        self,
+        blocks: gr.Blocks,
+        *,
+        css: str = "",
+        head: str = "",
+        public_url: str = "",
+        cache_dir: Path | None = None,
+    ) -> None:
         self._blocks = blocks
+        self._public_url = public_url
+        if cache_dir is not None:
+            # Files the page serves (the CSV export) are copied into each component's cache:
+            # a private per-process folder, not the shared, world-readable /tmp/gradio.
+            for block in blocks.blocks.values():
+                block.GRADIO_CACHE = str(cache_dir)
         self._app = _create_gradio_app(blocks, css=css, head=head)
+        if cache_dir is not None:
+            # Gradio's file route serves only from its upload folder (and allow-listed paths).
+            self._app.uploaded_file_dir = str(cache_dir)
         self._start_lock = asyncio.Lock()
         self._started = False
 
@@ -66,19 +120,45 @@ class GradioASGI:
             self._started = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._ensure_started()
         forwarded: dict[str, Any] = dict(scope)
         # Litestar rewrote `path` to the part after the mount prefix; Gradio routes on the
         # full path. `raw_path` is untouched, percent-encoded, without the query string.
         raw_path = scope.get("raw_path")
         if raw_path:
             forwarded["path"] = unquote(raw_path.decode("latin-1"))
+        if scope["type"] != ScopeType.HTTP:
+            # The page uses no websocket; refuse the handshake.
+            await send({"type": "websocket.close", "code": 1008, "reason": ""})
+            return
+        if not gradio_route_allowed(str(scope.get("method", "")), forwarded["path"]):
+            await _send_not_found(send)
+            return
+        await self._ensure_started()
+        forwarded["headers"] = [
+            (name, value)
+            for name, value in scope.get("headers", [])
+            if name.lower() not in ROOT_URL_HEADERS
+        ] + [(b"x-gradio-server", root_url(scope, self._public_url).encode())]
         forwarded["root_path"] = ""
         # Litestar keeps its own objects in the scope; Gradio's Starlette must not see them.
         forwarded.pop("app", None)
         forwarded.pop("router", None)
         forwarded.pop("route_handler", None)
         await self._app(forwarded, receive, send)  # type: ignore[arg-type]
+
+
+async def _send_not_found(send: Send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 404,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(NOT_FOUND_BODY)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": NOT_FOUND_BODY, "more_body": False})
 
 
 def _create_gradio_app(blocks: gr.Blocks, *, css: str, head: str) -> App:

@@ -33,6 +33,7 @@ MAX_CSV_ROWS = 10_000
 MAX_USAGE_DAYS = 366
 # Sign of each event's effect on the posted balance (holds move only `available`).
 POSTED_SIGN = {"credits_added": 1, "refunded": 1, "hold_captured": -1, "charged": -1}
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 CSV_COLUMNS = (
     "event_id",
     "occurred_at",
@@ -48,6 +49,19 @@ CSV_COLUMNS = (
     "reason",
     "note",
 )
+
+
+def csv_cell(value: object) -> object:
+    """One exported cell. Text a spreadsheet would run as a formula (OWASP's CSV injection
+    rule: a leading = + - @, tab or carriage return) gets a leading `'`, so a note or reason
+    chosen by a user or an admin stays text; numbers stay numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _int_or_none(value: object) -> int | None:
@@ -150,12 +164,7 @@ class BillingService:
             )
             for row in page.transactions:
                 values = [getattr(row, column) for column in CSV_COLUMNS]
-                writer.writerow(
-                    [
-                        "" if v is None else v.isoformat() if isinstance(v, dt.datetime) else v
-                        for v in values
-                    ]
-                )
+                writer.writerow([csv_cell(value) for value in values])
                 written += 1
             if page.next_cursor is None:
                 break
@@ -167,11 +176,13 @@ class BillingService:
     ) -> UsageReport:
         """Requests, tokens and credits per UTC day and model, from the interactions table."""
         until = until or dt.datetime.now(dt.UTC).date()
-        since = since or until - dt.timedelta(days=29)
+        # Clamped, and the day's end taken inclusive: date arithmetic past 0001-01-01 or
+        # 9999-12-31 raises OverflowError.
+        since = since or max(dt.date.min + dt.timedelta(days=29), until) - dt.timedelta(days=29)
         if since > until or (until - since).days >= MAX_USAGE_DAYS:
             raise ValidationFailed(f"since..until must be 1-{MAX_USAGE_DAYS} days, since first")
         start = dt.datetime.combine(since, dt.time(), dt.UTC)
-        end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
+        last = dt.datetime.combine(until, dt.time.max, dt.UTC)
         async with self._sessions() as session:
             rows = (
                 await session.execute(
@@ -184,7 +195,7 @@ class BillingService:
                     ).where(
                         ModelInteractionRow.user_id == identity.user_id,
                         ModelInteractionRow.created_at >= start,
-                        ModelInteractionRow.created_at < end,
+                        ModelInteractionRow.created_at <= last,
                     )
                 )
             ).all()

@@ -1,12 +1,16 @@
-"""/health (the process answers), /ready (database, schema, default model) and /metrics."""
+"""/health (the process answers), /ready (database, schema, default model) and /metrics
+(bearer LEDGERCHAT_METRICS_TOKEN when set, else loopback clients only)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
-from litestar import MediaType, Response, get
+from litestar import MediaType, Request, Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from web.metrics import check_metrics_access
 from web.services import Services
 
 
@@ -37,7 +41,10 @@ async def ready(services: NamedDependency[Services]) -> Response[ReadyView]:
 
 
 @get("/metrics", tags=["system"], media_type=MediaType.TEXT, include_in_schema=False)
-async def metrics_endpoint(services: NamedDependency[Services]) -> Response[bytes]:
+async def metrics_endpoint(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> Response[bytes]:
     """Prometheus text format."""
+    check_metrics_access(request.scope, services.settings.server.metrics_token)
     services.refresh_gauges()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
