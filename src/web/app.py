@@ -19,7 +19,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from inference import Engine
-from web.auth import AUTH_MIDDLEWARE, SECURITY_COMPONENTS, SERVICES_DEPENDENCY
+from web.auth import AUTH_MIDDLEWARE, SECURITY_COMPONENTS, SERVICES_DEPENDENCY, key_scopes
 from web.domain.accounts.controllers import AuthController, MeController
 from web.domain.admin.controllers import AdminController
 from web.domain.billing.controllers import BillingController
@@ -88,6 +88,8 @@ def create_app(
             OpenAIController,
         ],
         middleware=[AUTH_MIDDLEWARE],
+        # API keys reach only the routes their scopes allow (see web.auth).
+        guards=[key_scopes],
     )
     handlers: list[Any] = [health, ready, metrics_endpoint, api]
     if mount_ui and settings.server.ui_enabled:

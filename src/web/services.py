@@ -22,24 +22,21 @@ from ledger import Ledger, LedgerSettings
 from web import metrics
 from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
 from web.database import create_engine, schema_is_current, session_factory, upgrade_schema
+from web.domain.accounts.invites import InvitesService
+from web.domain.accounts.registration import RegistrationService
 from web.domain.accounts.services import AccountsService
 from web.domain.admin.services import AdminService
 from web.domain.billing.services import BillingService
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.services import ChatService
 from web.domain.keys.services import ApiKeysService
+from web.domain.system.schemas import Readiness
 from web.logging import get_logger
 from web.rate_limit import RateLimiter
 from web.settings import Settings
 
 log = get_logger(__name__)
 CLOSE_SETTLEMENTS_TIMEOUT_S = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Readiness:
-    ready: bool
-    checks: dict[str, str]
 
 
 @dataclasses.dataclass
@@ -49,6 +46,7 @@ class _Started:
     ledger: Ledger
     engine: Engine
     accounts: AccountsService
+    registration: RegistrationService
     api_keys: ApiKeysService
     conversations: ConversationsService
     chat: ChatService
@@ -139,19 +137,21 @@ class Services:
         accounts = AccountsService(sessions, ledger, settings.auth, settings.billing)
         conversations = ConversationsService(sessions, settings.chat.conversations_page_size)
         billing = BillingService(sessions, ledger)
+        invites = InvitesService(sessions)
         self._started = _Started(
             db=db,
             sessions=sessions,
             ledger=ledger,
             engine=engine,
             accounts=accounts,
+            registration=RegistrationService(sessions, accounts, invites, settings.auth),
             api_keys=ApiKeysService(sessions, settings.auth),
             conversations=conversations,
             chat=ChatService(
                 sessions, ledger, engine, conversations, settings.chat, settings.billing
             ),
             billing=billing,
-            admin=AdminService(ledger, accounts, billing),
+            admin=AdminService(sessions, ledger, accounts, billing, invites, settings.auth),
         )
         if self._start_background_jobs:
             self._jobs += [
@@ -239,6 +239,10 @@ class Services:
     @property
     def accounts(self) -> AccountsService:
         return self._require().accounts
+
+    @property
+    def registration(self) -> RegistrationService:
+        return self._require().registration
 
     @property
     def api_keys(self) -> ApiKeysService:

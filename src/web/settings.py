@@ -84,6 +84,21 @@ class AuthSettings:
     """Window over which failed logins are counted, and how long the lock lasts."""
     max_api_keys_per_user: int = 20
     """Active API keys a single user may hold."""
+    registration_mode: str = "open"
+    """Who may register over the API and UI: `open`, `invite` (a single-use code an admin
+    made) or `closed` (only `ledgerchat user create`)."""
+    signups_per_address_per_hour: int = 5
+    """Registrations one client address may make per hour; 0 means no limit."""
+    password_min_strength: int = 2
+    """Lowest accepted zxcvbn score (0-4) of a new password; 0 turns the check off."""
+    max_concurrent_password_hashes: int = 2
+    """argon2 hashes and verifications running at once; more wait their turn, so a burst of
+    registrations or logins cannot take every CPU from other requests."""
+    api_key_default_scopes: str = "chat read"
+    """Scopes a new API key gets when its creator names none (space-separated, from `chat`,
+    `read` and `write`)."""
+    invite_default_ttl_s: int = 7 * 24 * 3600
+    """Lifetime of an invite code when its creator gives none; 0 means it never expires."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -220,6 +235,9 @@ def _build(cls: type[T], concern: str, values: Mapping[str, str]) -> T:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+REGISTRATION_MODES = ("open", "invite", "closed")
+API_KEY_SCOPES = ("chat", "read", "write")
+MAX_PASSWORD_STRENGTH = 4
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -312,6 +330,9 @@ def check_settings(settings: Settings) -> None:
         env_name("auth", "lockout_failures"): settings.auth.lockout_failures,
         env_name("auth", "lockout_window_s"): settings.auth.lockout_window_s,
         env_name("auth", "max_api_keys_per_user"): settings.auth.max_api_keys_per_user,
+        env_name("auth", "max_concurrent_password_hashes"): (
+            settings.auth.max_concurrent_password_hashes
+        ),
         env_name("billing", "hold_ttl_s"): settings.billing.hold_ttl_s,
         env_name("billing", "sweep_interval_s"): settings.billing.sweep_interval_s,
         env_name("billing", "max_idempotency_key_length"): (
@@ -345,6 +366,7 @@ def check_settings(settings: Settings) -> None:
             f" <= {MAX_PASSWORD_CHARS}, got {auth.password_min_length} and"
             f" {auth.password_max_length}"
         )
+    check_registration_settings(auth)
     if settings.billing.max_idempotency_key_length > MAX_IDEMPOTENCY_KEY_CHARS:
         raise SettingsError(
             "LEDGERCHAT_BILLING_MAX_IDEMPOTENCY_KEY_LENGTH must be at most"
@@ -364,4 +386,28 @@ def check_settings(settings: Settings) -> None:
         raise SettingsError(
             f"LEDGERCHAT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)},"
             f" got {settings.server.log_level!r}"
+        )
+
+
+def check_registration_settings(auth: AuthSettings) -> None:
+    """Registration mode, signup limit, password strength and default key scopes."""
+    if auth.registration_mode not in REGISTRATION_MODES:
+        raise SettingsError(
+            f"LEDGERCHAT_AUTH_REGISTRATION_MODE must be one of {', '.join(REGISTRATION_MODES)},"
+            f" got {auth.registration_mode!r}"
+        )
+    if auth.signups_per_address_per_hour < 0:
+        raise SettingsError("LEDGERCHAT_AUTH_SIGNUPS_PER_ADDRESS_PER_HOUR must not be negative")
+    if auth.invite_default_ttl_s < 0:
+        raise SettingsError("LEDGERCHAT_AUTH_INVITE_DEFAULT_TTL_S must not be negative")
+    if not 0 <= auth.password_min_strength <= MAX_PASSWORD_STRENGTH:
+        raise SettingsError(
+            f"LEDGERCHAT_AUTH_PASSWORD_MIN_STRENGTH must be 0-{MAX_PASSWORD_STRENGTH},"
+            f" got {auth.password_min_strength}"
+        )
+    scopes = auth.api_key_default_scopes.split()
+    if not scopes or any(scope not in API_KEY_SCOPES for scope in scopes):
+        raise SettingsError(
+            "LEDGERCHAT_AUTH_API_KEY_DEFAULT_SCOPES must name one or more of"
+            f" {', '.join(API_KEY_SCOPES)}, got {auth.api_key_default_scopes!r}"
         )
