@@ -24,6 +24,10 @@ from web.ui.session import UISession, resume
 from web.ui.text import notice_html
 
 REGISTER_FIELDS = ("username", "email", "password", "confirm")
+REGISTRATION_CLOSED_TEXT = (
+    "Registration is closed on this server. Ask an administrator to create an account for you."
+)
+INVITE_HELP = "Registration is by invitation: enter the invite code an administrator gave you."
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,8 @@ class SignInActions:
         email: str,
         password: str,
         confirm: str,
+        invite_code: str | None,
         request: gr.Request,
-        invite_code: str = "",
     ) -> tuple[Any, ...]:
         """Create the account and sign in. Returns (4 field errors, form notice, login name).
         The registration mode, invite and per-address limit are the API's."""
@@ -74,7 +78,7 @@ class SignInActions:
                 username,
                 email,
                 password,
-                invite_code=invite_code.strip() or None,
+                invite_code=(invite_code or "").strip() or None,
                 client_address=client_address(request),
             )
         except ValidationFailed as error:
