@@ -87,6 +87,10 @@ async def _run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             settings.database, url=args.db or f"sqlite+aiosqlite:///{scratch / 'bench.db'}"
         ),
         server=dataclasses.replace(settings.server, ui_enabled=False, log_level="warning"),
+        # Every bench user registers from 127.0.0.1 into a scratch database.
+        auth=dataclasses.replace(
+            settings.auth, registration_mode="open", signups_per_address_per_hour=0
+        ),
         models=dataclasses.replace(
             settings.models, catalog=str(args.catalog) if args.catalog else settings.models.catalog
         ),

@@ -66,7 +66,7 @@ class RegistrationService:
 
     async def _claim_signup(self, client_address: str) -> None:
         """Record the attempt, then count: the same claim-then-count order as the login
-        lockout (see AccountsService._claim_attempt), so that concurrent registrations from
+        lockout (see LoginLockout.claim), so that concurrent registrations from
         one address cannot all pass the check before any of them is stored."""
         limit = self._auth.signups_per_address_per_hour
         if limit <= 0:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger import Ledger
 from web.domain.accounts.invites import spend_invite
+from web.domain.accounts.lockout import LoginLockout
 from web.domain.accounts.passwords import PasswordHashing
 from web.domain.accounts.rules import (
     MAX_EMAIL_CHARS,
@@ -26,7 +27,6 @@ from web.domain.accounts.tokens import AccessTokens, InvalidToken, new_refresh_t
 from web.errors import (
     AccountDisabled,
     AlreadyExists,
-    LoginLocked,
     NotAuthenticated,
     NotFound,
     PermissionDenied,
@@ -55,6 +55,7 @@ class AccountsService:
         self._auth = auth
         self._billing = billing
         self._passwords = PasswordHashing(auth)
+        self._lockout = LoginLockout(sessions, auth)
         self.access_tokens = AccessTokens(auth.jwt_secret, auth.access_token_ttl_s)
 
     # -- registration -------------------------------------------------------------------
@@ -189,7 +190,7 @@ class AccountsService:
                 )
             ).one_or_none()
         user_id = row.id if row is not None else None
-        attempt_id = await self._claim_attempt(name, user_id, client_address)
+        attempt_id = await self._lockout.claim(name, user_id, client_address)
         if row is None:
             ok = await self._passwords.verify_absent(password)
         else:
@@ -218,81 +219,6 @@ class AccountsService:
             await session.commit()
         log.info("user_login", user_id=user.id, client_address=client_address)
         return pair
-
-    async def _claim_attempt(self, name: str, user_id: int | None, client_address: str) -> int:
-        """Record this attempt as a failure, then check the lock; returns the attempt's id.
-
-        Why in this order: checking first and recording after the (slow) password check let
-        concurrent requests all pass the check before any failure was stored. Here each
-        request commits its row in its own transaction before it counts, so of any two
-        concurrent requests the one that counts later sees the other's row; ordered by when
-        they count, the k-th allowed request sees at least k-1 others, and no more than the
-        limit can get through within a window, with any number of app processes, on SQLite
-        and PostgreSQL alike, without locks or a serializable transaction. Concurrent
-        requests may see each other and be refused a little early; that errs on the safe
-        side. A refused attempt deletes its row again (as before, attempts made while locked
-        do not extend the lock); a successful one turns it into a success. A request that
-        dies between these steps leaves a failure behind, which also errs on the safe side.
-        """
-        async with self._sessions() as session:
-            attempt = LoginAttemptRow(
-                username=name, user_id=user_id, client_address=client_address, succeeded=False
-            )
-            session.add(attempt)
-            await session.commit()
-            try:
-                await self._check_not_locked(session, attempt, client_address)
-            except LoginLocked:
-                await session.execute(
-                    delete(LoginAttemptRow).where(LoginAttemptRow.id == attempt.id)
-                )
-                await session.commit()
-                raise
-            return attempt.id
-
-    async def _check_not_locked(
-        self, session: AsyncSession, attempt: LoginAttemptRow, client_address: str
-    ) -> None:
-        """Locked when `lockout_failures` other failures (pending ones included) of the same
-        account from this client lie in the window after its last success. An unknown name
-        is counted by the name typed instead of an account."""
-        if attempt.user_id is not None:
-            same_key = LoginAttemptRow.user_id == attempt.user_id
-        else:
-            same_key = LoginAttemptRow.user_id.is_(None) & (
-                LoginAttemptRow.username == attempt.username
-            )
-        window_start = utc_now() - dt.timedelta(seconds=self._auth.lockout_window_s)
-        last_success = await session.scalar(
-            select(func.max(LoginAttemptRow.created_at)).where(
-                same_key,
-                LoginAttemptRow.client_address == client_address,
-                LoginAttemptRow.succeeded.is_(True),
-            )
-        )
-        since = max(window_start, last_success) if last_success else window_start
-        failures = list(
-            await session.scalars(
-                select(LoginAttemptRow.created_at)
-                .where(
-                    same_key,
-                    LoginAttemptRow.client_address == client_address,
-                    LoginAttemptRow.succeeded.is_(False),
-                    LoginAttemptRow.created_at > since,
-                    LoginAttemptRow.id != attempt.id,
-                )
-                .order_by(LoginAttemptRow.created_at.desc())
-                .limit(self._auth.lockout_failures)
-            )
-        )
-        if len(failures) >= self._auth.lockout_failures:
-            # Unlocks when the oldest of the last N failures leaves the window.
-            unlock_at = failures[-1] + dt.timedelta(seconds=self._auth.lockout_window_s)
-            retry_after_s = max(1, int((unlock_at - utc_now()).total_seconds()) + 1)
-            log.warning("login_locked", username=attempt.username, client_address=client_address)
-            raise LoginLocked(
-                "too many failed logins; try again later", retry_after_s=retry_after_s
-            )
 
     def _new_session(self, session: AsyncSession, row: UserRow, *, family_id: str) -> TokenPair:
         refresh_token = new_refresh_token()
