@@ -147,7 +147,7 @@ class TestOpenApiMatchesBehaviour:
         assert {"401"} <= statuses("/api/auth/login", "post")
         assert {"401"} <= statuses("/api/auth/refresh", "post")
         assert {"409"} <= statuses("/api/auth/register", "post")
-        assert "403" not in statuses("/api/auth/login", "post")
+        assert "403" in statuses("/api/auth/login", "post")  # a disabled account
         assert statuses("/health", "get") == {"200"}
         ready = paths["/ready"]["get"]["responses"]
         assert ready["503"]["content"] == ready["200"]["content"]

@@ -3,7 +3,7 @@ composition root answers because they look at every part of the service."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -11,6 +11,7 @@ from litestar.di import Provide
 from web.domain.system.schemas import Readiness
 
 
+@runtime_checkable
 class Probes(Protocol):
     async def readiness(self) -> Readiness: ...
 
