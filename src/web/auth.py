@@ -38,7 +38,7 @@ PUBLIC = "public"
 """Handler `opt` key of the /api endpoints that need no credentials."""
 SCOPE = "api_key_scope"
 """Handler `opt` key naming the scope an API key needs there (else derived, see key_scopes)."""
-CHAT_PATHS = frozenset({"/api/chat", "/v1/chat/completions", "/v1/completions"})
+CHAT_PATHS = frozenset({"/api/chat", "/v1/chat/completions"})
 SECURITY: list[SecurityRequirement] = [{"BearerAuth": []}]
 SECURITY_COMPONENTS = Components(
     security_schemes={

@@ -71,11 +71,18 @@ class RegistrationService:
         limit = self._auth.signups_per_address_per_hour
         if limit <= 0:
             return
+        window_start = utc_now() - dt.timedelta(seconds=SIGNUP_WINDOW_S)
         async with self._sessions() as session:
             attempt = SignupAttemptRow(client_address=client_address[:64])
+            # Attempts older than the window count for nothing: the address's rows stay few.
+            await session.execute(
+                delete(SignupAttemptRow).where(
+                    SignupAttemptRow.client_address == attempt.client_address,
+                    SignupAttemptRow.created_at <= window_start,
+                )
+            )
             session.add(attempt)
             await session.commit()
-            window_start = utc_now() - dt.timedelta(seconds=SIGNUP_WINDOW_S)
             earlier = list(
                 await session.scalars(
                     select(SignupAttemptRow.created_at)
