@@ -22,7 +22,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Scope
 
 from inference import Engine
-from web.auth import AUTH_MIDDLEWARE, SECURITY_COMPONENTS, SERVICES_DEPENDENCY
+from web.auth import AUTH_MIDDLEWARE, SECURITY_COMPONENTS, key_scopes
 from web.domain.accounts.controllers import AuthController, MeController
 from web.domain.admin.controllers import AdminController
 from web.domain.billing.controllers import BillingController
@@ -115,13 +115,14 @@ def create_app(
             OpenAIController,
         ],
         middleware=[AUTH_MIDDLEWARE],
+        # API keys reach only the routes their scopes allow (see web.auth).
+        guards=[key_scopes],
     )
     handlers: list[Any] = [health, ready, metrics_endpoint, api]
     if mount_ui and settings.server.ui_enabled:
         handlers.extend(_ui_handlers(services))
     config = AppConfig(
         route_handlers=handlers,
-        dependencies=SERVICES_DEPENDENCY,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         state=State({"services": services}),

@@ -1,16 +1,21 @@
-"""Authentication: a middleware turns the Authorization header (a JWT access token or an API
-key, both as `Bearer`) into an `Identity` before the handler runs, applying the per-user rate
-limit; dependencies hand the identity (or the admin) to handlers."""
+"""Authentication and the access rules as Litestar guards.
+
+A middleware turns the Authorization header (a JWT access token or an API key, both as
+`Bearer`) into an `Identity` before the handler runs, applying the per-user rate limit. Guards
+then decide what that identity may reach: `requires_session` (key management, logout: an API
+key is refused), `requires_admin` (a signed-in admin), and `key_scopes`, applied to every API
+route, which lets an API key through only where its scopes allow (`read` for GET routes,
+`chat` for starting chats, `write` for other changes).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import (
     AbstractAuthenticationMiddleware,
     AuthenticationResult,
@@ -19,14 +24,19 @@ from litestar.middleware import (
 from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
 
 from web.domain.accounts.schemas import Identity
+from web.domain.accounts.services import AccountsService
 from web.domain.accounts.tokens import API_KEY_PREFIX
+from web.domain.keys.services import ApiKeysService
 from web.errors import NotAuthenticated, PermissionDenied, RateLimited
 from web.middleware import client_address
-from web.services import Services
+from web.rate_limit import RateLimiter
 
 MAX_AUTHORIZATION_CHARS = 4096
 PUBLIC = "public"
 """Handler `opt` key of the /api endpoints that need no credentials."""
+SCOPE = "api_key_scope"
+"""Handler `opt` key naming the scope an API key needs there (else derived, see key_scopes)."""
+CHAT_PATHS = frozenset({"/api/chat", "/v1/chat/completions"})
 SECURITY: list[SecurityRequirement] = [{"BearerAuth": []}]
 SECURITY_COMPONENTS = Components(
     security_schemes={
@@ -40,9 +50,17 @@ SECURITY_COMPONENTS = Components(
 )
 
 
-def provide_services(state: State) -> Services:
-    services: Services = state.services
-    return services
+class Credentials(Protocol):
+    """What the middleware needs of the composition root (kept in app state)."""
+
+    @property
+    def accounts(self) -> AccountsService: ...
+
+    @property
+    def api_keys(self) -> ApiKeysService: ...
+
+    @property
+    def user_limiter(self) -> RateLimiter: ...
 
 
 def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -65,7 +83,7 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        services: Services = connection.app.state.services
+        services: Credentials = connection.app.state.services
         token = bearer_token(connection)
         if token.startswith(API_KEY_PREFIX):
             identity = await services.api_keys.authenticate(token)
@@ -81,28 +99,58 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
 AUTH_MIDDLEWARE = DefineMiddleware(BearerAuthMiddleware, exclude_from_auth_key=PUBLIC)
 
 
-def provide_identity(request: Request[Any, Any, Any]) -> Identity:
-    identity = request.scope.get("user")
+def _identity(connection: ASGIConnection[Any, Any, Any, Any]) -> Identity:
+    identity = connection.scope.get("user")
     if not isinstance(identity, Identity):
         raise NotAuthenticated("this endpoint needs credentials")
     return identity
 
 
-async def provide_admin(identity: NamedDependency[Identity]) -> Identity:
-    if not identity.is_admin:
+def provide_identity(request: Request[Any, Any, Any]) -> Identity:
+    return _identity(request)
+
+
+# -- guards ------------------------------------------------------------------------------
+def requires_session(
+    connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+) -> None:
+    """Signed in with a password: a leaked API key must not mint keys that outlive its own
+    revocation, sign its owner out everywhere, or act as an admin."""
+    if not _identity(connection).is_session:
+        raise PermissionDenied("this endpoint needs a signed-in session, not an API key")
+
+
+def requires_admin(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    requires_session(connection, handler)
+    if not _identity(connection).is_admin:
         raise PermissionDenied("this endpoint needs the admin role")
-    return identity
+
+
+def scope_needed(method: str, path: str, handler: BaseRouteHandler) -> str:
+    named = handler.opt.get(SCOPE)
+    if isinstance(named, str):
+        return named
+    if method in ("GET", "HEAD"):
+        return "read"
+    return "chat" if path in CHAT_PATHS else "write"
+
+
+def key_scopes(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """An API key reaches only the routes its scopes allow; sessions pass (public routes
+    have no identity and pass too)."""
+    identity = connection.scope.get("user")
+    if not isinstance(identity, Identity) or identity.is_session:
+        return
+    method = str(connection.scope.get("method", "GET"))
+    scope = scope_needed(method, connection.url.path, handler)
+    if not identity.may(scope):
+        raise PermissionDenied(f"this API key lacks the '{scope}' scope", scope=scope)
 
 
 def client_of(request: Request[Any, Any, Any]) -> str:
     return client_address(request.scope)
 
 
-SERVICES_DEPENDENCY: dict[str, Provide | Callable[..., Any]] = {
-    "services": Provide(provide_services, sync_to_thread=False)
-}
 IDENTITY_DEPENDENCY = {"identity": Provide(provide_identity, sync_to_thread=False)}
-ADMIN_DEPENDENCY = {
-    "identity": Provide(provide_identity, sync_to_thread=False),
-    "admin": Provide(provide_admin),
-}

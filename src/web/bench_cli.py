@@ -91,6 +91,10 @@ async def _run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             "models": settings.models.model_copy(
                 update={"catalog": str(args.catalog) if args.catalog else settings.models.catalog}
             ),
+            # Every bench user registers from 127.0.0.1 into a scratch database.
+            "auth": settings.auth.model_copy(
+                update={"registration_mode": "open", "signups_per_address_per_hour": 0}
+            ),
             "chat": settings.chat.model_copy(
                 update={"max_max_tokens": max(args.max_tokens, settings.chat.max_max_tokens)}
             ),

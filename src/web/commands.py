@@ -1,18 +1,15 @@
-"""`ledgerchat serve`, `ledgerchat user create|list|topup` and `ledgerchat key create`.
-
-The user and key commands run the same application services as the HTTP API (no model is
-loaded for them), so the password policy, the signup grant and idempotency hold here too.
+"""`ledgerchat serve`, and what every command shares: settings from the command line, the
+application services started without a model, and one-line failures (exit 2). The user, key
+and invite commands live in `web.account_commands`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import math
 import socket
 import sys
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +18,6 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from inference.catalog import CatalogError
 from ledger.errors import LedgerError
-from web.domain.admin.services import INTERNAL_ADMIN
 from web.errors import ServiceError
 from web.logging import configure_logging
 from web.services import Services
@@ -69,7 +65,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _run_with_services(args: argparse.Namespace, work: Callable[[Services], Awaitable[T]]) -> T:
+def run_with_services(args: argparse.Namespace, work: Callable[[Services], Awaitable[T]]) -> T:
     settings = settings_from_args(args)
     # Logs go to stderr as JSON so that stdout carries only the command's answer (a key
     # secret can be piped).
@@ -116,7 +112,7 @@ def describe_failure(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {_first_line(exc)}"
 
 
-def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Any failure is one line on stderr and exit 2 (exit 1 is reserved for audit findings);
     Ctrl-C is a quiet exit 130."""
 
@@ -215,103 +211,7 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- users -------------------------------------------------------------------------------
-def _password(args: argparse.Namespace) -> str:
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    if args.password:
-        return str(args.password)
-    try:
-        first = getpass.getpass("password: ")
-        second = getpass.getpass("repeat password: ")
-    except EOFError as exc:
-        raise CommandError(
-            "no password given (stdin ended): use --password-stdin to pipe one"
-        ) from exc
-    if first != second:
-        raise CommandError("the passwords differ")
-    return first
-
-
-def user_create(args: argparse.Namespace) -> int:
-    password = _password(args)
-
-    async def work(services: Services) -> str:
-        user = await services.accounts.register(
-            args.username, args.email, password, role="admin" if args.admin else "user"
-        )
-        balance = await services.billing.balance_of(user.account_id)
-        return f"created {user.role} {user.username} (id {user.id}), balance {balance.available}"
-
-    print(_run_with_services(args, work))
-    return 0
-
-
-def user_list(args: argparse.Namespace) -> int:
-    async def work(services: Services) -> list[list[str]]:
-        rows = []
-        for entry in await services.admin.users(INTERNAL_ADMIN):
-            user = entry.user
-            rows.append(
-                [
-                    str(user.id),
-                    user.username,
-                    user.email,
-                    user.role,
-                    str(entry.balance.posted),
-                    str(entry.balance.held),
-                    str(entry.balance.available),
-                ]
-            )
-        return rows
-
-    rows = _run_with_services(args, work)
-    header = ["id", "username", "email", "role", "posted", "held", "available"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    return 0
-
-
-def user_topup(args: argparse.Namespace) -> int:
-    async def work(services: Services) -> str:
-        user = await services.accounts.find_user(args.username)
-        newest = await services.ledger.history(user.account_id, limit=1)
-        sequence_before = max((entry.sequence for entry in newest.entries), default=0)
-        result = await services.admin.top_up(
-            INTERNAL_ADMIN,
-            user.id,
-            args.amount,
-            idempotency_key=args.idempotency_key or f"cli-{uuid.uuid4()}",
-            note=args.note,
-        )
-        applied = await services.ledger.history(user.account_id, limit=1)
-        if all(entry.event_id != result.event_id for entry in applied.entries) or all(
-            entry.sequence <= sequence_before for entry in applied.entries
-        ):
-            # The idempotency key was used before: the ledger answered with that event.
-            return (
-                f"{user.username}: +{args.amount} already applied (same idempotency key),"
-                f" available {result.balance.available}"
-            )
-        return f"{user.username}: +{args.amount}, available {result.balance.available}"
-
-    print(_run_with_services(args, work))
-    return 0
-
-
-def key_create(args: argparse.Namespace) -> int:
-    async def work(services: Services) -> str:
-        user = await services.accounts.find_user(args.username)
-        identity = await services.accounts.identity_for(user.id)
-        created = await services.api_keys.create(identity, args.name)
-        return created.secret
-
-    print(_run_with_services(args, work))
-    return 0
-
-
-def _database_options(parser: argparse.ArgumentParser) -> None:
+def database_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", metavar="URL", help="database URL (default: settings)")
 
 
@@ -319,41 +219,12 @@ def register(subparsers: Any) -> None:
     serve_parser = subparsers.add_parser("serve", help="run the web service (API, /v1, UI)")
     serve_parser.add_argument("--host", help="interface to bind (LEDGERCHAT_HOST)")
     serve_parser.add_argument("--port", type=int, help="port to bind (LEDGERCHAT_PORT)")
-    _database_options(serve_parser)
+    database_options(serve_parser)
     serve_parser.add_argument(
         "--catalog", type=Path, help="model catalog file (LEDGERCHAT_CATALOG)"
     )
-    serve_parser.set_defaults(handler=_guarded(serve))
+    serve_parser.set_defaults(handler=guarded(serve))
 
-    user = subparsers.add_parser("user", help="manage users")
-    user_sub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
-    create = user_sub.add_parser("create", help="create a user (with --admin: an administrator)")
-    create.add_argument("username")
-    create.add_argument("--email", required=True)
-    create.add_argument("--password", help="the password (prefer --password-stdin or the prompt)")
-    create.add_argument(
-        "--password-stdin", action="store_true", help="read the password from stdin"
-    )
-    create.add_argument("--admin", action="store_true", help="give the admin role")
-    _database_options(create)
-    create.set_defaults(handler=_guarded(user_create))
+    from web.account_commands import register_account_commands
 
-    listing = user_sub.add_parser("list", help="list users with balances")
-    _database_options(listing)
-    listing.set_defaults(handler=_guarded(user_list))
-
-    topup = user_sub.add_parser("topup", help="add credits to a user")
-    topup.add_argument("username")
-    topup.add_argument("amount", type=int)
-    topup.add_argument("--note", default="admin top-up (cli)")
-    topup.add_argument("--idempotency-key", help="makes a repeated command add the credits once")
-    _database_options(topup)
-    topup.set_defaults(handler=_guarded(user_topup))
-
-    key = subparsers.add_parser("key", help="manage API keys")
-    key_sub = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
-    key_create_parser = key_sub.add_parser("create", help="create an API key; prints the secret")
-    key_create_parser.add_argument("username")
-    key_create_parser.add_argument("--name", default="cli")
-    _database_options(key_create_parser)
-    key_create_parser.set_defaults(handler=_guarded(key_create))
+    register_account_commands(subparsers)

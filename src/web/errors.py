@@ -29,6 +29,24 @@ class PermissionDenied(ServiceError):
     code = "permission_denied"
 
 
+class AccountDisabled(PermissionDenied):
+    """An admin disabled this account: it cannot sign in or use its credentials."""
+
+    code = "account_disabled"
+
+
+class RegistrationClosed(PermissionDenied):
+    """Self-service registration is switched off (LEDGERCHAT_AUTH_REGISTRATION_MODE)."""
+
+    code = "registration_closed"
+
+
+class InviteInvalid(PermissionDenied):
+    """Registration needs an invite code, and the one given is unknown, used or expired."""
+
+    code = "invite_invalid"
+
+
 class NotFound(ServiceError):
     code = "not_found"
 

@@ -66,7 +66,8 @@ BODY_ERRORS = {
 }
 AUTHENTICATED_ERRORS = {
     "401": "Missing, malformed, expired or revoked credentials",
-    "403": "Needs the admin role",
+    "403": "Needs the admin role, a signed-in session (not an API key), or a key scope; "
+    "or the account is disabled",
     "404": "No such resource for this user",
     "409": "Conflict (already exists, request still running)",
 }
@@ -76,8 +77,14 @@ CHAT_ERRORS = {
 }
 # Public operations answer a few statuses of their own.
 PUBLIC_ERRORS = {
-    "/api/auth/register": {"409": "The username or email is taken"},
-    "/api/auth/login": {"401": "Wrong username or password"},
+    "/api/auth/register": {
+        "403": "Registration is closed, or the invite code is missing, used or expired",
+        "409": "The username or email is taken",
+    },
+    "/api/auth/login": {
+        "401": "Wrong username or password",
+        "403": "The account is disabled",
+    },
     "/api/auth/refresh": {"401": "Unknown, expired, revoked or reused refresh token"},
 }
 CHAT_PATHS = ("/api/chat", "/v1/chat/completions")

@@ -22,6 +22,8 @@ from ledger import Ledger, LedgerSettings
 from web import metrics
 from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
 from web.database import create_engine, schema_is_current, session_factory, upgrade_schema
+from web.domain.accounts.invites import InvitesService
+from web.domain.accounts.registration import RegistrationService
 from web.domain.accounts.services import AccountsService
 from web.domain.admin.services import AdminService
 from web.domain.billing.prices import PriceCatalog, load_prices
@@ -29,18 +31,13 @@ from web.domain.billing.services import BillingService
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.service import ChatService
 from web.domain.keys.services import ApiKeysService
+from web.domain.system.schemas import Readiness
 from web.logging import get_logger
 from web.rate_limit import RateLimiter
 from web.settings import Settings
 
 log = get_logger(__name__)
 CLOSE_SETTLEMENTS_TIMEOUT_S = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Readiness:
-    ready: bool
-    checks: dict[str, str]
 
 
 @dataclasses.dataclass
@@ -50,6 +47,7 @@ class _Started:
     ledger: Ledger
     engine: Engine
     accounts: AccountsService
+    registration: RegistrationService
     api_keys: ApiKeysService
     conversations: ConversationsService
     chat: ChatService
@@ -147,12 +145,14 @@ class Services:
         accounts = AccountsService(sessions, ledger, settings.auth, settings.billing)
         conversations = ConversationsService(sessions, settings.chat.conversations_page_size)
         billing = BillingService(sessions, ledger)
+        invites = InvitesService(sessions)
         self._started = _Started(
             db=db,
             sessions=sessions,
             ledger=ledger,
             engine=engine,
             accounts=accounts,
+            registration=RegistrationService(sessions, accounts, invites, settings.auth),
             api_keys=ApiKeysService(sessions, settings.auth),
             conversations=conversations,
             chat=ChatService(
@@ -166,7 +166,7 @@ class Services:
                 rate_limiter=self.chat_limiter,
             ),
             billing=billing,
-            admin=AdminService(ledger, accounts, billing),
+            admin=AdminService(sessions, ledger, accounts, billing, invites, settings.auth),
         )
         if self._start_background_jobs:
             self._jobs += [
@@ -263,6 +263,10 @@ class Services:
     @property
     def accounts(self) -> AccountsService:
         return self._require().accounts
+
+    @property
+    def registration(self) -> RegistrationService:
+        return self._require().registration
 
     @property
     def api_keys(self) -> ApiKeysService:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -30,6 +30,8 @@ from web.request_guard import parse_networks
 ENV_PREFIX = "LEDGERCHAT_"
 MIN_HOLD_TTL_S = 2
 LOG_LEVELS = ("debug", "info", "warning", "error")
+API_KEY_SCOPES = ("chat", "read", "write")
+MAX_PASSWORD_STRENGTH = 4  # zxcvbn scores run 0-4
 # Hard ceilings set by request schemas and columns; settings may only lower them.
 MAX_PASSWORD_CHARS = 1024
 MAX_MESSAGE_CHARS = 100_000
@@ -168,6 +170,29 @@ class AuthSettings(_Section):
     """Window over which failed logins are counted, and how long the lock lasts."""
     max_api_keys_per_user: int = Field(default=20, gt=0)
     """Active API keys a single user may hold."""
+    registration_mode: Literal["open", "invite", "closed"] = "open"
+    """Who may register over the API and UI: `open`, `invite` (a single-use code an admin
+    made) or `closed` (only `ledgerchat user create`)."""
+    signups_per_address_per_hour: int = Field(default=5, ge=0)
+    """Registrations one client address may make per hour; 0 means no limit."""
+    password_min_strength: int = Field(default=2, ge=0, le=MAX_PASSWORD_STRENGTH)
+    """Lowest accepted zxcvbn score (0-4) of a new password; 0 turns the check off."""
+    max_concurrent_password_hashes: int = Field(default=2, gt=0)
+    """argon2 hashes and verifications running at once; more wait their turn, so a burst of
+    registrations or logins cannot take every CPU from other requests."""
+    api_key_default_scopes: str = "chat read"
+    """Scopes a new API key gets when its creator names none (space-separated, from `chat`,
+    `read` and `write`)."""
+    invite_default_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)
+    """Lifetime of an invite code when its creator gives none; 0 means it never expires."""
+
+    @field_validator("api_key_default_scopes")
+    @classmethod
+    def _known_scopes(cls, value: str) -> str:
+        scopes = value.split()
+        if not scopes or any(scope not in API_KEY_SCOPES for scope in scopes):
+            raise ValueError(f"must name one or more of {', '.join(API_KEY_SCOPES)}")
+        return value
 
     @model_validator(mode="after")
     def _check_password_lengths(self) -> Self:

@@ -150,6 +150,7 @@ class TestOpenApiMatchesBehaviour:
         # Login's only 403 is a browser request from another site (docs/security.md).
         assert "Origin" in paths["/api/auth/login"]["post"]["responses"]["403"]["description"]
         assert {"415", "403"} <= statuses("/api/keys", "post")
+        assert "403" in statuses("/api/auth/login", "post")  # also a disabled account
         assert statuses("/health", "get") == {"200"}
         ready = paths["/ready"]["get"]["responses"]
         assert ready["503"]["content"] == ready["200"]["content"]

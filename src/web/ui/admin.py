@@ -1,5 +1,6 @@
-"""The admin page's actions: users with balances, a top-up form and the ledger audit. The
-admin service checks the role on every call; the page is only shown to admins as a courtesy.
+"""The admin page's actions: users with balances, a top-up form, disabling and enabling
+users, invite codes and the ledger audit. The admin service checks the role on every call; the
+page is only shown to admins as a courtesy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from web.ui.account import audit_html
 from web.ui.session import SessionEnded, UISession, identity
 from web.ui.text import credits_label, notice_html
 
-USER_COLUMNS = ["Id", "Username", "Email", "Role", "Posted", "Held", "Available"]
+USER_COLUMNS = ["Id", "Username", "Email", "Role", "Disabled", "Posted", "Held", "Available"]
 
 
 class AdminActions:
@@ -37,6 +38,7 @@ class AdminActions:
                 entry.user.username,
                 entry.user.email,
                 entry.user.role,
+                "yes" if entry.user.disabled else "",
                 entry.balance.posted,
                 entry.balance.held,
                 entry.balance.available,
@@ -81,6 +83,46 @@ class AdminActions:
             ),
             new_request_key(),
         )
+
+    async def set_disabled(
+        self, session: UISession, user_id: Any, disable: bool
+    ) -> tuple[Any, str]:
+        """Disable (sessions and keys revoked) or enable a user. Returns (users, notice)."""
+        try:
+            caller = await identity(session, self._services.accounts)
+            if user_id in (None, ""):
+                return gr.skip(), notice_html("error", "Choose a user.")
+            if disable:
+                user = await self._services.admin.disable(caller, int(user_id))
+                done = f"Disabled {user.username}: their sessions and API keys are revoked."
+            else:
+                user = await self._services.admin.enable(caller, int(user_id))
+                done = f"Enabled {user.username}; their old API keys stay revoked."
+        except SessionEnded as ended:
+            return gr.skip(), notice_html("error", ended.message)
+        except ServiceError as error:
+            return gr.skip(), notice_html("error", error.message)
+        rows, _, _ = await self.users(session)
+        return rows, notice_html("success", done)
+
+    async def disable(self, session: UISession, user_id: Any) -> tuple[Any, str]:
+        return await self.set_disabled(session, user_id, True)
+
+    async def enable(self, session: UISession, user_id: Any) -> tuple[Any, str]:
+        return await self.set_disabled(session, user_id, False)
+
+    async def create_invite(self, session: UISession, note: str) -> tuple[str, str]:
+        """A single-use invite code with the default lifetime. Returns (code, notice)."""
+        try:
+            caller = await identity(session, self._services.accounts)
+            created = await self._services.admin.create_invite(caller, note=note.strip())
+        except SessionEnded as ended:
+            return gr.skip(), notice_html("error", ended.message)
+        except ServiceError as error:
+            return gr.skip(), notice_html("error", error.message)
+        expires = created.invite.expires_at
+        until = f", valid until {expires:%Y-%m-%d %H:%M} UTC" if expires else ""
+        return created.code, notice_html("success", f"Invite created (single use{until}).")
 
     async def audit(self, session: UISession) -> tuple[Any, str]:
         """Returns (report HTML, notice)."""

@@ -16,7 +16,7 @@ from web.ui.account import HISTORY_COLUMNS, KEY_COLUMNS, AccountActions
 from web.ui.admin import USER_COLUMNS, AdminActions, new_request_key
 from web.ui.chat import TEMPERATURE_MAX, TEMPERATURE_MIN, ChatActions, model_choices
 from web.ui.session import SessionEnded, UISession, identity
-from web.ui.signin import SignInActions, stored_token
+from web.ui.signin import INVITE_HELP, REGISTRATION_CLOSED_TEXT, SignInActions, stored_token
 from web.ui.text import balance_html, notice_html
 
 # Encrypted browser storage for the refresh token; the key name is stable across restarts.
@@ -149,8 +149,25 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
                         max_length=MAX_PASSWORD_CHARS,
                     )
                     confirm_error = gr.HTML("", elem_id="register-confirm-error")
+                    # The mode is read once at start-up, as the API reads it.
+                    registration_mode = services.settings.auth.registration_mode
+                    register_invite = gr.Textbox(
+                        label="Invite code",
+                        elem_id="register-invite",
+                        max_length=100,
+                        info=INVITE_HELP,
+                        visible=registration_mode == "invite",
+                    )
+                    if registration_mode == "closed":
+                        gr.HTML(
+                            notice_html("info", REGISTRATION_CLOSED_TEXT),
+                            elem_id="register-closed",
+                        )
                     register_button = gr.Button(
-                        "Create account", variant="primary", elem_id="register-button"
+                        "Create account",
+                        variant="primary",
+                        elem_id="register-button",
+                        visible=registration_mode != "closed",
                     )
                     register_notice = gr.HTML("", elem_id="register-notice")
 
@@ -325,6 +342,20 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
                     topup_button = gr.Button(
                         "Add credits", variant="primary", elem_id="topup-button"
                     )
+                    with gr.Row(equal_height=True):
+                        disable_button = gr.Button(
+                            "Disable chosen user", variant="stop", elem_id="disable-user"
+                        )
+                        enable_button = gr.Button("Enable chosen user", elem_id="enable-user")
+                    gr.Markdown("### Invite codes")
+                    with gr.Row(equal_height=True):
+                        invite_note = gr.Textbox(
+                            label="Note", max_length=200, elem_id="invite-note", scale=2
+                        )
+                        invite_code = gr.Textbox(
+                            label="Code (shown once)", interactive=False, elem_id="invite-code"
+                        )
+                    invite_button = gr.Button("Create invite", elem_id="invite-button")
                     gr.Markdown("### Ledger audit")
                     audit_button = gr.Button("Run audit", elem_id="audit-button")
                     audit_report = gr.HTML("", elem_id="audit-report")
@@ -376,7 +407,13 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
         )
         register_button.click(
             signin.register,
-            [register_username, register_email, register_password, register_confirm],
+            [
+                register_username,
+                register_email,
+                register_password,
+                register_confirm,
+                register_invite,
+            ],
             [
                 username_error,
                 email_error,
@@ -488,6 +525,15 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
             [session, topup_user, topup_amount, topup_note, topup_key],
             [users_table, admin_notice, topup_key],
         )
+        disabled = disable_button.click(
+            admin.disable, [session, topup_user], [users_table, admin_notice]
+        )
+        enabled = enable_button.click(
+            admin.enable, [session, topup_user], [users_table, admin_notice]
+        )
+        invited = invite_button.click(
+            admin.create_invite, [session, invite_note], [invite_code, admin_notice]
+        )
         audited = audit_button.click(admin.audit, [session], [audit_report, admin_notice])
         # Any action may have refreshed (rotated) the tokens or ended the session: keep the
         # browser's stored token current and show the sign-in screen when it ended.
@@ -501,6 +547,9 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
             key_revoked,
             users_listed,
             topped_up,
+            disabled,
+            enabled,
+            invited,
             audited,
         ):
             action.then(views, [session], view_outputs, show_progress="hidden")

@@ -10,12 +10,24 @@ from typing import Any
 
 import gradio as gr
 
-from web.errors import AlreadyExists, LoginLocked, NotAuthenticated, ServiceError, ValidationFailed
+from web.errors import (
+    AlreadyExists,
+    LoginLocked,
+    NotAuthenticated,
+    PermissionDenied,
+    RateLimited,
+    ServiceError,
+    ValidationFailed,
+)
 from web.services import Services
 from web.ui.session import UISession, resume
 from web.ui.text import notice_html
 
 REGISTER_FIELDS = ("username", "email", "password", "confirm")
+REGISTRATION_CLOSED_TEXT = (
+    "Registration is closed on this server. Ask an administrator to create an account for you."
+)
+INVITE_HELP = "Registration is by invitation: enter the invite code an administrator gave you."
 
 
 @dataclass(frozen=True)
@@ -48,21 +60,34 @@ class SignInActions:
         self._services = services
 
     async def register(
-        self, username: str, email: str, password: str, confirm: str, request: gr.Request
+        self,
+        username: str,
+        email: str,
+        password: str,
+        confirm: str,
+        invite_code: str | None,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
-        """Create the account and sign in. Returns (4 field errors, form notice, login name)."""
+        """Create the account and sign in. Returns (4 field errors, form notice, login name).
+        The registration mode, invite and per-address limit are the API's."""
         if password != confirm:
             errors = FieldErrors(confirm="The two passwords differ.")
             return (*errors.html(), "", gr.skip())
         try:
-            await self._services.accounts.register(username, email, password)
+            await self._services.registration.sign_up(
+                username,
+                email,
+                password,
+                invite_code=(invite_code or "").strip() or None,
+                client_address=client_address(request),
+            )
         except ValidationFailed as error:
             field = str(error.details.get("field", ""))
             if field in REGISTER_FIELDS:
                 errors = FieldErrors(**{field: error.message})
                 return (*errors.html(), "", gr.skip())
             return (*FieldErrors().html(), notice_html("error", error.message), gr.skip())
-        except AlreadyExists as error:
+        except (AlreadyExists, PermissionDenied, RateLimited) as error:
             return (*FieldErrors().html(), notice_html("error", error.message), gr.skip())
         return (
             *FieldErrors().html(),

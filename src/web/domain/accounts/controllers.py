@@ -10,7 +10,9 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from web.auth import IDENTITY_DEPENDENCY, PUBLIC, SECURITY, client_of
+from web.auth import IDENTITY_DEPENDENCY, PUBLIC, SECURITY, client_of, requires_session
+from web.domain.accounts.deps import ACCOUNTS_DEPENDENCIES
+from web.domain.accounts.registration import RegistrationService
 from web.domain.accounts.schemas import (
     Identity,
     LoginRequest,
@@ -19,7 +21,9 @@ from web.domain.accounts.schemas import (
     TokenPair,
     UserView,
 )
-from web.services import Services
+from web.domain.accounts.services import AccountsService
+
+ME_DEPENDENCIES = {**IDENTITY_DEPENDENCY, **ACCOUNTS_DEPENDENCIES}
 
 
 class LogoutRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -30,56 +34,69 @@ class LogoutRequest(msgspec.Struct, forbid_unknown_fields=True):
 class AuthController(Controller):
     path = "/api/auth"
     tags = ("auth",)
+    dependencies = ACCOUNTS_DEPENDENCIES
 
     @post("/register", status_code=HTTP_201_CREATED, opt={PUBLIC: True})
     async def register(
-        self, data: JSONBody[RegisterRequest], services: NamedDependency[Services]
+        self,
+        data: JSONBody[RegisterRequest],
+        registration: NamedDependency[RegistrationService],
+        request: Request[Any, Any, Any],
     ) -> UserView:
-        """Create an account; it starts with the signup grant."""
-        return await services.accounts.register(data.username, data.email, data.password)
+        """Create an account (when LEDGERCHAT_AUTH_REGISTRATION_MODE allows); it starts with
+        the signup grant."""
+        return await registration.sign_up(
+            data.username,
+            data.email,
+            data.password,
+            invite_code=data.invite_code,
+            client_address=client_of(request),
+        )
 
     @post("/login", status_code=HTTP_200_OK, opt={PUBLIC: True})
     async def login(
         self,
         data: JSONBody[LoginRequest],
-        services: NamedDependency[Services],
+        accounts: NamedDependency[AccountsService],
         request: Request[Any, Any, Any],
     ) -> TokenPair:
         """Exchange username (or email) and password for an access and a refresh token."""
-        return await services.accounts.login(data.username, data.password, client_of(request))
+        return await accounts.login(data.username, data.password, client_of(request))
 
     @post("/refresh", status_code=HTTP_200_OK, opt={PUBLIC: True})
     async def refresh(
-        self, data: JSONBody[RefreshRequest], services: NamedDependency[Services]
+        self, data: JSONBody[RefreshRequest], accounts: NamedDependency[AccountsService]
     ) -> TokenPair:
         """Rotate a refresh token; reusing a rotated one revokes the whole session."""
-        return await services.accounts.refresh(data.refresh_token)
+        return await accounts.refresh(data.refresh_token)
 
     @post(
         "/logout",
         status_code=HTTP_204_NO_CONTENT,
         dependencies=IDENTITY_DEPENDENCY,
+        guards=[requires_session],
         security=SECURITY,
     )
     async def logout(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        accounts: NamedDependency[AccountsService],
         data: JSONBody[LogoutRequest | None] = None,
     ) -> None:
-        """Revoke the given session, or every session of the caller when none is given."""
-        await services.accounts.logout(identity, data.refresh_token if data else None)
+        """Revoke the given session, or every session of the caller when none is given.
+        Needs a signed-in session: an API key cannot sign its owner out."""
+        await accounts.logout(identity, data.refresh_token if data else None)
 
 
 class MeController(Controller):
     path = "/api/me"
     tags = ("auth",)
-    dependencies = IDENTITY_DEPENDENCY
+    dependencies = ME_DEPENDENCIES
     security = SECURITY
 
     @get("/")
     async def me(
-        self, identity: NamedDependency[Identity], services: NamedDependency[Services]
+        self, identity: NamedDependency[Identity], accounts: NamedDependency[AccountsService]
     ) -> UserView:
         """The calling user."""
-        return await services.accounts.get_user(identity.user_id)
+        return await accounts.get_user(identity.user_id)

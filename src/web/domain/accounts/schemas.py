@@ -16,6 +16,8 @@ class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):
     username: Annotated[str, msgspec.Meta(min_length=3, max_length=50)]
     email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PASSWORD_CHARS)]
+    invite_code: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    """Needed when registration is by invite (LEDGERCHAT_AUTH_REGISTRATION_MODE=invite)."""
 
 
 class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -34,6 +36,7 @@ class UserView(msgspec.Struct):
     role: Role
     account_id: str
     created_at: dt.datetime
+    disabled: bool = False
 
 
 class TokenPair(msgspec.Struct):
@@ -51,7 +54,17 @@ class Identity(msgspec.Struct, frozen=True):
     role: Role
     account_id: str
     via: Literal["access_token", "api_key", "internal"]
+    scopes: tuple[str, ...] = ()
+    """What an API key may do (`chat`, `read`, `write`); a signed-in session may do all."""
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def is_session(self) -> bool:
+        """Signed in with a password (or the CLI acting for an operator), not an API key."""
+        return self.via != "api_key"
+
+    def may(self, scope: str) -> bool:
+        return self.is_session or scope in self.scopes

@@ -4,86 +4,42 @@ refresh tokens with reuse detection, logout, and turning credentials into an Ide
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
-from typing import Any, cast
 
 from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger import Ledger
+from web.domain.accounts.invites import spend_invite
+from web.domain.accounts.lockout import LoginLockout
 from web.domain.accounts.passwords import PasswordHashing
+from web.domain.accounts.rules import (
+    MAX_EMAIL_CHARS,
+    check_email,
+    check_password,
+    check_username,
+    identity_of,
+    user_view,
+)
 from web.domain.accounts.schemas import Identity, Role, TokenPair, UserView
 from web.domain.accounts.tokens import AccessTokens, InvalidToken, new_refresh_token, token_hash
-from web.errors import AlreadyExists, LoginLocked, NotAuthenticated, NotFound, ValidationFailed
+from web.errors import (
+    AccountDisabled,
+    AlreadyExists,
+    NotAuthenticated,
+    NotFound,
+    PermissionDenied,
+    ValidationFailed,
+)
 from web.ledger_calls import counted
 from web.logging import get_logger
 from web.settings import AuthSettings, BillingSettings
 from web.tables import LoginAttemptRow, RefreshSessionRow, UserRow, utc_now
 
-USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
-EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-MAX_EMAIL_CHARS = 320
 USER_LIST_LIMIT = 500
 
 log = get_logger(__name__)
-
-
-def check_username(username: str) -> None:
-    if not USERNAME_PATTERN.fullmatch(username):
-        raise ValidationFailed(
-            "username must be 3-50 characters of letters, digits, '_', '.' or '-'", field="username"
-        )
-
-
-def check_email(email: str) -> None:
-    # isprintable() also refuses NUL and invisible format characters (bidi overrides).
-    if (
-        len(email) > MAX_EMAIL_CHARS
-        or not EMAIL_PATTERN.fullmatch(email)
-        or not email.isprintable()
-    ):
-        raise ValidationFailed("email is not a valid address", field="email")
-
-
-def check_password(password: str, username: str, settings: AuthSettings) -> None:
-    """Length bounds plus at least one letter and one non-letter, and not the username."""
-    if not settings.password_min_length <= len(password) <= settings.password_max_length:
-        raise ValidationFailed(
-            f"password must be {settings.password_min_length}-{settings.password_max_length} "
-            "characters",
-            field="password",
-        )
-    if not any(c.isalpha() for c in password) or all(c.isalpha() for c in password):
-        raise ValidationFailed(
-            "password needs at least one letter and one digit or symbol", field="password"
-        )
-    if username.lower() in password.lower():
-        raise ValidationFailed("password must not contain the username", field="password")
-
-
-def user_view(row: UserRow) -> UserView:
-    assert row.account_id is not None, "a user row always gets its ledger account"
-    return UserView(
-        id=row.id,
-        username=row.username,
-        email=row.email,
-        role=cast(Role, row.role),
-        account_id=row.account_id,
-        created_at=row.created_at,
-    )
-
-
-def identity_of(row: UserRow, via: Any) -> Identity:
-    assert row.account_id is not None
-    return Identity(
-        user_id=row.id,
-        username=row.username,
-        role=cast(Role, row.role),
-        account_id=row.account_id,
-        via=via,
-    )
 
 
 class AccountsService:
@@ -99,18 +55,31 @@ class AccountsService:
         self._auth = auth
         self._billing = billing
         self._passwords = PasswordHashing(auth)
+        self._lockout = LoginLockout(sessions, auth)
         self.access_tokens = AccessTokens(auth.jwt_secret, auth.access_token_ttl_s)
 
     # -- registration -------------------------------------------------------------------
-    async def register(
-        self, username: str, email: str, password: str, *, role: Role = "user"
-    ) -> UserView:
-        """Create the user, open their ledger account and grant the signup credits."""
+    def check_new_user(self, username: str, email: str, password: str) -> tuple[str, str]:
+        """The rules a new account must meet; returns the normalised username and email."""
         username = username.strip()
         email = email.strip().lower()
         check_username(username)
         check_email(email)
-        check_password(password, username, self._auth)
+        check_password(password, username, self._auth, email)
+        return username, email
+
+    async def register(
+        self,
+        username: str,
+        email: str,
+        password: str,
+        *,
+        role: Role = "user",
+        invite_code: str | None = None,
+    ) -> UserView:
+        """Create the user, open their ledger account and grant the signup credits. With an
+        `invite_code`, the invite is spent in the transaction that inserts the user."""
+        username, email = self.check_new_user(username, email, password)
         password_hash = await self._passwords.hash(password)
         async with self._sessions() as session:
             taken = await session.scalar(
@@ -129,6 +98,9 @@ class AccountsService:
             row = UserRow(username=username, email=email, password_hash=password_hash, role=role)
             session.add(row)
             try:
+                if invite_code is not None:
+                    await session.flush()
+                    await spend_invite(session, invite_code, row.id)
                 await session.commit()
             except IntegrityError as exc:
                 raise AlreadyExists("username or email is already registered") from exc
@@ -218,7 +190,7 @@ class AccountsService:
                 )
             ).one_or_none()
         user_id = row.id if row is not None else None
-        attempt_id = await self._claim_attempt(name, user_id, client_address)
+        attempt_id = await self._lockout.claim(name, user_id, client_address)
         if row is None:
             ok = await self._passwords.verify_absent(password)
         else:
@@ -226,6 +198,9 @@ class AccountsService:
         if not ok or row is None or row.account_id is None:
             log.warning("login_failed", username=name, client_address=client_address)
             raise NotAuthenticated("wrong username or password")
+        if row.disabled_at is not None:
+            # Told only to whoever knows the password, so it reveals nothing to a guesser.
+            raise AccountDisabled("this account is disabled; ask an administrator")
         async with self._sessions() as session:
             await session.execute(
                 update(LoginAttemptRow)
@@ -235,6 +210,8 @@ class AccountsService:
             user = await session.get(UserRow, row.id)
             if user is None:
                 raise NotAuthenticated("wrong username or password")
+            if user.disabled_at is not None:
+                raise AccountDisabled("this account is disabled; ask an administrator")
             if self._passwords.needs_rehash(user.password_hash):
                 user.password_hash = await self._passwords.hash(password)
                 log.info("password_rehashed", user_id=user.id)
@@ -242,81 +219,6 @@ class AccountsService:
             await session.commit()
         log.info("user_login", user_id=user.id, client_address=client_address)
         return pair
-
-    async def _claim_attempt(self, name: str, user_id: int | None, client_address: str) -> int:
-        """Record this attempt as a failure, then check the lock; returns the attempt's id.
-
-        Why in this order: checking first and recording after the (slow) password check let
-        concurrent requests all pass the check before any failure was stored. Here each
-        request commits its row in its own transaction before it counts, so of any two
-        concurrent requests the one that counts later sees the other's row; ordered by when
-        they count, the k-th allowed request sees at least k-1 others, and no more than the
-        limit can get through within a window, with any number of app processes, on SQLite
-        and PostgreSQL alike, without locks or a serializable transaction. Concurrent
-        requests may see each other and be refused a little early; that errs on the safe
-        side. A refused attempt deletes its row again (as before, attempts made while locked
-        do not extend the lock); a successful one turns it into a success. A request that
-        dies between these steps leaves a failure behind, which also errs on the safe side.
-        """
-        async with self._sessions() as session:
-            attempt = LoginAttemptRow(
-                username=name, user_id=user_id, client_address=client_address, succeeded=False
-            )
-            session.add(attempt)
-            await session.commit()
-            try:
-                await self._check_not_locked(session, attempt, client_address)
-            except LoginLocked:
-                await session.execute(
-                    delete(LoginAttemptRow).where(LoginAttemptRow.id == attempt.id)
-                )
-                await session.commit()
-                raise
-            return attempt.id
-
-    async def _check_not_locked(
-        self, session: AsyncSession, attempt: LoginAttemptRow, client_address: str
-    ) -> None:
-        """Locked when `lockout_failures` other failures (pending ones included) of the same
-        account from this client lie in the window after its last success. An unknown name
-        is counted by the name typed instead of an account."""
-        if attempt.user_id is not None:
-            same_key = LoginAttemptRow.user_id == attempt.user_id
-        else:
-            same_key = LoginAttemptRow.user_id.is_(None) & (
-                LoginAttemptRow.username == attempt.username
-            )
-        window_start = utc_now() - dt.timedelta(seconds=self._auth.lockout_window_s)
-        last_success = await session.scalar(
-            select(func.max(LoginAttemptRow.created_at)).where(
-                same_key,
-                LoginAttemptRow.client_address == client_address,
-                LoginAttemptRow.succeeded.is_(True),
-            )
-        )
-        since = max(window_start, last_success) if last_success else window_start
-        failures = list(
-            await session.scalars(
-                select(LoginAttemptRow.created_at)
-                .where(
-                    same_key,
-                    LoginAttemptRow.client_address == client_address,
-                    LoginAttemptRow.succeeded.is_(False),
-                    LoginAttemptRow.created_at > since,
-                    LoginAttemptRow.id != attempt.id,
-                )
-                .order_by(LoginAttemptRow.created_at.desc())
-                .limit(self._auth.lockout_failures)
-            )
-        )
-        if len(failures) >= self._auth.lockout_failures:
-            # Unlocks when the oldest of the last N failures leaves the window.
-            unlock_at = failures[-1] + dt.timedelta(seconds=self._auth.lockout_window_s)
-            retry_after_s = max(1, int((unlock_at - utc_now()).total_seconds()) + 1)
-            log.warning("login_locked", username=attempt.username, client_address=client_address)
-            raise LoginLocked(
-                "too many failed logins; try again later", retry_after_s=retry_after_s
-            )
 
     def _new_session(self, session: AsyncSession, row: UserRow, *, family_id: str) -> TokenPair:
         refresh_token = new_refresh_token()
@@ -366,6 +268,9 @@ class AccountsService:
             user = await session.get(UserRow, current.user_id)
             if user is None:
                 raise NotAuthenticated("the user no longer exists")
+            if user.disabled_at is not None:
+                await session.rollback()
+                raise NotAuthenticated("this account is disabled")
             pair = self._new_session(session, user, family_id=current.family_id)
             await session.commit()
         return pair
@@ -378,7 +283,10 @@ class AccountsService:
         )
 
     async def logout(self, identity: Identity, refresh_token: str | None) -> None:
-        """Revoke the session the refresh token belongs to, or every session of the user."""
+        """Revoke the session the refresh token belongs to, or every session of the user.
+        An API key cannot: a leaked key must not sign its owner out everywhere."""
+        if not identity.is_session:
+            raise PermissionDenied("signing out needs a signed-in session, not an API key")
         async with self._sessions() as session:
             if refresh_token is None:
                 await session.execute(
@@ -423,6 +331,8 @@ class AccountsService:
             )
         if row is None or row.account_id is None:
             raise NotAuthenticated("the user no longer exists")
+        if row.disabled_at is not None:
+            raise NotAuthenticated("this account is disabled")
         if not signed_in:
             raise NotAuthenticated("this session was signed out or revoked")
         return identity_of(row, "access_token")

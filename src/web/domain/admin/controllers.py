@@ -1,60 +1,112 @@
-"""HTTP handlers of admin actions: /api/admin/*."""
+"""HTTP handlers of admin actions: /api/admin/* (a signed-in admin; `requires_admin`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
-from litestar.status_codes import HTTP_200_OK
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from web.auth import ADMIN_DEPENDENCY, SECURITY
-from web.domain.accounts.schemas import Identity
+from web.auth import IDENTITY_DEPENDENCY, SECURITY, requires_admin
+from web.bodies import strict_json
+from web.domain.accounts.invites import CreatedInvite, InviteView
+from web.domain.accounts.schemas import Identity, UserView
+from web.domain.admin.deps import ADMIN_DEPENDENCIES
 from web.domain.admin.schemas import (
     MAX_TOPUP_KEY_CHARS,
     AuditResult,
+    InviteRequest,
     TopUpRequest,
     TopUpResult,
     UserWithBalance,
 )
+from web.domain.admin.services import AdminService
 from web.params import RowId
-from web.services import Services
+
+DEPENDENCIES = {**IDENTITY_DEPENDENCY, **ADMIN_DEPENDENCIES}
 
 
 class AdminController(Controller):
     path = "/api/admin"
     tags = ("admin",)
-    dependencies = ADMIN_DEPENDENCY
+    dependencies = DEPENDENCIES
+    guards = (requires_admin,)
     security = SECURITY
 
     @post("/users/{user_id:int}/credits", status_code=HTTP_200_OK)
     async def top_up(
         self,
-        admin: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        identity: NamedDependency[Identity],
+        admin_service: NamedDependency[AdminService],
         user_id: RowId,
         data: JSONBody[TopUpRequest],
+        request: Request[Any, Any, Any],
         idempotency_key: Annotated[
             str,
             HeaderParameter(name="Idempotency-Key", min_length=1, max_length=MAX_TOPUP_KEY_CHARS),
         ],
     ) -> TopUpResult:
-        """Add credits to a user; a retry with the same Idempotency-Key adds them once."""
-        return await services.admin.top_up(
-            admin, user_id, data.amount, idempotency_key=idempotency_key, note=data.note
+        """Add credits to a user; a retry with the same Idempotency-Key adds them once. The
+        amount must be a JSON integer (`"10"` and `10.0` are refused)."""
+        data = await strict_json(request, TopUpRequest)
+        return await admin_service.top_up(
+            identity, user_id, data.amount, idempotency_key=idempotency_key, note=data.note
         )
 
     @get("/users")
     async def users(
-        self, admin: NamedDependency[Identity], services: NamedDependency[Services]
+        self, identity: NamedDependency[Identity], admin_service: NamedDependency[AdminService]
     ) -> list[UserWithBalance]:
         """Every user with their balance."""
-        return await services.admin.users(admin)
+        return await admin_service.users(identity)
+
+    @post("/users/{user_id:int}/disable", status_code=HTTP_200_OK)
+    async def disable(
+        self,
+        identity: NamedDependency[Identity],
+        admin_service: NamedDependency[AdminService],
+        user_id: RowId,
+    ) -> UserView:
+        """The user can no longer sign in; their sessions and API keys are revoked now."""
+        return await admin_service.disable(identity, user_id)
+
+    @post("/users/{user_id:int}/enable", status_code=HTTP_200_OK)
+    async def enable(
+        self,
+        identity: NamedDependency[Identity],
+        admin_service: NamedDependency[AdminService],
+        user_id: RowId,
+    ) -> UserView:
+        """The user may sign in again; keys revoked by the disable stay revoked."""
+        return await admin_service.enable(identity, user_id)
+
+    @post("/invites", status_code=HTTP_201_CREATED)
+    async def create_invite(
+        self,
+        identity: NamedDependency[Identity],
+        admin_service: NamedDependency[AdminService],
+        data: JSONBody[InviteRequest],
+        request: Request[Any, Any, Any],
+    ) -> CreatedInvite:
+        """A single-use registration code (for LEDGERCHAT_AUTH_REGISTRATION_MODE=invite);
+        the code is shown only in this answer."""
+        data = await strict_json(request, InviteRequest)
+        return await admin_service.create_invite(
+            identity, expires_in_s=data.expires_in_s, note=data.note
+        )
+
+    @get("/invites")
+    async def invites(
+        self, identity: NamedDependency[Identity], admin_service: NamedDependency[AdminService]
+    ) -> list[InviteView]:
+        """The newest invites, used or not (never their codes)."""
+        return await admin_service.invites(identity)
 
     @get("/audit")
     async def audit(
-        self, admin: NamedDependency[Identity], services: NamedDependency[Services]
+        self, identity: NamedDependency[Identity], admin_service: NamedDependency[AdminService]
     ) -> AuditResult:
         """The ledger audit (replays every account's log) as JSON."""
-        return await services.admin.audit(admin)
+        return await admin_service.audit(identity)

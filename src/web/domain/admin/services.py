@@ -1,10 +1,15 @@
-"""Admin actions; every method checks the caller is an admin (the CLI passes an internal
-admin identity), so the rule holds for the API, the UI and the CLI alike."""
+"""Admin actions; every method checks the caller is an admin signed in with a password (the
+CLI passes an internal admin identity), so the rule holds for the API, the UI and the CLI
+alike, and an admin's leaked API key cannot top up credits or disable anyone."""
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from ledger import Ledger
-from web.domain.accounts.schemas import Identity
+from web.domain.accounts.disabling import disable_user, enable_user
+from web.domain.accounts.invites import CreatedInvite, InvitesService, InviteView
+from web.domain.accounts.schemas import Identity, UserView
 from web.domain.accounts.services import AccountsService
 from web.domain.admin.schemas import (
     MAX_TOPUP_CREDITS,
@@ -17,6 +22,7 @@ from web.domain.billing.services import BillingService
 from web.errors import PermissionDenied, ValidationFailed
 from web.ledger_calls import counted
 from web.logging import get_logger
+from web.settings import AuthSettings
 
 log = get_logger(__name__)
 INTERNAL_ADMIN = Identity(user_id=0, username="cli", role="admin", account_id="", via="internal")
@@ -25,20 +31,36 @@ INTERNAL_ADMIN = Identity(user_id=0, username="cli", role="admin", account_id=""
 def check_admin(identity: Identity) -> None:
     if not identity.is_admin:
         raise PermissionDenied("this action needs the admin role")
+    if not identity.is_session:
+        raise PermissionDenied("admin actions need a signed-in session, not an API key")
 
 
 class AdminService:
-    def __init__(self, ledger: Ledger, accounts: AccountsService, billing: BillingService) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        ledger: Ledger,
+        accounts: AccountsService,
+        billing: BillingService,
+        invites: InvitesService,
+        auth: AuthSettings,
+    ) -> None:
+        self._sessions = sessions
         self._ledger = ledger
         self._accounts = accounts
         self._billing = billing
+        self._invites = invites
+        self._auth = auth
 
     async def top_up(
         self, identity: Identity, user_id: int, amount: int, *, idempotency_key: str, note: str
     ) -> TopUpResult:
         check_admin(identity)
-        if not 1 <= amount <= MAX_TOPUP_CREDITS:
-            raise ValidationFailed(f"amount must be 1-{MAX_TOPUP_CREDITS}", field="amount")
+        # bool is an int in Python; an amount is a whole number and nothing else.
+        if type(amount) is not int or not 1 <= amount <= MAX_TOPUP_CREDITS:
+            raise ValidationFailed(
+                f"amount must be an integer 1-{MAX_TOPUP_CREDITS}", field="amount"
+            )
         if not idempotency_key:
             raise ValidationFailed("an Idempotency-Key is required for top-ups")
         user = await self._accounts.get_user(user_id)
@@ -70,3 +92,28 @@ class AdminService:
         async with counted("audit"):
             report = await self._ledger.audit()
         return AuditResult(clean=report.clean, report=report.to_dict())
+
+    async def disable(self, identity: Identity, user_id: int) -> UserView:
+        """The user can no longer sign in; their sessions and API keys are revoked now."""
+        check_admin(identity)
+        if user_id == identity.user_id:
+            raise ValidationFailed("an admin cannot disable their own account")
+        user = await disable_user(self._sessions, user_id)
+        log.warning("user_disabled_by", by=identity.username, user_id=user_id)
+        return user
+
+    async def enable(self, identity: Identity, user_id: int) -> UserView:
+        """The user may sign in again; keys revoked by the disable stay revoked."""
+        check_admin(identity)
+        return await enable_user(self._sessions, user_id)
+
+    async def create_invite(
+        self, identity: Identity, *, expires_in_s: int | None = None, note: str = ""
+    ) -> CreatedInvite:
+        check_admin(identity)
+        ttl_s = self._auth.invite_default_ttl_s if expires_in_s is None else expires_in_s
+        return await self._invites.create(identity.user_id or None, ttl_s, note)
+
+    async def invites(self, identity: Identity) -> list[InviteView]:
+        check_admin(identity)
+        return await self._invites.list()

@@ -11,24 +11,26 @@ from litestar.params import FromQuery, QueryParameter
 
 from web.auth import IDENTITY_DEPENDENCY, SECURITY
 from web.domain.accounts.schemas import Identity
+from web.domain.billing.deps import BILLING_DEPENDENCIES
 from web.domain.billing.schemas import TransactionsPage, UsageReport
-from web.domain.billing.services import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from web.domain.billing.services import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, BillingService
 from web.domain.chat.schemas import BalanceView
-from web.services import Services
+
+DEPENDENCIES = {**IDENTITY_DEPENDENCY, **BILLING_DEPENDENCIES}
 
 
 class BillingController(Controller):
     path = "/api"
     tags = ("billing",)
-    dependencies = IDENTITY_DEPENDENCY
+    dependencies = DEPENDENCIES
     security = SECURITY
 
     @get("/balance")
     async def balance(
-        self, identity: NamedDependency[Identity], services: NamedDependency[Services]
+        self, identity: NamedDependency[Identity], billing: NamedDependency[BillingService]
     ) -> BalanceView:
         """Posted credits, credits held by running chats, and what is available."""
-        return await services.billing.balance(identity)
+        return await billing.balance(identity)
 
     @get(
         "/transactions",
@@ -37,7 +39,7 @@ class BillingController(Controller):
     async def transactions(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        billing: NamedDependency[BillingService],
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         transaction_type: Annotated[
@@ -50,7 +52,7 @@ class BillingController(Controller):
         """Newest first, one page per cursor; `format=csv` exports every matching row."""
         since, until = _aware(since), _aware(until)
         if output_format == "csv":
-            body = await services.billing.transactions_csv(
+            body = await billing.transactions_csv(
                 identity, types=transaction_type, since=since, until=until
             )
             return Response(
@@ -58,7 +60,7 @@ class BillingController(Controller):
                 media_type="text/csv",
                 headers={"Content-Disposition": 'attachment; filename="transactions.csv"'},
             )
-        page = await services.billing.transactions(
+        page = await billing.transactions(
             identity, cursor=cursor, limit=limit, types=transaction_type, since=since, until=until
         )
         return Response(page)
@@ -67,12 +69,12 @@ class BillingController(Controller):
     async def usage(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        billing: NamedDependency[BillingService],
         since: FromQuery[dt.date | None] = None,
         until: FromQuery[dt.date | None] = None,
     ) -> UsageReport:
         """Requests, tokens and credits per day and model (UTC days, default last 30)."""
-        return await services.billing.usage(identity, since=since, until=until)
+        return await billing.usage(identity, since=since, until=until)
 
 
 def _aware(moment: dt.datetime | None) -> dt.datetime | None:

@@ -1,4 +1,4 @@
-"""HTTP handlers of API keys: /api/keys."""
+"""HTTP handlers of API keys: /api/keys (a signed-in session only, never a key)."""
 
 from __future__ import annotations
 
@@ -7,41 +7,46 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from web.auth import IDENTITY_DEPENDENCY, SECURITY
+from web.auth import IDENTITY_DEPENDENCY, SECURITY, requires_session
 from web.domain.accounts.schemas import Identity
+from web.domain.keys.deps import KEYS_DEPENDENCIES
 from web.domain.keys.schemas import ApiKeyView, CreatedApiKey, CreateKeyRequest
+from web.domain.keys.services import ApiKeysService
 from web.params import RowId
-from web.services import Services
+
+DEPENDENCIES = {**IDENTITY_DEPENDENCY, **KEYS_DEPENDENCIES}
 
 
 class ApiKeysController(Controller):
     path = "/api/keys"
     tags = ("api keys",)
-    dependencies = IDENTITY_DEPENDENCY
+    dependencies = DEPENDENCIES
+    guards = (requires_session,)
     security = SECURITY
 
     @post("/", status_code=HTTP_201_CREATED)
     async def create(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        api_keys: NamedDependency[ApiKeysService],
         data: JSONBody[CreateKeyRequest],
     ) -> CreatedApiKey:
-        """Create an API key for /v1; the secret is shown only in this answer."""
-        return await services.api_keys.create(identity, data.name)
+        """Create an API key for /v1; the secret is shown only in this answer. Its scopes
+        default to LEDGERCHAT_AUTH_API_KEY_DEFAULT_SCOPES (`chat read`)."""
+        return await api_keys.create(identity, data.name, data.scopes)
 
     @get("/")
     async def list_keys(
-        self, identity: NamedDependency[Identity], services: NamedDependency[Services]
+        self, identity: NamedDependency[Identity], api_keys: NamedDependency[ApiKeysService]
     ) -> list[ApiKeyView]:
-        return await services.api_keys.list(identity)
+        return await api_keys.list(identity)
 
     @delete("/{key_id:int}", status_code=HTTP_200_OK)
     async def revoke(
         self,
         identity: NamedDependency[Identity],
-        services: NamedDependency[Services],
+        api_keys: NamedDependency[ApiKeysService],
         key_id: RowId,
     ) -> ApiKeyView:
         """Revoke a key; it stops working at once."""
-        return await services.api_keys.revoke(identity, key_id)
+        return await api_keys.revoke(identity, key_id)
