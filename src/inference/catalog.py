@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from inference.errors import ModelUnavailable
+from inference.prompting import PROMPTING_FIELDS, Prompting, PromptingError, parse_prompting
 
 CATALOG_ENV = "LEDGERCHAT_CATALOG"
 MODEL_ENV_PREFIX = "LEDGERCHAT_MODEL_"
@@ -89,6 +90,7 @@ class CatalogEntry:
     price: ModelPrice
     load_at_start: bool = False
     fallback_model_id: str | None = None
+    prompting: Prompting = field(default_factory=Prompting)
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,7 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     known = {
         "id", "display_name", "source", "quantization", "dtype", "device",
         "context_limit_tokens", "max_new_tokens_cap", "price", "load_at_start",
-        "fallback_model_id",
+        "fallback_model_id", *PROMPTING_FIELDS,
     }  # fmt: skip
     unknown = set(raw) - known
     if unknown:
@@ -263,6 +265,10 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     source = _build_source(raw.get("source"), where, override_path)
     context_limit = _int_in(raw, "context_limit_tokens", 16, MAX_CONTEXT_LIMIT_TOKENS, where)
     cap = _int_in(raw, "max_new_tokens_cap", 1, MAX_NEW_TOKENS_CAP, where)
+    try:
+        prompting = parse_prompting(raw, cap)
+    except PromptingError as exc:
+        raise CatalogError(f"{where}: {exc}") from None
     price_raw = raw.get("price")
     if not isinstance(price_raw, dict):
         raise CatalogError(f"{where}: price table is required")
@@ -293,6 +299,7 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
         price=ModelPrice(per_message, prompt, completion, version),
         load_at_start=load_at_start,
         fallback_model_id=fallback,
+        prompting=prompting,
     )
 
 
