@@ -67,11 +67,12 @@ def load_prompts(path: Path | None = None) -> list[str]:
 
 def is_looping(text: str) -> bool:
     """True when a line of LOOP_LINE_CHARS+ characters, or a LOOP_WORDS-word sequence
-    (overlapping ones count), occurs LOOP_OCCURRENCES+ times."""
+    (overlapping ones count), occurs LOOP_OCCURRENCES+ times. Words are compared without
+    case and punctuation, so 'Paris.' and 'paris,' repeat each other."""
     lines = Counter(line.strip() for line in text.splitlines())
     if any(len(line) >= LOOP_LINE_CHARS and n >= LOOP_OCCURRENCES for line, n in lines.items()):
         return True
-    words = text.split()
+    words = _normalized(text).split()
     sequences = Counter(
         tuple(words[start : start + LOOP_WORDS]) for start in range(len(words) - LOOP_WORDS + 1)
     )
