@@ -31,9 +31,13 @@ MAX_NO_REPEAT_NGRAM_SIZE = 16
 USER_LABEL = "User:"
 ASSISTANT_LABEL = "Assistant:"
 COMPLETION_STOP_STRINGS: tuple[str, ...] = (f"\n{USER_LABEL}", f"\n{ASSISTANT_LABEL}")
+# One worked exchange shows the model the Assistant's part (answer, not chat back as a
+# user would); it is part of the default preamble, which a system message replaces.
 DEFAULT_PREAMBLE = (
     "A conversation between a User and a helpful, knowledgeable Assistant. The Assistant "
-    "answers each question directly and correctly in a few sentences."
+    "answers each question directly and correctly in a few sentences.\n\n"
+    "User: What is the capital of Italy?\n"
+    "Assistant: The capital of Italy is Rome, a city known for its long history and its art."
 )
 
 # Which fields of a catalog entry belong to prompting (flat in the TOML so that an operator

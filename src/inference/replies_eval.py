@@ -28,6 +28,9 @@ MAX_PROMPT_CHARS = 2_000
 LOOP_LINE_CHARS = 8
 LOOP_WORDS = 8
 LOOP_OCCURRENCES = 3
+# The eval measures how replies end, not latency: on a busy machine the engine's default
+# deadline would cut replies off with "timeout", which is neither ending nor running on.
+EVAL_DEADLINE_S = 3_600.0
 
 
 class PromptListError(ValueError):
@@ -124,6 +127,7 @@ async def run_replies(
                 model_id=model_id,
                 messages=(ChatMessage("user", prompt),),
                 sampling=SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
+                deadline_s=EVAL_DEADLINE_S,
                 request_id=f"eval-replies-{index}",
             )
             text = ""
