@@ -266,7 +266,7 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     context_limit = _int_in(raw, "context_limit_tokens", 16, MAX_CONTEXT_LIMIT_TOKENS, where)
     cap = _int_in(raw, "max_new_tokens_cap", 1, MAX_NEW_TOKENS_CAP, where)
     try:
-        prompting = parse_prompting(raw, cap)
+        prompting = parse_prompting(raw, MAX_NEW_TOKENS_CAP)
     except PromptingError as exc:
         raise CatalogError(f"{where}: {exc}") from None
     price_raw = raw.get("price")

@@ -60,7 +60,8 @@ class Prompting:
     """How one model is prompted. `repetition_penalty` divides (or, when negative, multiplies)
     the logit of every token the reply already holds (1.0: off); `no_repeat_ngram_size` n bans
     the token that would repeat an n-token sequence of the reply (0: off).
-    `default_max_new_tokens` is the reply length when a request names none (None: the cap)."""
+    `default_max_new_tokens` is the reply length when a request names none (None: the cap;
+    never more than the cap)."""
 
     prompt_format: PromptFormat = "chat"
     stop_strings: tuple[str, ...] = ()
@@ -78,9 +79,10 @@ class Prompting:
         return tuple(dict.fromkeys((*frame, *self.stop_strings)))
 
 
-def parse_prompting(raw: Mapping[str, Any], max_new_tokens_cap: int) -> Prompting:
+def parse_prompting(raw: Mapping[str, Any], max_new_tokens_limit: int) -> Prompting:
     """The prompting fields of one raw catalog entry, validated; PromptingError names the
-    first field that breaks its rule."""
+    first field that breaks its rule. A default reply length above the entry's own cap is
+    allowed (the cap wins), so lowering the cap alone, e.g. from the env, stays valid."""
     prompt_format = raw.get("prompt_format", "chat")
     if prompt_format not in PROMPT_FORMATS:
         raise PromptingError(f"prompt_format={prompt_format!r} must be chat or completion")
@@ -118,11 +120,10 @@ def parse_prompting(raw: Mapping[str, Any], max_new_tokens_cap: int) -> Promptin
     if default_max is not None and (
         isinstance(default_max, bool)
         or not isinstance(default_max, int)
-        or not 1 <= default_max <= max_new_tokens_cap
+        or not 1 <= default_max <= max_new_tokens_limit
     ):
         raise PromptingError(
-            f"default_max_new_tokens={default_max!r} must be 1..max_new_tokens_cap "
-            f"({max_new_tokens_cap})"
+            f"default_max_new_tokens={default_max!r} must be an integer 1..{max_new_tokens_limit}"
         )
     return Prompting(
         prompt_format=cast(PromptFormat, prompt_format),

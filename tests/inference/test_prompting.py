@@ -136,7 +136,7 @@ class TestPromptingFields:
             ("no_repeat_ngram_size = 17", "no_repeat_ngram_size"),
             ("no_repeat_ngram_size = 2.5", "no_repeat_ngram_size"),
             ("default_max_new_tokens = 0", "default_max_new_tokens"),
-            ("default_max_new_tokens = 201", "default_max_new_tokens"),
+            ("default_max_new_tokens = 70000", "default_max_new_tokens"),
             ('stop_strings = "User:"', "stop_strings"),
             ('stop_strings = [""]', "stop string"),
         ],

@@ -174,3 +174,18 @@ class TestCatalogStopStrings:
         through_stop = full[: full.index(stop) + len(stop)]
         assert finished.completion_tokens >= len(loaded.tokenizer.encode_content(text))
         assert finished.completion_tokens <= len(loaded.tokenizer.encode_content(through_stop)) + 1
+
+
+class TestDefaultReplyLength:
+    async def test_a_request_without_a_limit_gets_the_models_default(
+        self, engine_with: EngineWith
+    ) -> None:
+        """A request naming no max_new_tokens is held to the entry's default_max_new_tokens
+        (not its cap), in the estimate and in what is generated; one naming a limit keeps it."""
+        engine = engine_with("default_max_new_tokens = 5")
+        estimate = await engine.estimate(request(GUARDED, PROMPT, None))  # type: ignore[arg-type]
+        assert estimate.max_completion_tokens == 5
+        _, finished = await collect(engine.stream(request(GUARDED, PROMPT, None)))  # type: ignore[arg-type]
+        assert finished.completion_tokens <= 5
+        explicit = await engine.estimate(request(GUARDED, PROMPT, 50))
+        assert explicit.max_completion_tokens == 50
