@@ -1,7 +1,8 @@
 """The running batch of one model: its KV cache, attention mask, next inputs and positions,
 and the phases that change it: `prefill` (newly admitted prompts, together), `join` (their
 cache left-padded into the running batch between decode steps), `decode_step` (one token for
-every row) and `keep_rows` (finished rows leave).
+every row) and `keep_rows` (finished rows leave). The batch also keeps each row's reply
+tokens so far, for the repetition guard.
 
 The cache is a plain `DynamicCache()` built without the model config, so every layer, the
 sliding-window ones included, keeps full length and can be padded and concatenated alike; the
@@ -17,6 +18,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from inference.sampling import NO_TOKEN
+
 
 @dataclass
 class RunningBatch:
@@ -24,6 +27,9 @@ class RunningBatch:
     attention_mask: torch.Tensor  # [batch, cache_length], 0 marks left padding
     next_token_ids: torch.Tensor  # [batch, 1], sampled but not yet fed to the model
     next_positions: torch.Tensor  # [batch], position id of each row's next token
+    # [batch, steps]: each row's sampled reply tokens (next_token_ids included), left-padded
+    # with NO_TOKEN like the attention mask.
+    history: torch.Tensor
 
     @property
     def size(self) -> int:
@@ -65,6 +71,7 @@ def prefill(
         attention_mask=attention_mask,
         next_token_ids=torch.zeros(len(prompts), 1, dtype=torch.long, device=device),
         next_positions=lengths,  # [prompts]
+        history=_empty_history(len(prompts), device),
     )
     logits: torch.Tensor = output.logits[:, -1, :]
     return batch, logits
@@ -98,6 +105,7 @@ def prefill_after_prefix(
         attention_mask=attention_mask,
         next_token_ids=torch.zeros(1, 1, dtype=torch.long, device=device),
         next_positions=torch.tensor([len(prompt)], dtype=torch.long, device=device),
+        history=_empty_history(1, device),
     )
     logits: torch.Tensor = output.logits[:, -1, :]
     return batch, logits
@@ -127,6 +135,10 @@ def join(batch: RunningBatch | None, incoming: RunningBatch) -> RunningBatch:
     batch.attention_mask = torch.cat([batch.attention_mask, incoming.attention_mask], dim=0)
     batch.next_token_ids = torch.cat([batch.next_token_ids, incoming.next_token_ids], dim=0)
     batch.next_positions = torch.cat([batch.next_positions, incoming.next_positions], dim=0)
+    steps = max(batch.history.shape[1], incoming.history.shape[1])
+    batch.history = torch.cat(
+        [_left_pad_history(batch.history, steps), _left_pad_history(incoming.history, steps)]
+    )  # [rows, steps]
     return batch
 
 
@@ -151,6 +163,7 @@ def set_next_tokens(batch: RunningBatch, token_ids: list[int]) -> None:
     batch.next_token_ids = torch.tensor(
         token_ids, dtype=torch.long, device=batch.next_token_ids.device
     ).unsqueeze(1)  # [batch, 1]
+    batch.history = torch.cat([batch.history, batch.next_token_ids], dim=1)  # [batch, steps+1]
 
 
 def keep_rows(batch: RunningBatch, rows: list[int]) -> RunningBatch | None:
@@ -169,6 +182,10 @@ def keep_rows(batch: RunningBatch, rows: list[int]) -> RunningBatch | None:
     batch.attention_mask = mask[:, first_used:]
     batch.next_token_ids = batch.next_token_ids.index_select(0, index)
     batch.next_positions = batch.next_positions.index_select(0, index)
+    history = batch.history.index_select(0, index)
+    used_steps = (history != NO_TOKEN).any(dim=0).nonzero()
+    first_step = int(used_steps[0].item()) if used_steps.numel() else history.shape[1]
+    batch.history = history[:, first_step:]
     return batch
 
 
@@ -188,3 +205,12 @@ def _left_pad(batch: RunningBatch, columns: int) -> None:
         layer.values = torch.cat([padding, layer.values], dim=2)
     mask_padding = batch.attention_mask.new_zeros(batch.size, columns)
     batch.attention_mask = torch.cat([mask_padding, batch.attention_mask], dim=1)
+
+
+def _empty_history(rows: int, device: torch.device) -> torch.Tensor:
+    return torch.empty(rows, 0, dtype=torch.long, device=device)  # [rows, 0]
+
+
+def _left_pad_history(history: torch.Tensor, steps: int) -> torch.Tensor:
+    padding = history.new_full((history.shape[0], steps - history.shape[1]), NO_TOKEN)
+    return torch.cat([padding, history], dim=1)  # [rows, steps]

@@ -57,7 +57,12 @@ def run_benchmark(
     entry = catalog.get(model_id)
     if dtype is not None:
         entry = replace(entry, dtype=dtype)
-        catalog = Catalog(tuple(entry if e.id == model_id else e for e in catalog))
+    # Streams must run to the token budget to measure decode speed: no turn frame that ends
+    # them at a stop string (the repetition guard stays, its cost is the engine's).
+    entry = replace(
+        entry, prompting=replace(entry.prompting, prompt_format="chat", stop_strings=())
+    )
+    catalog = Catalog(tuple(entry if e.id == model_id else e for e in catalog))
     figures: dict[str, Any] = {"model": model_id, "dtype": entry.dtype}
     if measure_cold:
         # A fresh cache directory makes the first load convert a GGUF source from scratch.

@@ -17,6 +17,7 @@ from typing import Any, Literal, cast
 from pydantic import TypeAdapter, ValidationError
 
 from inference.errors import ModelUnavailable
+from inference.prompting import PROMPTING_FIELDS, Prompting, PromptingError, parse_prompting
 
 CATALOG_ENV = "LEDGERCHAT_CATALOG"
 MODEL_ENV_PREFIX = "LEDGERCHAT_MODEL_"
@@ -73,6 +74,7 @@ class CatalogEntry:
     max_new_tokens_cap: int
     load_at_start: bool = False
     fallback_model_id: str | None = None
+    prompting: Prompting = field(default_factory=Prompting)
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     known = {
         "id", "display_name", "source", "quantization", "dtype", "device",
         "context_limit_tokens", "max_new_tokens_cap", "load_at_start", "fallback_model_id",
-        *_BILLING_KEYS,
+        *_BILLING_KEYS, *PROMPTING_FIELDS,
     }  # fmt: skip
     unknown = set(raw) - known
     if unknown:
@@ -243,6 +245,10 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     source = _build_source(raw.get("source"), where, override_path)
     context_limit = _int_in(raw, "context_limit_tokens", 16, MAX_CONTEXT_LIMIT_TOKENS, where)
     cap = _int_in(raw, "max_new_tokens_cap", 1, MAX_NEW_TOKENS_CAP, where)
+    try:
+        prompting = parse_prompting(raw, MAX_NEW_TOKENS_CAP)
+    except PromptingError as exc:
+        raise CatalogError(f"{where}: {exc}") from None
     fallback = raw.get("fallback_model_id")
     if fallback is not None and not isinstance(fallback, str):
         raise CatalogError(f"{where}: fallback_model_id must be a string")
@@ -260,6 +266,7 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
         max_new_tokens_cap=cap,
         load_at_start=load_at_start,
         fallback_model_id=fallback,
+        prompting=prompting,
     )
 
 

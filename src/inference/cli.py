@@ -1,4 +1,5 @@
-"""`ledgerchat models list|pull` and `ledgerchat bench inference`. Exit codes: 0 ok,
+"""`ledgerchat models list|pull`, `ledgerchat bench inference` and `ledgerchat eval replies`.
+Exit codes: 0 ok,
 2 usage or environment errors (unknown model, weights unavailable, offline pull)."""
 
 from __future__ import annotations
@@ -50,6 +51,22 @@ def register_bench(bench_subparsers: Any) -> None:
         "--skip-cold", action="store_true", help="do not time a conversion into an empty cache"
     )
     bench.set_defaults(handler=bench_inference)
+
+
+def register_eval(eval_subparsers: Any) -> None:
+    replies = eval_subparsers.add_parser(
+        "replies", help="share of greedy replies that end by themselves, loop share, median length"
+    )
+    _add_catalog_argument(replies)
+    replies.add_argument("--model", default=DEFAULT_BENCH_MODEL, help="catalog id to evaluate")
+    replies.add_argument(
+        "--prompts", type=Path, help="prompt file, one per line (default: the shipped list)"
+    )
+    replies.add_argument(
+        "--max-new-tokens", type=int, help="reply limit (default: the model's default length)"
+    )
+    replies.add_argument("--show", action="store_true", help="print every reply in full")
+    replies.set_defaults(handler=eval_replies)
 
 
 def _add_catalog_argument(parser: argparse.ArgumentParser) -> None:
@@ -177,5 +194,58 @@ def bench_inference(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
+    print(json.dumps(figures, sort_keys=True))
+    return 0
+
+
+def eval_replies(args: argparse.Namespace) -> int:
+    from inference.engine import Engine
+    from inference.replies_eval import (
+        PromptListError,
+        ReplyFailed,
+        is_looping,
+        load_prompts,
+        run_replies,
+        summarize,
+    )
+
+    if args.max_new_tokens is not None and not 1 <= args.max_new_tokens <= MAX_BENCH_NEW_TOKENS:
+        print(f"error: --max-new-tokens must be 1..{MAX_BENCH_NEW_TOKENS}", file=sys.stderr)
+        return 2
+    try:
+        prompts = load_prompts(args.prompts)
+        catalog = load_catalog(args.catalog)
+        settings = InferenceSettings.from_env()
+        catalog.get(args.model)
+    except (PromptListError, CatalogError, ValueError, InferenceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> list[Any]:
+        engine = Engine(catalog, settings)
+        try:
+            await engine.load(args.model)
+            return await run_replies(
+                engine, args.model, prompts, args.max_new_tokens, settings.max_batch_size
+            )
+        finally:
+            await engine.close()
+
+    try:
+        results = asyncio.run(run())
+    except (InferenceError, ReplyFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for result in results:
+        loop = " LOOP" if is_looping(result.text) else ""
+        reply = result.text.strip().replace("\n", " / ")
+        shown = reply if args.show else reply[:70]
+        print(f"{result.finish_reason:<6} {result.completion_tokens:>4}{loop}  {shown}")
+    figures = {"model": args.model, **summarize(results)}
+    print(
+        f"self-ended {figures['self_ended_share']:.0%}, looping {figures['loop_share']:.0%}, "
+        f"echo only {figures['echo_share']:.0%}, median reply "
+        f"{figures['median_completion_tokens']} tokens, {figures['prompts']} prompts"
+    )
     print(json.dumps(figures, sort_keys=True))
     return 0

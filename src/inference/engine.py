@@ -159,11 +159,12 @@ class Engine:
         state, fell_back_from = await self._resolve(request.model_id)
         loaded = state.loaded
         assert loaded is not None
-        prompt_ids = encode_prompt(loaded.tokenizer, request.messages)
+        prompt_ids = encode_prompt(loaded.tokenizer, request.messages, state.entry.prompting)
         context_limit = state.entry.context_limit_tokens
         if len(prompt_ids) >= context_limit:
             raise PromptTooLong(len(prompt_ids), context_limit)
-        wanted = request.sampling.max_new_tokens or state.entry.max_new_tokens_cap
+        default_reply = state.entry.prompting.default_max_new_tokens
+        wanted = request.sampling.max_new_tokens or default_reply or state.entry.max_new_tokens_cap
         room = context_limit - len(prompt_ids)
         max_new_tokens = min(wanted, state.entry.max_new_tokens_cap, room)
         return PreparedRequest(

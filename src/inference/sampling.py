@@ -1,5 +1,6 @@
 """Choosing the next token of every row of a batch from its logits, each row with its own
-temperature, top-k, top-p and (optionally seeded) random generator."""
+temperature, top-k, top-p and (optionally seeded) random generator; and the model's
+repetition guard, applied to the whole batch's logits before that choice."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from collections.abc import Sequence
 
 import torch
 
+from inference.prompting import Prompting
 from inference.requests import SamplingParams
+
+# Marks the left padding of a batch's reply history (no token id is negative).
+NO_TOKEN = -1
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -69,3 +74,43 @@ def _sample_row(
         probabilities = probabilities * (mass_before < sampling.top_p)
     choice = torch.multinomial(probabilities, num_samples=1, generator=generator)  # [1]
     return int(indices[choice].item())
+
+
+def apply_repetition_guard(
+    logits: torch.Tensor, history: torch.Tensor, prompting: Prompting
+) -> torch.Tensor:
+    """logits: [batch, vocab]; history: [batch, steps], each row's reply tokens so far,
+    left-padded with NO_TOKEN. The logits with the repetition penalty and the no-repeat n-gram
+    ban applied, from each row's own reply only (never the prompt: a reply may reuse the
+    question's words and the frame's turn markers, which end it). Whole-batch tensor
+    operations: a row's result does not depend on the other rows."""
+    if not prompting.guards_repetition or history.shape[1] == 0:
+        return logits
+    scores = logits.float()  # [batch, vocab]
+    present = history != NO_TOKEN  # [batch, steps]
+    token_ids = history.clamp(min=0)  # [batch, steps]
+    if prompting.repetition_penalty != 1.0:
+        # scatter_add, not scatter: padding and real tokens may share an index, and only a
+        # sum is deterministic when indices repeat.
+        seen = torch.zeros_like(scores).scatter_add_(1, token_ids, present.float()) > 0
+        penalty = prompting.repetition_penalty
+        penalised = torch.where(scores > 0, scores / penalty, scores * penalty)
+        scores = torch.where(seen, penalised, scores)
+    size = prompting.no_repeat_ngram_size
+    if size and history.shape[1] >= size:
+        scores = _ban_repeated_ngrams(scores, history, present, size)
+    return scores
+
+
+def _ban_repeated_ngrams(
+    scores: torch.Tensor, history: torch.Tensor, present: torch.Tensor, size: int
+) -> torch.Tensor:
+    """Bans, per row, every token that would complete an n-gram already in the reply: the
+    token after each earlier occurrence of the reply's last n-1 tokens."""
+    windows = history.unfold(1, size, 1)  # [batch, steps - n + 1, n]
+    complete = present.unfold(1, size, 1).all(dim=-1)  # [batch, steps - n + 1]
+    last = history[:, history.shape[1] - (size - 1) :]  # [batch, n - 1]
+    matches = (windows[:, :, :-1] == last.unsqueeze(1)).all(dim=-1) & complete
+    banned_ids = windows[:, :, -1].clamp(min=0)  # [batch, steps - n + 1]
+    banned = torch.zeros_like(scores).scatter_add_(1, banned_ids, matches.float()) > 0
+    return scores.masked_fill(banned, float("-inf"))

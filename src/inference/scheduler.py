@@ -32,7 +32,7 @@ from inference.events import Finished, FinishReason, StreamEvent, TextDelta, Tim
 from inference.loading import LoadedModel, free_memory, is_out_of_memory
 from inference.prefix_cache import PrefixCache, PrefixEntry
 from inference.requests import SamplingParams
-from inference.sampling import make_generator, sample_each_row
+from inference.sampling import apply_repetition_guard, make_generator, sample_each_row
 from inference.text import IncrementalDetokenizer, StopStringMatcher
 
 log = structlog.get_logger(__name__)
@@ -295,6 +295,9 @@ class ModelScheduler:
         assert self._batch is not None and self._batch.size == len(self._rows)
         try:
             logits = decode_step(self._loaded.model, self._batch)  # [batch, vocab]
+            logits = apply_repetition_guard(
+                logits, self._batch.history, self._loaded.entry.prompting
+            )
             token_ids = sample_each_row(
                 logits,
                 [row.slot.sampling for row in self._rows],
@@ -418,7 +421,9 @@ class _Row:
     def __init__(self, slot: Slot, loaded: LoadedModel) -> None:
         self.slot = slot
         self.detokenizer = IncrementalDetokenizer(loaded.tokenizer)
-        self.stop_matcher = StopStringMatcher(slot.sampling.stop)
+        # The request's own stop strings, and the model's (the next turn of its frame).
+        stops = (*slot.sampling.stop, *loaded.entry.prompting.all_stop_strings())
+        self.stop_matcher = StopStringMatcher(stops)
         self.generator = make_generator(slot.sampling.seed, loaded.device)
         self.stop_string_hit = False
 

@@ -1,4 +1,5 @@
-"""Text on both sides of the model: Gemma's turn template for prompts, incremental
+"""Text on both sides of the model: prompts encoded in the model's frame (see `prompting`),
+with Gemma's turn format as the built-in chat frame, incremental
 detokenization that never splits a multi-byte character, and stop-string matching that holds
 back text which might still become a stop string.
 
@@ -11,6 +12,13 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from inference.prompting import (
+    Prompting,
+    Segment,
+    completion_frame,
+    split_rendered_template,
+    template_messages,
+)
 from inference.requests import ChatMessage
 
 START_OF_TURN = "<start_of_turn>"
@@ -45,6 +53,20 @@ class TokenizerAdapter:
         with self._lock:
             return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
+    def render_chat_template(self, messages: list[dict[str, str]]) -> str | None:
+        """The tokenizer's own chat template applied as text, with an open assistant turn at
+        the end; None when the tokenizer ships no template."""
+        with self._lock:
+            if not getattr(self._tokenizer, "chat_template", None):
+                return None
+            try:
+                rendered = self._tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
+            except Exception:  # a template refusing the conversation (jinja raise_exception)
+                return None
+        return rendered if isinstance(rendered, str) else None
+
     def token_id(self, token: str) -> int | None:
         """The id of a single special token, or None when the vocabulary lacks it."""
         with self._lock:
@@ -55,7 +77,39 @@ class TokenizerAdapter:
         return token_id
 
 
-def encode_prompt(tokenizer: TokenizerAdapter, messages: Sequence[ChatMessage]) -> list[int]:
+def encode_prompt(
+    tokenizer: TokenizerAdapter,
+    messages: Sequence[ChatMessage],
+    prompting: Prompting | None = None,
+) -> list[int]:
+    """Token ids of a conversation in the model's frame, ending where the reply starts: the
+    completion frame for a base model; for a chat model its tokenizer's chat template, else
+    Gemma's turn format. Message content never becomes special tokens."""
+    if prompting is not None and prompting.prompt_format == "completion":
+        return _encode_segments(tokenizer, completion_frame(messages), add_bos=True)
+    rendered = tokenizer.render_chat_template(template_messages(messages))
+    segments = None if rendered is None else split_rendered_template(rendered, messages)
+    if segments is not None:
+        # Templates write the BOS token themselves (Gemma's does: "{{ bos_token }}").
+        return _encode_segments(tokenizer, segments, add_bos=False)
+    return encode_gemma_turns(tokenizer, messages)
+
+
+def _encode_segments(
+    tokenizer: TokenizerAdapter, segments: Sequence[Segment], add_bos: bool
+) -> list[int]:
+    ids: list[int] = []
+    if add_bos and tokenizer.bos_token_id is not None:
+        ids.append(tokenizer.bos_token_id)
+    for segment in segments:
+        if segment.is_content:
+            ids += tokenizer.encode_content(segment.text)
+        else:
+            ids += tokenizer.encode_plain(segment.text)
+    return ids
+
+
+def encode_gemma_turns(tokenizer: TokenizerAdapter, messages: Sequence[ChatMessage]) -> list[int]:
     """Token ids of a conversation in Gemma's turn format, ending with an open model turn:
 
         <bos><start_of_turn>user\\n{system}\\n\\n{text}<end_of_turn>\\n<start_of_turn>model\\n

@@ -4,7 +4,8 @@
 dispatcher lives here. Each package exposes `register(subparsers)` in its own `cli` module;
 a subcommand sets `handler` (a callable taking the parsed args and returning an exit code).
 Benchmarks share one `bench` group: a module may also expose `register_bench(bench_subparsers)`
-to add `ledgerchat bench <name>`.
+to add `ledgerchat bench <name>`; likewise `register_eval(eval_subparsers)` adds
+`ledgerchat eval <name>` (quality checks such as `eval replies`).
 Exit codes: 0 success, 1 a finding (e.g. audit violations), 2 usage or environment errors.
 """
 
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     bench = subparsers.add_parser("bench", help="run a benchmark and print its figures")
     bench_subparsers = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    evaluation = subparsers.add_parser("eval", help="run a quality check and print its figures")
+    eval_subparsers = evaluation.add_subparsers(dest="evaluation", metavar="CHECK")
     for module_name in _COMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
@@ -54,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         register_bench = getattr(module, "register_bench", None)
         if register_bench is not None:
             register_bench(bench_subparsers)
+        register_eval = getattr(module, "register_eval", None)
+        if register_eval is not None:
+            register_eval(eval_subparsers)
     return parser
 
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from inference import (
     ChatMessage,
@@ -17,6 +18,8 @@ from inference import (
     StreamEvent,
     TextDelta,
 )
+from inference.prompting import Prompting
+from inference.sampling import apply_repetition_guard
 from inference.text import encode_prompt
 
 
@@ -55,11 +58,15 @@ async def collect(events: AsyncIterator[StreamEvent]) -> tuple[str, Finished]:
 
 
 def reference_greedy_ids(engine: Engine, req: GenerationRequest) -> list[int]:
-    """What plain transformers `generate` produces for the request, greedy, one at a time."""
+    """What plain transformers `generate` produces for the request, greedy, one at a time, in
+    the model's prompt frame with its repetition guard, cut after the token that completes
+    one of the model's stop strings (as the engine stops there)."""
     loaded = engine.loaded_model(req.model_id)
     assert loaded is not None
-    prompt_ids = encode_prompt(loaded.tokenizer, req.messages)
+    prompting = loaded.entry.prompting
+    prompt_ids = encode_prompt(loaded.tokenizer, req.messages, prompting)
     assert req.sampling.max_new_tokens is not None
+    guard = _RepetitionGuard(prompting, len(prompt_ids))
     with torch.inference_mode():
         output = loaded.model.generate(
             torch.tensor([prompt_ids]),
@@ -68,14 +75,36 @@ def reference_greedy_ids(engine: Engine, req: GenerationRequest) -> list[int]:
             do_sample=False,
             eos_token_id=sorted(loaded.stop_token_ids),
             pad_token_id=0,
+            logits_processor=LogitsProcessorList([guard]),
         )
-    return list(output[0, len(prompt_ids) :].tolist())
+    generated: list[int] = list(output[0, len(prompt_ids) :].tolist())
+    stops = prompting.all_stop_strings()
+    for end in range(1, len(generated) + 1):
+        if any(stop in loaded.tokenizer.decode(generated[:end]) for stop in stops):
+            return generated[:end]
+    return generated
+
+
+class _RepetitionGuard(LogitsProcessor):
+    """The engine's repetition guard as a `generate` logits processor (reply tokens only)."""
+
+    def __init__(self, prompting: Prompting, prompt_length: int) -> None:
+        self._prompting = prompting
+        self._prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        history = input_ids[:, self._prompt_length :]
+        return apply_repetition_guard(scores, history, self._prompting)
 
 
 def expected_text(engine: Engine, model_id: str, token_ids: list[int]) -> str:
+    """The streamed text of these reply tokens: stop tokens dropped, cut at a stop string."""
     loaded = engine.loaded_model(model_id)
     assert loaded is not None
-    return loaded.tokenizer.decode([t for t in token_ids if t not in loaded.stop_token_ids])
+    text = loaded.tokenizer.decode([t for t in token_ids if t not in loaded.stop_token_ids])
+    for stop in loaded.entry.prompting.all_stop_strings():
+        text = text.split(stop, 1)[0]
+    return text
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:

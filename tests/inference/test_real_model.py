@@ -41,7 +41,8 @@ class TestBundledGemma:
         assert " " in first_text.strip()
         loaded = real_engine.loaded_model(MODEL)
         assert loaded is not None
-        assert first.prompt_tokens == len(encode_prompt(loaded.tokenizer, req.messages))
+        prompting = loaded.entry.prompting
+        assert first.prompt_tokens == len(encode_prompt(loaded.tokenizer, req.messages, prompting))
         reference = reference_greedy_ids(real_engine, req)
         assert first.completion_tokens == len(reference)
         assert first_text == expected_text(real_engine, MODEL, reference)
