@@ -181,11 +181,11 @@ class TestDefaultReplyLength:
         self, engine_with: EngineWith
     ) -> None:
         """A request naming no max_new_tokens is held to the entry's default_max_new_tokens
-        (not its cap), in the estimate and in what is generated; one naming a limit keeps it."""
+        (not its cap), in the prepared request and in what is generated; one naming a limit keeps it."""
         engine = engine_with("default_max_new_tokens = 5")
-        estimate = await engine.estimate(request(GUARDED, PROMPT, None))  # type: ignore[arg-type]
+        estimate = await engine.prepare(request(GUARDED, PROMPT, None))  # type: ignore[arg-type]
         assert estimate.max_completion_tokens == 5
         _, finished = await collect(engine.stream(request(GUARDED, PROMPT, None)))  # type: ignore[arg-type]
         assert finished.completion_tokens <= 5
-        explicit = await engine.estimate(request(GUARDED, PROMPT, 50))
+        explicit = await engine.prepare(request(GUARDED, PROMPT, 50))
         assert explicit.max_completion_tokens == 50

@@ -185,7 +185,10 @@ class TestReleaseFailsAfterEngineError:
         """The engine fails and the ledger refuses the release too: the client gets an error
         (not a `done`), nothing is charged, the hold stays until the sweeper releases it at
         expiry, and then a retry with the same key runs as a new request, charged once."""
-        ttl_s = 3
+        # Long enough that, on a loaded 2-core machine, the first hold cannot expire before the
+        # balance is read and the retry's generation deadline (a share of the TTL) is not hit;
+        # 3 s failed there.
+        ttl_s = 8
         server = await make_server(
             make_settings(
                 LEDGERCHAT_BILLING_HOLD_TTL_S=str(ttl_s),
