@@ -10,6 +10,7 @@ from inference.catalog import (
     CatalogError,
     ModelSource,
     load_catalog,
+    merge_catalog,
 )
 from inference.engine import Engine, SchedulerLoad
 from inference.errors import (
@@ -53,4 +54,5 @@ __all__ = [
     "TextDelta",
     "Timings",
     "load_catalog",
+    "merge_catalog",
 ]

@@ -124,10 +124,17 @@ class Catalog:
 
 def load_catalog(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Catalog:
     """The shipped catalog merged with the operator file (`path`, else $LEDGERCHAT_CATALOG)
-    and the per-entry env overrides."""
+    and the per-entry env overrides: for callers without settings of their own (the
+    `inference` command line). The web service reads LEDGERCHAT_CATALOG in its settings and
+    calls `merge_catalog` with the file, so the variable is read in one place there."""
     env = os.environ if environ is None else environ
+    return merge_catalog(path if path is not None else _env_path(env), env)
+
+
+def merge_catalog(override_path: Path | None, environ: Mapping[str, str]) -> Catalog:
+    """The shipped catalog merged with the operator file `override_path` (None: no file; this
+    does not look at LEDGERCHAT_CATALOG) and the per-entry overrides in `environ`."""
     raw_entries = _read_entries(DEFAULT_CATALOG_PATH)
-    override_path = path if path is not None else _env_path(env)
     if override_path is not None:
         overrides = _read_entries(override_path)
         seen: set[object] = set()
@@ -139,7 +146,7 @@ def load_catalog(path: Path | None = None, environ: Mapping[str, str] | None = N
         for raw in overrides:
             _merge(raw_entries, raw)
     for raw in raw_entries:
-        _apply_env_overrides(raw, env)
+        _apply_env_overrides(raw, environ)
     return Catalog(tuple(_build_entry(raw, override_path) for raw in raw_entries))
 
 

@@ -4,15 +4,15 @@ Requests wait in a bounded queue. Between decode steps the thread admits waiting
 to the batch limit (each is prefilled alone, then joins the running batch), drops rows that
 were cancelled or ran past their deadline, and runs one decode step for every remaining row.
 Each row streams its own events back to the asyncio loop through `Slot.deliver`, which must be
-thread-safe (the engine uses loop.call_soon_threadsafe). Generation never runs on the loop."""
+thread-safe (the engine uses loop.call_soon_threadsafe). Generation never runs on the loop.
+What a sampled token does to its request (text, stop strings, limits, the final event) is
+`inference.slots`; this module owns the queue, admission, the batch and its failures."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 import torch
@@ -28,12 +28,11 @@ from inference.batching import (
     set_next_tokens,
 )
 from inference.errors import EngineBusy, ModelUnavailable, OutOfMemory
-from inference.events import Finished, FinishReason, StreamEvent, TextDelta, Timings
+from inference.events import FinishReason
 from inference.loading import LoadedModel, free_memory, is_out_of_memory
 from inference.prefix_cache import PrefixCache, PrefixEntry
-from inference.requests import SamplingParams
-from inference.sampling import apply_repetition_guard, make_generator, sample_each_row
-from inference.text import IncrementalDetokenizer, StopStringMatcher
+from inference.sampling import apply_repetition_guard, sample_each_row
+from inference.slots import Row, Slot, accept_token, finish, token_or_pad
 
 log = structlog.get_logger(__name__)
 
@@ -42,29 +41,6 @@ _IDLE_POLL_S = 1.0
 # Prompts admitted together are prefilled in one forward while their padded size stays under
 # this many tokens; longer ones go alone so one long prompt does not pad many short ones.
 MAX_PREFILL_GROUP_TOKENS = 2048
-
-
-@dataclass(eq=False)
-class Slot:
-    """One request inside a scheduler. Only `cancel_requested` is written from other threads."""
-
-    request_id: str
-    prompt_ids: list[int]
-    max_new_tokens: int
-    sampling: SamplingParams
-    submitted_at: float  # time.monotonic() when the caller started the request
-    deadline_at: float  # time.monotonic() after which the request ends with "timeout"
-    deliver: Callable[[StreamEvent], None]
-    model_id_answered: str
-    fell_back_from: str | None = None
-    cancel_requested: bool = False
-    generated: list[int] = field(default_factory=list)
-    reused_prompt_tokens: int = 0
-    finish_reason: FinishReason | None = None
-    admitted_at: float | None = None
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    finished: bool = False
 
 
 class ModelScheduler:
@@ -84,7 +60,7 @@ class ModelScheduler:
         self._condition = threading.Condition()
         self._waiting: deque[Slot] = deque()
         self._stopping = False
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._batch: RunningBatch | None = None
         # Slots taken off the queue this step and not yet in the batch; only the thread
         # touches them, but they must still get their Finished if a step or the thread fails.
@@ -194,17 +170,25 @@ class ModelScheduler:
         for slot, reason in expired:
             self._finish(slot, reason, None)
         self._drop_ended_rows()
+        for slots, prefix in self._plan_prefills(self._admissible(admitted)):
+            self._admit(slots, prefix)
+        if self._rows:
+            self._decode()
+
+    def _plan_prefills(
+        self, slots: list[Slot]
+    ) -> list[tuple[list[Slot], tuple[PrefixEntry, int] | None]]:
+        """The prefill forwards that admit `slots`, in order: each slot whose prompt starts with
+        a cached prefix alone after that prefix, then the others in padded groups."""
+        after_prefix: list[tuple[list[Slot], tuple[PrefixEntry, int] | None]] = []
         plain = []
-        for slot in self._admissible(admitted):
+        for slot in slots:
             match = self._prefix_cache.longest_match(slot.prompt_ids)
             if match is None:
                 plain.append(slot)
             else:
-                self._admit([slot], match)
-        for group in _prefill_groups(plain):
-            self._admit(group)
-        if self._rows:
-            self._decode()
+                after_prefix.append(([slot], match))
+        return after_prefix + [(group, None) for group in _prefill_groups(plain)]
 
     def _fail_step(self, exc: BaseException) -> None:
         """A failure outside a forward (joining caches, trimming the batch, ...) may leave the
@@ -258,7 +242,7 @@ class ModelScheduler:
         """Prefill `slots` together (or one slot after a cached prefix), emit their first
         tokens, and join the still-running ones to the batch."""
         loaded = self._loaded
-        rows = [_Row(slot, loaded) for slot in slots]
+        rows = [Row(slot, loaded) for slot in slots]
         try:
             if prefix is None:
                 prompts = [slot.prompt_ids for slot in slots]
@@ -280,7 +264,7 @@ class ModelScheduler:
                 self._finish(slot, "error", None, error, f"{type(exc).__name__}: {exc}")
             return
         self._fail_unsampled(rows, first_tokens)
-        set_next_tokens(incoming, [_token_or_pad(token) for token in first_tokens])
+        set_next_tokens(incoming, [token_or_pad(token) for token in first_tokens])
         still_running = [
             index
             for index, (row, token_id) in enumerate(zip(rows, first_tokens, strict=True))
@@ -310,41 +294,25 @@ class ModelScheduler:
             self._fail_all("error", f"{type(exc).__name__}: {exc}", error)
             return
         self._fail_unsampled(self._rows, token_ids)
-        set_next_tokens(self._batch, [_token_or_pad(token) for token in token_ids])
+        set_next_tokens(self._batch, [token_or_pad(token) for token in token_ids])
         for row, token_id in zip(self._rows, token_ids, strict=True):
             if not isinstance(token_id, Exception):
                 self._accept_token(row, token_id)
         self._remove_finished_rows()
 
-    def _fail_unsampled(self, rows: list[_Row], tokens: list[int | Exception]) -> None:
+    def _fail_unsampled(self, rows: list[Row], tokens: list[int | Exception]) -> None:
         """A row whose sampling failed ends with the error; the other rows go on."""
         for row, token in zip(rows, tokens, strict=True):
             if isinstance(token, Exception):
                 log.error("sampling_failed", model=self.model_id, error=repr(token))
                 self._finish(row.slot, "error", None, None, f"{type(token).__name__}: {token}")
 
-    def _accept_token(self, row: _Row, token_id: int) -> bool:
+    def _accept_token(self, row: Row, token_id: int) -> bool:
         """Record one generated token; True when the request finished with it."""
-        slot = row.slot
-        now = time.monotonic()
-        if slot.first_token_at is None:
-            slot.first_token_at = now
-        slot.last_token_at = now
-        slot.generated.append(token_id)
-        if token_id in self._loaded.stop_token_ids:
-            self._finish(slot, "stop", row)
-            return True
-        text, hit_stop_string = row.stop_matcher.feed(row.detokenizer.push(token_id))
-        if text:
-            slot.deliver(TextDelta(text))
-        if hit_stop_string:
-            row.stop_string_hit = True
-            self._finish(slot, "stop", row)
-            return True
-        if len(slot.generated) >= slot.max_new_tokens:
-            self._finish(slot, "length", row)
-            return True
-        return False
+        reason = accept_token(row, token_id, self._loaded.stop_token_ids)
+        if reason is not None:
+            self._finish(row.slot, reason, row)
+        return reason is not None
 
     def _remove_finished_rows(self) -> None:
         keep = [index for index, row in enumerate(self._rows) if not row.slot.finished]
@@ -384,59 +352,11 @@ class ModelScheduler:
         self,
         slot: Slot,
         reason: FinishReason,
-        row: _Row | None,
+        row: Row | None,
         error: OutOfMemory | None = None,
         error_text: str | None = None,
     ) -> None:
-        if slot.finished:
-            return
-        slot.finished = True
-        slot.finish_reason = reason
-        if row is not None and not row.stop_string_hit:
-            # Text held back for an incomplete character or a possible stop string is owed.
-            tail, _ = row.stop_matcher.feed(row.detokenizer.flush())
-            tail += row.stop_matcher.flush()
-            if tail:
-                slot.deliver(TextDelta(tail))
-        finished_at = time.monotonic()
-        message = str(error) if error is not None else error_text
-        slot.deliver(
-            Finished(
-                model_id_answered=slot.model_id_answered,
-                prompt_tokens=len(slot.prompt_ids),
-                completion_tokens=len(slot.generated),
-                finish_reason=reason,
-                error=message if reason == "error" else None,
-                timings=_timings(slot, finished_at),
-                fell_back_from=slot.fell_back_from,
-                error_code=_error_code(reason, error),
-                cached_prompt_tokens=slot.reused_prompt_tokens,
-            )
-        )
-
-
-class _Row:
-    """A slot's per-request decoding state while it is in the batch."""
-
-    def __init__(self, slot: Slot, loaded: LoadedModel) -> None:
-        self.slot = slot
-        self.detokenizer = IncrementalDetokenizer(loaded.tokenizer)
-        # The request's own stop strings, and the model's (the next turn of its frame).
-        stops = (*slot.sampling.stop, *loaded.entry.prompting.all_stop_strings())
-        self.stop_matcher = StopStringMatcher(stops)
-        self.generator = make_generator(slot.sampling.seed, loaded.device)
-        self.stop_string_hit = False
-
-
-def _error_code(reason: FinishReason, error: OutOfMemory | None) -> str | None:
-    if error is not None:
-        return error.code
-    return "generation_failed" if reason == "error" else None
-
-
-def _token_or_pad(token: int | Exception) -> int:
-    """A failed row's placeholder next token (the row leaves the batch before it is fed)."""
-    return 0 if isinstance(token, Exception) else token
+        finish(slot, reason, row, error, error_text)
 
 
 def _as_out_of_memory(error: BaseException, model_id: str, during: str) -> OutOfMemory | None:
@@ -462,24 +382,3 @@ def _prefill_groups(slots: list[Slot]) -> list[list[Slot]]:
     if current:
         groups.append(current)
     return groups
-
-
-def _timings(slot: Slot, finished_at: float) -> Timings:
-    admitted_at = slot.admitted_at if slot.admitted_at is not None else finished_at
-    decode_rate = None
-    if (
-        slot.first_token_at is not None
-        and slot.last_token_at is not None
-        and len(slot.generated) >= 2
-        and slot.last_token_at > slot.first_token_at
-    ):
-        decode_rate = (len(slot.generated) - 1) / (slot.last_token_at - slot.first_token_at)
-    first_token_ms = None
-    if slot.first_token_at is not None:
-        first_token_ms = (slot.first_token_at - slot.submitted_at) * 1000.0
-    return Timings(
-        queue_wait_ms=(admitted_at - slot.submitted_at) * 1000.0,
-        time_to_first_token_ms=first_token_ms,
-        decode_tokens_per_s=decode_rate,
-        total_ms=(finished_at - slot.submitted_at) * 1000.0,
-    )

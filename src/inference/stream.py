@@ -15,7 +15,8 @@ import structlog
 from inference.errors import InvalidRequest, ModelUnavailable
 from inference.events import Finished, StreamEvent
 from inference.requests import GenerationRequest, PreparedRequest
-from inference.scheduler import ModelScheduler, Slot
+from inference.scheduler import ModelScheduler
+from inference.slots import Slot
 
 if TYPE_CHECKING:
     from inference.engine import Engine

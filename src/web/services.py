@@ -16,7 +16,7 @@ import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from inference import Engine, InferenceSettings, load_catalog
+from inference import Engine, InferenceSettings, merge_catalog
 from inference.catalog import Catalog
 from ledger import Ledger, LedgerSettings
 from web import metrics
@@ -124,7 +124,7 @@ class Services:
         elif engine is None:
             try:
                 engine = Engine(
-                    load_catalog(catalog_path, settings.environ),
+                    merge_catalog(catalog_path, settings.environ),
                     InferenceSettings.from_env(settings.environ),
                 )
             except BaseException:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inference import CatalogError, ModelUnavailable, load_catalog
+from inference import CatalogError, ModelUnavailable, load_catalog, merge_catalog
 from inference.catalog import env_key
 
 
@@ -78,6 +78,15 @@ max_new_tokens_cap = 64
         override.write_text('[[models]]\nid = "gemma-3-270m"\ndisplay_name = "Tiny"\n')
         catalog = load_catalog(environ={"LEDGERCHAT_CATALOG": str(override)})
         assert catalog.get("gemma-3-270m").display_name == "Tiny"
+
+    def test_merge_catalog_takes_the_file_as_given(self, tmp_path: Path) -> None:
+        """merge_catalog (what the web service calls with its own LEDGERCHAT_CATALOG setting)
+        never reads the variable itself: None means the bundled catalog only."""
+        override = tmp_path / "ops.toml"
+        override.write_text('[[models]]\nid = "gemma-3-270m"\ndisplay_name = "Tiny"\n')
+        environ = {"LEDGERCHAT_CATALOG": str(override)}
+        assert merge_catalog(None, environ).get("gemma-3-270m").display_name != "Tiny"
+        assert merge_catalog(override, environ).get("gemma-3-270m").display_name == "Tiny"
 
     def test_env_overrides_per_entry(self, no_catalog_env: None) -> None:
         """LEDGERCHAT_MODEL_<ID>__<FIELD> overrides one field of one entry."""

@@ -10,7 +10,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from web.domain.accounts.schemas import Identity
-from web.domain.chat.schemas import ConversationDetail, ConversationView, MessageView
+from web.domain.chat.schemas import (
+    MAX_TITLE_CHARS,
+    ConversationDetail,
+    ConversationView,
+    MessageView,
+)
 from web.errors import NotFound, ValidationFailed
 from web.tables import ConversationRow, MessageRow, utc_now
 
@@ -84,8 +89,8 @@ class ConversationsService:
         title = title.strip()
         if "\x00" in title:
             raise ValidationFailed("title must not contain NUL characters", field="title")
-        if not 1 <= len(title) <= 200:
-            raise ValidationFailed("title must be 1-200 characters", field="title")
+        if not 1 <= len(title) <= MAX_TITLE_CHARS:
+            raise ValidationFailed(f"title must be 1-{MAX_TITLE_CHARS} characters", field="title")
         async with self._sessions() as session:
             row = await self._owned(session, identity, conversation_id)
             row.title = title

@@ -12,6 +12,8 @@ from inference.catalog import MAX_NEW_TOKENS_CAP
 from web.settings import MAX_MESSAGE_CHARS
 
 MAX_STOP_STRINGS = 8
+MAX_TITLE_CHARS = 200
+"""Longest conversation title (the UI's rename box and the `conversations.title` column agree)."""
 
 
 class SamplingOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -96,4 +98,4 @@ class ConversationDetail(msgspec.Struct):
 
 
 class RenameConversationRequest(msgspec.Struct, forbid_unknown_fields=True):
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TITLE_CHARS)]

@@ -1,26 +1,19 @@
-"""Service settings: one pydantic-settings model per concern, read once from LEDGERCHAT_* variables.
-
-Every field has a default, an environment variable (the concern's prefix plus the field name
-upper-cased) and a docstring; `python -m web.config_docs` writes docs/configuration.md from these
-models (with the ledger's and the engine's). Adding a setting is one annotated line plus its
-docstring. An optional `.env` file (read by python-dotenv, pydantic-settings' own `.env`
-reader) supplies values the real environment does not set; the process environment always
-wins. LEDGERCHAT_DATA_DIR is read here only: the paths derived from
-it are handed to the ledger (its database URL) and the engine (LEDGERCHAT_INFERENCE_CACHE_DIR).
-Nothing else in `web` reads `os.environ`. The web-owned limits (`MAX_MESSAGE_CHARS`, ...) are
-defined here and imported where used.
+"""The service's settings models: one pydantic-settings section per concern (server, database,
+auth, rate limits, billing, chat, models), the `Settings` that holds them all, and the web-owned
+limits (`MAX_MESSAGE_CHARS`, ...) imported where used. Every field has a default, an environment
+variable (the section's prefix plus the field name upper-cased) and a docstring, from which
+`python -m web.config_docs` writes docs/configuration.md; adding a setting is one annotated line
+plus its docstring. Reading the environment and `.env` is `web.settings.loading`'s job.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from inference.catalog import MAX_NEW_TOKENS_CAP
@@ -38,10 +31,6 @@ MAX_MESSAGE_CHARS = 100_000
 """Longest chat message any request schema accepts (LEDGERCHAT_CHAT_MAX_MESSAGE_CHARS lowers it)."""
 
 
-class SettingsError(ValueError):
-    """A setting has a value that cannot be parsed or is out of range."""
-
-
 def _config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(
         env_prefix=ENV_PREFIX + prefix,
@@ -52,7 +41,7 @@ def _config(prefix: str) -> SettingsConfigDict:
     )
 
 
-class _Section(BaseSettings):
+class Section(BaseSettings):
     """A concern's settings. Constructing one takes only the given values (and defaults);
     `load_settings` reads the environment and `.env` for all of them at once."""
 
@@ -68,7 +57,7 @@ class _Section(BaseSettings):
         return (init_settings,)
 
 
-class ServerSettings(_Section):
+class ServerSettings(Section):
     """Where the HTTP server listens and how it behaves."""
 
     model_config = _config("")
@@ -131,7 +120,7 @@ class ServerSettings(_Section):
         return value
 
 
-class DatabaseSettings(_Section):
+class DatabaseSettings(Section):
     """The one database shared by the ledger and the web tables."""
 
     model_config = _config("DATABASE_")
@@ -143,7 +132,7 @@ class DatabaseSettings(_Section):
     """Connections kept open to PostgreSQL (ignored for SQLite)."""
 
 
-class AuthSettings(_Section):
+class AuthSettings(Section):
     """Passwords, tokens and login lockout."""
 
     model_config = _config("AUTH_")
@@ -205,7 +194,7 @@ class AuthSettings(_Section):
         return self
 
 
-class RateLimitSettings(_Section):
+class RateLimitSettings(Section):
     """Request rate limits, applied per client address and per authenticated user."""
 
     model_config = _config("RATE_LIMIT_")
@@ -220,7 +209,7 @@ class RateLimitSettings(_Section):
     """Bound on rate-limit buckets kept in memory; the oldest are dropped first."""
 
 
-class BillingSettings(_Section):
+class BillingSettings(Section):
     """How chat requests are paid for."""
 
     model_config = _config("BILLING_")
@@ -246,7 +235,7 @@ class BillingSettings(_Section):
         return value
 
 
-class ChatSettings(_Section):
+class ChatSettings(Section):
     """Limits on chat requests and stored conversations."""
 
     model_config = _config("CHAT_")
@@ -277,7 +266,7 @@ class ChatSettings(_Section):
         return self
 
 
-class ModelSettings(_Section):
+class ModelSettings(Section):
     """Which models exist (the inference engine's own knobs are LEDGERCHAT_INFERENCE_*)."""
 
     model_config = _config("")
@@ -287,7 +276,7 @@ class ModelSettings(_Section):
 
 
 # The concerns, by attribute of `Settings`, in documentation order.
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, type[Section]] = {
     "server": ServerSettings,
     "database": DatabaseSettings,
     "auth": AuthSettings,
@@ -320,102 +309,3 @@ class Settings(BaseModel):
         if self.database.url:
             return self.database.url
         return f"sqlite+aiosqlite:///{self.server.data_dir / 'ledgerchat.db'}"
-
-
-def env_name(concern: str, field_name: str) -> str:
-    """The environment variable that overrides `field_name` of `concern`."""
-    return f"{SECTIONS[concern].model_config.get('env_prefix', '')}{field_name.upper()}"
-
-
-S = TypeVar("S", bound=_Section)
-
-
-def read_environment(
-    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
-) -> dict[str, str]:
-    """The `.env` values (read by python-dotenv, pydantic-settings' own `.env` parser) with the
-    environment (`environ`, else the process's) on top."""
-    values: dict[str, str] = {}
-    if env_file is not None and env_file.is_file():
-        values.update(
-            (name, value) for name, value in dotenv_values(env_file).items() if value is not None
-        )
-    values.update(os.environ if environ is None else environ)
-    return values
-
-
-def load_settings(
-    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
-) -> Settings:
-    """Read every concern once: `.env` values first, then the environment on top."""
-    values = read_environment(environ, env_file)
-    sections = {concern: _section(cls, values) for concern, cls in SECTIONS.items()}
-    settings = Settings.model_validate(sections)
-    settings = with_database_url(settings, settings.database.url)
-    return settings.model_copy(update={"environ": {**derived_environment(settings), **values}})
-
-
-def derived_environment(settings: Settings) -> dict[str, str]:
-    """The variables of the ledger and the engine that follow from LEDGERCHAT_DATA_DIR, when
-    it is set: the database URL and the converted-model cache in it. (Unset, the ledger's own
-    default is the same ./data/ledgerchat.db and the engine keeps its per-user cache.)"""
-    server = settings.server
-    if "data_dir" not in server.model_fields_set:
-        return {}
-    return {
-        "LEDGERCHAT_DATABASE_URL": settings.database_url,
-        "LEDGERCHAT_INFERENCE_CACHE_DIR": str(server.data_dir / "models"),
-    }
-
-
-def _section(cls: type[S], values: Mapping[str, str]) -> S:
-    """`cls` from `values` (keyed by variable name); a bad value is a one-line SettingsError."""
-    prefix = cls.model_config.get("env_prefix", "")
-    fields: dict[str, Any] = {
-        name: values[prefix + name.upper()]
-        for name in cls.model_fields
-        if prefix + name.upper() in values
-    }
-    try:
-        return cls(**fields)
-    except ValidationError as exc:
-        raise SettingsError(_one_line(exc, prefix)) from None
-
-
-def _one_line(exc: ValidationError, prefix: str) -> str:
-    parts = []
-    for error in exc.errors():
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["loc"]:
-            name = prefix + str(error["loc"][0]).upper()
-            parts.append(f"{name}: {message}, got {error['input']!r}")
-        else:
-            parts.append(message)
-    return "; ".join(parts)
-
-
-def with_database_url(settings: Settings, url: str) -> Settings:
-    """`settings` with the database URL normalised (plain `sqlite:///`, `postgresql://` and
-    `postgres://` get the async drivers); an unusable URL is a SettingsError."""
-    from ledger.errors import LedgerError
-    from ledger.storage.database import normalise_url
-
-    normalised = ""
-    if url.strip():
-        try:
-            normalised = normalise_url(url.strip())
-        except (LedgerError, ValueError) as exc:
-            raise SettingsError(f"LEDGERCHAT_DATABASE_URL: {exc}") from exc
-    database = settings.database.model_copy(update={"url": normalised})
-    return settings.model_copy(update={"database": database})
-
-
-def check_settings(settings: Settings) -> None:
-    """Validate every concern again, after values were replaced (command-line options)."""
-    for concern in SECTIONS:
-        section = getattr(settings, concern)
-        try:
-            type(section).model_validate(section.model_dump())
-        except ValidationError as exc:
-            prefix = section.model_config.get("env_prefix", "")
-            raise SettingsError(_one_line(exc, prefix)) from None
