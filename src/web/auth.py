@@ -115,7 +115,10 @@ def requires_session(
     connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
 ) -> None:
     """Signed in with a password: a leaked API key must not mint keys that outlive its own
-    revocation, sign its owner out everywhere, or act as an admin."""
+    revocation, sign its owner out everywhere, or act as an admin. A preflight `OPTIONS` is
+    not authenticated (Litestar skips auth for it) and only lists the methods: it passes."""
+    if connection.scope.get("method") == "OPTIONS":
+        return
     if not _identity(connection).is_session:
         raise PermissionDenied("this endpoint needs a signed-in session, not an API key")
 
@@ -124,7 +127,7 @@ def requires_admin(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
     requires_session(connection, handler)
-    if not _identity(connection).is_admin:
+    if connection.scope.get("method") != "OPTIONS" and not _identity(connection).is_admin:
         raise PermissionDenied("this endpoint needs the admin role")
 
 

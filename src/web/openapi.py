@@ -83,7 +83,8 @@ PUBLIC_ERRORS = {
     },
     "/api/auth/login": {
         "401": "Wrong username or password",
-        "403": "The account is disabled",
+        "403": "A browser request from another site (Origin) is refused, or the account is"
+        " disabled",
     },
     "/api/auth/refresh": {"401": "Unknown, expired, revoked or reused refresh token"},
 }

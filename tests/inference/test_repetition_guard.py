@@ -181,7 +181,8 @@ class TestDefaultReplyLength:
         self, engine_with: EngineWith
     ) -> None:
         """A request naming no max_new_tokens is held to the entry's default_max_new_tokens
-        (not its cap), in the prepared request and in what is generated; one naming a limit keeps it."""
+        (not its cap), in the prepared request and in what is generated; one naming a limit
+        keeps it."""
         engine = engine_with("default_max_new_tokens = 5")
         estimate = await engine.prepare(request(GUARDED, PROMPT, None))  # type: ignore[arg-type]
         assert estimate.max_completion_tokens == 5
