@@ -74,6 +74,9 @@ class CatalogEntry:
     max_new_tokens_cap: int
     load_at_start: bool = False
     fallback_model_id: str | None = None
+    fallback_on_v1: bool = False
+    """Whether the OpenAI-compatible /v1 may answer with the fallback when this model cannot:
+    OpenAI clients name a model and expect that model, so by default /v1 refuses instead."""
     prompting: Prompting = field(default_factory=Prompting)
 
 
@@ -198,6 +201,7 @@ _ENV_FIELDS = {
     "max_new_tokens_cap": int,
     "load_at_start": bool,
     "fallback_model_id": str,
+    "fallback_on_v1": bool,
     "path": Path,
 }
 
@@ -244,7 +248,7 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     known = {
         "id", "display_name", "source", "quantization", "dtype", "device",
         "context_limit_tokens", "max_new_tokens_cap", "load_at_start", "fallback_model_id",
-        *_BILLING_KEYS, *PROMPTING_FIELDS,
+        "fallback_on_v1", *_BILLING_KEYS, *PROMPTING_FIELDS,
     }  # fmt: skip
     unknown = set(raw) - known
     if unknown:
@@ -260,8 +264,10 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     if fallback is not None and not isinstance(fallback, str):
         raise CatalogError(f"{where}: fallback_model_id must be a string")
     load_at_start = raw.get("load_at_start", False)
-    if not isinstance(load_at_start, bool):
-        raise CatalogError(f"{where}: load_at_start must be true or false")
+    fallback_on_v1 = raw.get("fallback_on_v1", False)
+    for name, flag in (("load_at_start", load_at_start), ("fallback_on_v1", fallback_on_v1)):
+        if not isinstance(flag, bool):
+            raise CatalogError(f"{where}: {name} must be true or false")
     return CatalogEntry(
         id=model_id,
         display_name=str(raw.get("display_name", model_id)),
@@ -273,6 +279,7 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
         max_new_tokens_cap=cap,
         load_at_start=load_at_start,
         fallback_model_id=fallback,
+        fallback_on_v1=fallback_on_v1,
         prompting=prompting,
     )
 

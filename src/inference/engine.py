@@ -120,6 +120,7 @@ class Engine:
                     fallback_model_id=entry.fallback_model_id,
                     context_limit_tokens=entry.context_limit_tokens,
                     max_new_tokens_cap=entry.max_new_tokens_cap,
+                    fallback_on_v1=entry.fallback_on_v1,
                 )
             )
         return statuses

@@ -64,3 +64,5 @@ class ModelStatus:
     fallback_model_id: str | None
     context_limit_tokens: int
     max_new_tokens_cap: int
+    fallback_on_v1: bool = False
+    """The catalog lets /v1 answer with `fallback_model_id` when this model cannot."""

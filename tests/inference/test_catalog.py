@@ -22,6 +22,12 @@ class TestDefaultCatalog:
         assert catalog.get("gemma-3-1b-it").source.repo_id == "google/gemma-3-1b-it"
         assert catalog.get("gemma-3-1b-it").fallback_model_id == "gemma-3-270m"
 
+    def test_fallback_on_v1_is_off_unless_an_entry_opts_in(self, no_catalog_env: None) -> None:
+        """/v1 serves a fallback only for entries that say so; an env override may opt in."""
+        assert not load_catalog().get("gemma-3-1b-it").fallback_on_v1
+        key = env_key("gemma-3-1b-it", "fallback_on_v1")
+        assert load_catalog(environ={key: "true"}).get("gemma-3-1b-it").fallback_on_v1
+
     def test_prices_are_not_the_catalogs(self, tmp_path: Path, no_catalog_env: None) -> None:
         """Credit prices are web's billing: a `price` table in an entry (catalog files from
         before the move) and a top-level `prices` section are skipped, not parsed here."""
@@ -112,6 +118,7 @@ class TestErrors:
             ('[[models]]\nid = "gemma-3-270m"\nfallback_model_id = "nope"\n', "fallback"),
             ('[[models]]\nid = "gemma-3-270m"\nfallback_model_id = "gemma-3-270m"\n', "own"),
             ('[[models]]\nid = "gemma-3-270m"\ncolour = "red"\n', "unknown fields"),
+            ('[[models]]\nid = "gemma-3-270m"\nfallback_on_v1 = "yes"\n', "fallback_on_v1"),
             ('[[models]]\nid = "x"\nsource = { kind = "ftp" }\n', "source.kind"),
             ("models = [", "not valid TOML"),
         ],

@@ -49,9 +49,25 @@ class TestLabels:
         assert price_label(PriceTerms(0, 0, 0)) == "free"
         assert price_label(PriceTerms(2, 0, 6)) == "2 cr/message + 6 cr/1k reply tokens"
 
-    def test_unavailable_model_label_gives_the_reason_not_the_price(self) -> None:
+    def test_unavailable_model_label_says_not_installed_not_the_price(self) -> None:
+        """End users read that the model is not installed; the operator's reason (paths,
+        settings) is shown only where operator detail is asked for."""
         label = model_choice_label("Big", PriceTerms(1, 1, 1), "weights not on this machine")
-        assert label == "Big — unavailable: weights not on this machine"
+        assert label == "Big — unavailable: not installed on this server"
+        detail = model_choice_label("Big", PriceTerms(1, 1, 1), "weights missing", True)
+        assert detail == "Big — unavailable: weights missing"
+
+    def test_price_label_ends_with_the_worked_example(self) -> None:
+        """The rates are followed by what a short chat is billed, so '1 cr/message + ...'
+        cannot read as less than it costs."""
+        label = price_label(PriceTerms(1, 1, 2, example_credits=2))
+        assert label == (
+            "1 cr/message + 1 cr/1k prompt tokens + 2 cr/1k reply tokens; a 20-word question "
+            "(about 30 prompt tokens) with a 100-token reply costs 2 credits "
+            "(rounded up once per reply)"
+        )
+        per_part = price_label(PriceTerms(1, 1, 2, example_credits=3, rounding="per_part"))
+        assert per_part.endswith("costs 3 credits (each part rounded up)")
 
     def test_footer_names_fallback_stop_and_refund(self) -> None:
         """Each unusual settlement is said under the reply."""

@@ -3,8 +3,6 @@ register, log in, chat with streaming, and the charge equals the cost shown."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 from web_testing import PASSWORD, chat, login, register, signed_in
 
@@ -51,13 +49,12 @@ class TestJourney:
                 for m in (await client.get("/api/models", headers=headers)).json()
                 if m["id"] == done["model_answered"]
             )
-            expected = (
-                model["per_message_credits"]
-                + math.ceil(done["prompt_tokens"] * model["prompt_credits_per_1k_tokens"] / 1000)
-                + math.ceil(
-                    done["completion_tokens"] * model["completion_credits_per_1k_tokens"] / 1000
-                )
+            # Rounded up once, on the total (price rounding "total").
+            thousandths = (
+                done["prompt_tokens"] * model["prompt_credits_per_1k_tokens"]
+                + done["completion_tokens"] * model["completion_credits_per_1k_tokens"]
             )
+            expected = model["per_message_credits"] + -(-thousandths // 1000)
             assert done["cost_credits"] == expected
             assert done["price_version"] == model["price_version"]
             assert 1 <= done["completion_tokens"] <= 12

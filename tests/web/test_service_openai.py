@@ -140,3 +140,56 @@ class TestChatRateLimit:
             assert limited.status_code == 429
             assert int(limited.headers["retry-after"]) >= 1
             assert (await client.get("/api/balance", headers=headers)).json()["held"] == 0
+
+
+FALLS_BACK = {"LEDGERCHAT_MODEL_TINY_BROKEN__FALLBACK_MODEL_ID": "tiny"}
+ASK_BROKEN = {"model": "tiny-broken", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class TestFallbacksOnV1:
+    async def test_unavailable_model_is_503_model_unavailable_and_nothing_is_charged(
+        self, make_server, make_settings
+    ):
+        """A model that cannot load is refused on /v1 (503 `model_unavailable`, OpenAI's
+        error shape) even though its catalog fallback could answer: no silent swap, no
+        charge, no hold left."""
+        server = await make_server(make_settings(**FALLS_BACK))
+        secret, headers = await api_key(server)
+        before = await balance(server, headers)
+        client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=secret, max_retries=0)
+        with pytest.raises(openai.APIStatusError) as raised:
+            await client.chat.completions.create(**ASK_BROKEN, max_tokens=2)
+        assert raised.value.status_code == 503
+        assert raised.value.code == "model_unavailable"
+        assert "not installed on this server" in raised.value.message
+        assert await balance(server, headers) == before
+        async with server.client() as http:
+            history = (await http.get("/api/transactions", headers=headers)).json()
+        # The sign-up grant only: no hold was ever placed.
+        assert {row["type"] for row in history["transactions"]} == {"credits_added"}
+        await client.close()
+
+    async def test_with_the_opt_in_the_fallback_answers_and_is_named(
+        self, make_server, make_settings
+    ):
+        """With `fallback_on_v1`, the fallback answers with 200; `model` names it and
+        `x_ledgerchat.fallback_from` the model asked for, streaming or not."""
+        server = await make_server(
+            make_settings(**FALLS_BACK, LEDGERCHAT_MODEL_TINY_BROKEN__FALLBACK_ON_V1="true")
+        )
+        secret, _ = await api_key(server)
+        client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=secret, max_retries=0)
+        completion = await client.chat.completions.create(**ASK_BROKEN, max_tokens=2, temperature=0)
+        assert completion.model == "tiny"
+        assert completion.model_extra["x_ledgerchat"]["fallback_from"] == "tiny-broken"
+        stream = await client.chat.completions.create(
+            **ASK_BROKEN, max_tokens=2, temperature=0, stream=True
+        )
+        chunks = [chunk async for chunk in stream]
+        assert {chunk.model for chunk in chunks} == {"tiny"}
+        assert chunks[-1].model_extra["x_ledgerchat"]["fallback_from"] == "tiny-broken"
+        plain = await client.chat.completions.create(
+            model="tiny", messages=ASK_BROKEN["messages"], max_tokens=2
+        )
+        assert plain.model_extra["x_ledgerchat"]["fallback_from"] is None
+        await client.close()

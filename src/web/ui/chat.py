@@ -36,6 +36,7 @@ from web.errors import (
 from web.services import Services
 from web.ui.session import SessionEnded, UISession, identity
 from web.ui.text import (
+    NOT_INSTALLED,
     PriceTerms,
     ReplyCost,
     balance_html,
@@ -95,6 +96,8 @@ def price_terms(model: PricedModel) -> PriceTerms:
         per_message_credits=model.price.per_message_credits,
         prompt_credits_per_1k_tokens=model.price.prompt_credits_per_1k_tokens,
         completion_credits_per_1k_tokens=model.price.completion_credits_per_1k_tokens,
+        example_credits=model.price.example_cost_credits(),
+        rounding=model.price.rounding,
     )
 
 
@@ -140,7 +143,7 @@ def refusal_notice(error: Exception) -> str:
             "warning", "The server is busy right now. Nothing was charged; try again shortly."
         )
     if isinstance(error, ModelUnavailable):
-        return notice_html("error", f"That model is unavailable: {error.reason}.")
+        return notice_html("error", f"That model is {NOT_INSTALLED}; nothing was charged.")
     if isinstance(error, ShuttingDown):
         return notice_html("warning", "The server is restarting. Try again in a moment.")
     if isinstance(error, RateLimited):
@@ -291,11 +294,9 @@ class ChatActions:
         """Unavailable models stay listed but cannot be chosen: fall back to the default."""
         for model in self.models():
             if model.id == model_id and not model.available:
-                reason = model.unavailable_reason or "not available"
-                return (
-                    gr.update(value=self.default_model_id()),
-                    notice_html("warning", f"{model.display_name} is unavailable: {reason}."),
-                )
+                # The operator's reason (paths, settings) is for admins and the logs.
+                message = f"{model.display_name} is unavailable: {NOT_INSTALLED}."
+                return gr.update(value=self.default_model_id()), notice_html("warning", message)
         return gr.skip(), notice_html("info", "")
 
     # -- conversations -------------------------------------------------------------------

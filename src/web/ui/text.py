@@ -19,6 +19,11 @@ _CODE_PATTERN = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`)", re.
 NOTICE_KINDS = ("info", "success", "warning", "error")
 # The page's script greys out selector options containing this (see web.ui.styles).
 UNAVAILABLE_MARKER = "— unavailable:"
+# What end users read about a model that cannot answer; why (missing weights, a failed load)
+# is the operator's business and goes to admins and the logs.
+NOT_INSTALLED = "not installed on this server"
+# The worked example under every price (billing's EXAMPLE_* token counts).
+EXAMPLE_QUESTION = "a 20-word question (about 30 prompt tokens) with a 100-token reply"
 
 
 def escape_chat_markdown(text: str) -> str:
@@ -44,10 +49,14 @@ class PriceTerms:
     per_message_credits: int
     prompt_credits_per_1k_tokens: int
     completion_credits_per_1k_tokens: int
+    example_credits: int | None = None
+    """What the worked example costs, computed by the billing formula; None: not shown."""
+    rounding: str = "total"
 
 
 def price_label(price: PriceTerms) -> str:
-    """`2 cr/message + 1 cr/1k prompt + 4 cr/1k reply tokens`, leaving out zero terms."""
+    """`2 cr/message + 1 cr/1k prompt + 4 cr/1k reply tokens`, leaving out zero terms, then
+    the worked example when given: the rates alone read as less than a reply is billed."""
     terms = []
     if price.per_message_credits:
         terms.append(f"{price.per_message_credits} cr/message")
@@ -55,13 +64,31 @@ def price_label(price: PriceTerms) -> str:
         terms.append(f"{price.prompt_credits_per_1k_tokens} cr/1k prompt tokens")
     if price.completion_credits_per_1k_tokens:
         terms.append(f"{price.completion_credits_per_1k_tokens} cr/1k reply tokens")
-    return " + ".join(terms) if terms else "free"
+    if not terms:
+        return "free"
+    label = " + ".join(terms)
+    if price.example_credits is not None:
+        label += f"; {worked_example(price.example_credits, price.rounding)}"
+    return label
 
 
-def model_choice_label(display_name: str, price: PriceTerms, unavailable_reason: str | None) -> str:
-    """The model selector's label: name and price, or name and why it cannot be chosen."""
+def worked_example(example_credits: int, rounding: str = "total") -> str:
+    """`a 20-word question (...) with a 100-token reply costs 2 credits`, and how it rounds."""
+    how = "rounded up once per reply" if rounding == "total" else "each part rounded up"
+    return f"{EXAMPLE_QUESTION} costs {credits_label(example_credits)} ({how})"
+
+
+def model_choice_label(
+    display_name: str,
+    price: PriceTerms,
+    unavailable_reason: str | None,
+    operator_detail: bool = False,
+) -> str:
+    """The model selector's label: name and price, or name and that it cannot be chosen (why,
+    for operators only)."""
     if unavailable_reason is not None:
-        return f"{display_name} {UNAVAILABLE_MARKER} {unavailable_reason}"
+        reason = unavailable_reason if operator_detail else NOT_INSTALLED
+        return f"{display_name} {UNAVAILABLE_MARKER} {reason}"
     return f"{display_name} — {price_label(price)}"
 
 

@@ -5,8 +5,14 @@ Read from the TOML shipped next to this module, then from the operator's catalog
 (LEDGERCHAT_CATALOG, the same file that adds models): its `[prices."<model id>"]` tables, and,
 for catalog files written before prices left inference, a `price` table inside a `[[models]]`
 entry. Either merges per field over the shipped price. A price's `version` is recorded with
-every capture; without an explicit one it is a hash of the id and the three prices, so any
-change of price gives a new version."""
+every capture; without an explicit one it is a hash of the id, the three prices and the
+rounding, so any change of price or formula gives a new version.
+
+The cost formula lives here too (`ModelPrice.cost_credits`), integer only: `rounding = "total"`
+(the default) rounds once, `ceil(per_message + (prompt x rate + completion x rate) / 1000)`;
+`"per_part"` is the first formula, which rounded the prompt and reply parts up separately. A
+table with an explicit `version` but no `rounding` keeps `per_part`, the formula that version
+was written for, so a version string always names one formula."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import hashlib
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from inference.catalog import CatalogError
 from inference.events import ModelStatus
@@ -27,7 +33,14 @@ PRICE_KEYS = (
     "prompt_credits_per_1k_tokens",
     "completion_credits_per_1k_tokens",
     "version",
+    "rounding",
 )
+Rounding = Literal["total", "per_part"]
+ROUNDINGS: tuple[Rounding, ...] = get_args(Rounding)
+EXAMPLE_QUESTION_WORDS = 20
+EXAMPLE_PROMPT_TOKENS = 30
+"""A 20-word question in Gemma's chat frame, measured with the 270M's tokenizer: 29 tokens."""
+EXAMPLE_REPLY_TOKENS = 100
 
 
 class PriceCatalogError(CatalogError):
@@ -36,22 +49,53 @@ class PriceCatalogError(CatalogError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelPrice:
-    """Integer credit prices; `version` changes whenever a price or the model id changes."""
+    """Integer credit prices and how they are rounded; `version` changes whenever a price,
+    the rounding or the model id changes."""
 
     per_message_credits: int
     prompt_credits_per_1k_tokens: int
     completion_credits_per_1k_tokens: int
     version: str
+    rounding: Rounding = "total"
 
     @staticmethod
     def derive_version(
-        model_id: str, per_message: int, prompt_per_1k: int, completion_per_1k: int
+        model_id: str,
+        per_message: int,
+        prompt_per_1k: int,
+        completion_per_1k: int,
+        rounding: Rounding = "total",
     ) -> str:
         text = f"{model_id}|{per_message}|{prompt_per_1k}|{completion_per_1k}"
+        if rounding != "per_part":
+            # Per-part prices keep the versions they had before rounding was a field.
+            text += f"|rounding={rounding}"
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def cost_credits(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """What `prompt_tokens` in and `completion_tokens` out cost at this price, in whole
+        credits, rounded up as `rounding` says; integers only (rates are per 1000 tokens)."""
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise ValueError(f"token counts must be >= 0: {prompt_tokens}, {completion_tokens}")
+        prompt = prompt_tokens * self.prompt_credits_per_1k_tokens
+        completion = completion_tokens * self.completion_credits_per_1k_tokens
+        if self.rounding == "per_part":
+            return (
+                self.per_message_credits + _ceil_thousandths(prompt) + _ceil_thousandths(completion)
+            )
+        return self.per_message_credits + _ceil_thousandths(prompt + completion)
+
+    def example_cost_credits(self) -> int:
+        """The worked example shown with the price: a 20-word question, a 100-token reply."""
+        return self.cost_credits(EXAMPLE_PROMPT_TOKENS, EXAMPLE_REPLY_TOKENS)
 
     def as_dict(self) -> dict[str, int | str]:
         return dataclasses.asdict(self)
+
+
+def _ceil_thousandths(thousandths: int) -> int:
+    """ceil(thousandths / 1000) in integers (no float ever touches an amount)."""
+    return -(-thousandths // 1000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,13 +162,18 @@ def _merge(tables: dict[str, dict[str, Any]], model_id: str, table: Mapping[str,
 
 def _build(model_id: str, table: Mapping[str, Any]) -> ModelPrice:
     where = f"price of {model_id!r}"
-    amounts = [_credits(table, name, where) for name in PRICE_KEYS[:3]]
+    per_message, prompt, completion = (_credits(table, name, where) for name in PRICE_KEYS[:3])
     version = table.get("version")
+    # An explicit version written without `rounding` was written for the per-part formula.
+    default_rounding = "total" if version is None else "per_part"
+    rounding = table.get("rounding", default_rounding)
+    if rounding not in ROUNDINGS:
+        raise PriceCatalogError(f"{where}: rounding must be one of {', '.join(ROUNDINGS)}")
     if version is None:
-        version = ModelPrice.derive_version(model_id, *amounts)
+        version = ModelPrice.derive_version(model_id, per_message, prompt, completion, rounding)
     elif not isinstance(version, str) or not version:
         raise PriceCatalogError(f"{where}: version must be a non-empty string")
-    return ModelPrice(amounts[0], amounts[1], amounts[2], version)
+    return ModelPrice(per_message, prompt, completion, version, rounding)
 
 
 def _credits(table: Mapping[str, Any], name: str, where: str) -> int:

@@ -15,6 +15,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 from ledger.domain import MAX_KEY_LENGTH
 from web.auth import SECURITY
 from web.domain.accounts.schemas import Identity
+from web.domain.billing.schemas import PriceView
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.deps import CHAT_DEPENDENCIES, CONVERSATIONS_DEPENDENCIES
 from web.domain.chat.schemas import (
@@ -43,6 +44,8 @@ class ModelView(msgspec.Struct):
     price_version: str
     context_limit_tokens: int
     max_new_tokens_cap: int
+    price: PriceView
+    """The rates again with their rounding and a worked example (`price.example`)."""
 
 
 class ChatController(Controller):
@@ -99,6 +102,7 @@ class ChatController(Controller):
                 price_version=m.price.version,
                 context_limit_tokens=m.context_limit_tokens,
                 max_new_tokens_cap=m.max_new_tokens_cap,
+                price=PriceView.of(m.price),
             )
             for m in chat_service.models()
         ]

@@ -32,6 +32,9 @@ class ChatInput:
     conversation_id: str | None = None
     sampling: SamplingOptions = dataclasses.field(default_factory=SamplingOptions)
     idempotency_key: str | None = None
+    serve_fallback: bool = True
+    """False (/v1): a model that cannot answer is an error unless its catalog entry sets
+    `fallback_on_v1`; True: its fallback answers and the reply says so."""
 
     def fingerprint(self) -> str:
         payload = {

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inference import Engine
-from inference.errors import InferenceError
+from inference.errors import InferenceError, ModelUnavailable
 from inference.events import Finished, TextDelta
 from inference.requests import ChatMessage, GenerationRequest
 from ledger import Ledger
@@ -174,7 +174,9 @@ class ChatService:
         requested_model_id = model.id
         if prepared.model_id != model.id:
             # The engine falls back to another model when this one cannot load; price the
-            # hold at the model that will answer.
+            # hold at the model that will answer (nothing is held yet when /v1 refuses).
+            if not chat_input.serve_fallback and not model.fallback_on_v1:
+                raise ModelUnavailable(model.id, "not installed on this server")
             model = self.find_model(prepared.model_id)
         price = model.price
         hold_credits = cost_credits(price, prepared.prompt_tokens, prepared.max_completion_tokens)

@@ -21,7 +21,7 @@ from ledger.domain import MAX_KEY_LENGTH
 from web.auth import SECURITY
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.deps import CHAT_DEPENDENCIES
-from web.domain.chat.schemas import ChatCompleted, ChatDelta, SamplingOptions
+from web.domain.chat.schemas import ChatCompleted, ChatDelta, ChatStarted, SamplingOptions
 from web.domain.chat.service import ChatInput, ChatService, PreparedChat
 from web.domain.chat.sse import settle_unstreamed, stream_error_body
 from web.domain.openai.schemas import (
@@ -82,6 +82,8 @@ def chat_input(data: JSONBody[ChatCompletionRequest], idempotency_key: str | Non
             stop=stop,
         ),
         idempotency_key=idempotency_key,
+        # OpenAI clients name a model and expect that model: no silent swap.
+        serve_fallback=False,
     )
 
 
@@ -99,6 +101,7 @@ def _billing(done: ChatCompleted) -> Billing:
         price_version=done.price_version,
         balance_available=done.balance.available,
         request_id=done.request_id,
+        fallback_from=None if done.model_answered == done.model_requested else done.model_requested,
     )
 
 
@@ -132,7 +135,9 @@ async def openai_chunks(
     # them, and with them the hold.
     async with contextlib.aclosing(prepared.events()) as events:
         try:
-            await anext(events)  # ChatStarted
+            started = await anext(events)
+            if isinstance(started, ChatStarted) and not started.replayed:
+                model = started.model  # the model that answers (a fallback, when allowed)
             yield message(
                 chunk(completion_id, created, model, {"role": "assistant", "content": ""})
             )

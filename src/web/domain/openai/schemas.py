@@ -73,6 +73,9 @@ class Billing(msgspec.Struct):
     price_version: str
     balance_available: int
     request_id: str
+    fallback_from: str | None = None
+    """The model asked for, when its catalog fallback answered instead (`model` names the
+    one that answered); None when the requested model answered."""
 
 
 class ChatCompletion(msgspec.Struct):
