@@ -7,6 +7,7 @@ attempt took), anything else into ModelLoadFailed."""
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,10 +80,20 @@ def prepare_weights(
     """The directory `load_model` loads from: the entry's weights, a GGUF converted first
     (once, cached). Blocking; a start may call it before loading so the slow conversion
     happens, with its progress shown, before the service accepts chats."""
+    _progress_bars_on_terminal_only()
     weights = resolve_weights(entry, settings)
     if weights.suffix == ".gguf":
         weights = ensure_converted(weights, settings.cache_dir, show_progress=show_progress)
     return weights
+
+
+def _progress_bars_on_terminal_only() -> None:
+    """transformers' own tqdm bars ("Loading weights") are noise between the JSON lines of a
+    log file or pipe: they show only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 def load_model(
