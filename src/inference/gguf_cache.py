@@ -79,9 +79,18 @@ class _Stages:
             )
 
 
+# sha256 by (path, size, mtime): a start prepares the weights, then loads them, and hashing the
+# 253 MB GGUF once is enough for both.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def converted_dir_for(gguf_path: Path, cache_dir: Path, show_progress: bool = True) -> Path:
     """Where the conversion of this exact file lives (whether or not it exists yet)."""
-    return cache_dir / f"gguf-{sha256_of(gguf_path, show_progress)[:32]}-v{CONVERSION_FORMAT}"
+    info = gguf_path.stat()
+    key = (str(gguf_path.resolve()), info.st_size, info.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_of(gguf_path, show_progress)
+    return cache_dir / f"gguf-{_DIGESTS[key][:32]}-v{CONVERSION_FORMAT}"
 
 
 def is_converted(target: Path) -> bool:
