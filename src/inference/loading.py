@@ -93,7 +93,7 @@ def _progress_bars_on_terminal_only() -> None:
     if not sys.stderr.isatty():
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
 
 
 def load_model(
