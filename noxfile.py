@@ -1,12 +1,18 @@
 """Developer and CI sessions. `python3 dev.py <session>` runs one of these on a fresh machine.
 
 Every session installs the project with constraints.txt, which pins torch to the CPU wheel this
-machine kind keeps on disk. Virtual environments are reused between runs; pip then only checks.
+machine kind keeps on disk. Virtual environments are reused between runs, and the install is
+skipped when pyproject.toml and constraints.txt are unchanged since the last one in that
+environment (a stamp file in the venv), so a second `python3 dev.py serve` starts in seconds.
+`LEDGERCHAT_REINSTALL=1` forces the install.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
+from pathlib import Path
 
 import nox
 
@@ -25,8 +31,40 @@ OFFLINE_ENV = {
 }
 
 
+INSTALL_INPUTS = ("pyproject.toml", "constraints.txt")
+INSTALL_STAMP = "ledgerchat-install.sha256"
+
+
+def _install_fingerprint() -> str:
+    """What the install depends on: the dependency files and the nox runner's Python."""
+    digest = hashlib.sha256(sys.version.encode())
+    for name in INSTALL_INPUTS:
+        digest.update(name.encode() + b"\0" + Path(name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def install_project(session: nox.Session) -> None:
+    """`pip install -e .[dev]`, unless this venv already holds an install of the same inputs.
+
+    nox's own reuse keeps the venv but always runs pip, which re-resolves every dependency
+    (over a minute here); an editable install needs redoing only when the inputs change."""
+    location = getattr(session.virtualenv, "location", None)
+    stamp = Path(location) / INSTALL_STAMP if location else None
+    fingerprint = _install_fingerprint()
+    forced = os.environ.get("LEDGERCHAT_REINSTALL") == "1"
+    unchanged = (
+        stamp is not None
+        and stamp.is_file()
+        and stamp.read_text(encoding="utf-8").strip() == fingerprint
+    )
+    if unchanged and not forced:
+        session.log(
+            "install unchanged since the last run: skipped (LEDGERCHAT_REINSTALL=1 forces it)"
+        )
+        return
     session.install("-c", "constraints.txt", "-e", ".[dev]")
+    if stamp is not None:
+        stamp.write_text(fingerprint + "\n", encoding="utf-8")
 
 
 @nox.session(python=PYTHON)

@@ -41,9 +41,56 @@ def sha256_of(path: Path, show_progress: bool = True) -> str:
     return digest.hexdigest()
 
 
+class _Stages:
+    """The conversion's three stages: a tqdm bar on a terminal (`show_progress`), else one
+    log line per stage, so a log file or a test's output still shows where a slow start is."""
+
+    _NAMES = ("tokenizer", "weights", "saving")
+
+    def __init__(self, name: str, show_progress: bool) -> None:
+        self._name = name
+        self._show_progress = show_progress
+        self._bar = tqdm(
+            total=len(self._NAMES), desc=f"converting {name}", disable=not show_progress
+        )
+        self._current: str | None = None
+
+    def __enter__(self) -> _Stages:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.close()
+
+    def begin(self, stage: str) -> None:
+        """Finish the current stage (if any) and start `stage` (`done` starts none)."""
+        if self._current is not None:
+            self._bar.update(1)
+        self._current = stage if stage in self._NAMES else None
+        if self._current is None:
+            return
+        step = self._NAMES.index(stage) + 1
+        self._bar.set_postfix_str(stage)
+        if not self._show_progress:
+            log.info(
+                "gguf_conversion_stage",
+                gguf=self._name,
+                stage=stage,
+                step=f"{step}/{len(self._NAMES)}",
+            )
+
+
+# sha256 by (path, size, mtime): a start prepares the weights, then loads them, and hashing the
+# 253 MB GGUF once is enough for both.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def converted_dir_for(gguf_path: Path, cache_dir: Path, show_progress: bool = True) -> Path:
     """Where the conversion of this exact file lives (whether or not it exists yet)."""
-    return cache_dir / f"gguf-{sha256_of(gguf_path, show_progress)[:32]}-v{CONVERSION_FORMAT}"
+    info = gguf_path.stat()
+    key = (str(gguf_path.resolve()), info.st_size, info.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_of(gguf_path, show_progress)
+    return cache_dir / f"gguf-{_DIGESTS[key][:32]}-v{CONVERSION_FORMAT}"
 
 
 def is_converted(target: Path) -> bool:
@@ -67,23 +114,21 @@ def ensure_converted(
 
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=cache_dir))
     try:
-        with tqdm(total=3, desc=f"converting {gguf_path.name}", disable=not show_progress) as bar:
-            bar.set_postfix_str("tokenizer")
+        with _Stages(gguf_path.name, show_progress) as stages:
+            stages.begin("tokenizer")
             tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-            bar.update(1)
-            bar.set_postfix_str("weights")
+            stages.begin("weights")
             model = AutoModelForCausalLM.from_pretrained(
                 gguf_path.parent,
                 gguf_file=gguf_path.name,
                 quantization_config=GgufConfig(dequantize=True),
                 dtype=dtype,
             )
-            bar.update(1)
-            bar.set_postfix_str("saving")
+            stages.begin("saving")
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             del model
-            bar.update(1)
+            stages.begin("done")
         marker = {"source": str(gguf_path), "dtype": str(dtype), "format": CONVERSION_FORMAT}
         (staging / _MARKER).write_text(json.dumps(marker), encoding="utf-8")
         try:

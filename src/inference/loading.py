@@ -7,6 +7,7 @@ attempt took), anything else into ModelLoadFailed."""
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,28 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def prepare_weights(
+    entry: CatalogEntry, settings: InferenceSettings, show_progress: bool = False
+) -> Path:
+    """The directory `load_model` loads from: the entry's weights, a GGUF converted first
+    (once, cached). Blocking; a start may call it before loading so the slow conversion
+    happens, with its progress shown, before the service accepts chats."""
+    _progress_bars_on_terminal_only()
+    weights = resolve_weights(entry, settings)
+    if weights.suffix == ".gguf":
+        weights = ensure_converted(weights, settings.cache_dir, show_progress=show_progress)
+    return weights
+
+
+def _progress_bars_on_terminal_only() -> None:
+    """transformers' own tqdm bars ("Loading weights") are noise between the JSON lines of a
+    log file or pipe: they show only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
+
+
 def load_model(
     entry: CatalogEntry, settings: InferenceSettings, show_progress: bool = False
 ) -> LoadedModel:
@@ -105,9 +128,7 @@ def _load(
         torch.set_num_threads(settings.torch_threads)
     device = pick_device(entry)
     dtype = pick_dtype(entry, device)
-    weights = resolve_weights(entry, settings)
-    if weights.suffix == ".gguf":
-        weights = ensure_converted(weights, settings.cache_dir, show_progress=show_progress)
+    weights = prepare_weights(entry, settings, show_progress)
     quantization_config = None
     if entry.quantization == "bnb-int4":
         quantization_config = quantization_class(load_in_4bit=True, bnb_4bit_compute_dtype=dtype)

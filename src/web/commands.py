@@ -18,9 +18,10 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from inference.catalog import CatalogError
 from ledger.errors import LedgerError
+from web.domain.accounts.tokens import SecretFileError, kept_signing_secret
 from web.errors import ServiceError
 from web.logging import configure_logging
-from web.services import Services
+from web.services import DefaultModelOutcome, Services
 from web.settings import (
     Settings,
     SettingsError,
@@ -165,6 +166,48 @@ def uvicorn_config(app: Any, settings: Settings) -> Any:
     )
 
 
+def with_kept_signing_secret(settings: Settings) -> Settings:
+    """LEDGERCHAT_AUTH_JWT_SECRET when set, else the secret kept in the data directory: the
+    API's tokens and the UI's browser storage outlive a restart."""
+    if settings.auth.jwt_secret:
+        return settings
+    try:
+        secret = kept_signing_secret(settings.server.data_dir)
+    except (SecretFileError, OSError) as exc:
+        raise CommandError(f"signing secret: {_first_line(exc)}") from exc
+    auth = settings.auth.model_copy(update={"jwt_secret": secret})
+    return settings.model_copy(update={"auth": auth})
+
+
+def service_url(settings: Settings) -> str:
+    """Where people open the service: LEDGERCHAT_PUBLIC_URL, else the bind address."""
+    server = settings.server
+    if server.public_url:
+        return server.public_url
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    return f"http://{host}:{server.port}"
+
+
+def ready_line(url: str, outcome: DefaultModelOutcome) -> str:
+    """The one plain line `serve` prints when chat works (or why it does not)."""
+    if outcome.error is None:
+        return (
+            f"ledgerchat ready: {url} (model {outcome.model_id} loaded in {outcome.load_s:.0f} s)"
+        )
+    return (
+        f"ledgerchat serving without a model: {url} "
+        f"(model {outcome.model_id} did not load: {outcome.error})"
+    )
+
+
+async def announce_ready(services: Services, listening: asyncio.Event, url: str) -> None:
+    """Print the ready line once the default model is loaded and uvicorn listens."""
+    outcome = await services.default_model_outcome()
+    await listening.wait()
+    if outcome is not None:
+        print(ready_line(url, outcome), flush=True)
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the service until SIGTERM or Ctrl-C; a signalled graceful shutdown exits 0.
 
@@ -175,10 +218,12 @@ def serve(args: argparse.Namespace) -> int:
 
     from web.app import create_app
 
-    settings = settings_from_args(args)
+    settings = with_kept_signing_secret(settings_from_args(args))
     check_port_free(settings.server.host, settings.server.port)
     app = create_app(settings)
     services: Services = app.state.services
+
+    listening = asyncio.Event()
 
     class GracefulServer(uvicorn.Server):
         """On the first signal: new chats get 503, and streams still running after
@@ -192,17 +237,28 @@ def serve(args: argparse.Namespace) -> int:
             # the signal after serving, as uvicorn would.
             self._captured_signals.clear()
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                listening.set()
+
     config = uvicorn_config(app, settings)
     server = GracefulServer(config)
 
     async def main() -> None:
+        announcer: asyncio.Task[None] | None = None
         try:
             try:
                 await services.start()
             except Exception as exc:
                 raise CommandError(f"the service did not start: {describe_failure(exc)}") from exc
+            announcer = asyncio.create_task(
+                announce_ready(services, listening, service_url(settings))
+            )
             await server.serve()
         finally:
+            if announcer is not None:
+                announcer.cancel()
             await services.close()
 
     asyncio.run(main())

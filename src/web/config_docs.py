@@ -95,7 +95,7 @@ QUICK_REFERENCE = (
     (
         "JWT signing key",
         "LEDGERCHAT_AUTH_JWT_SECRET",
-        "random per start (every restart signs everyone out: set it in production)",
+        "generated once into `<data_dir>/jwt-secret` (mode 0600): sign-ins outlive restarts",
     ),
     ("Signup grant", "LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS", "`100`"),
 )

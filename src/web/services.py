@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from sqlalchemy import text
@@ -18,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from inference import Engine, InferenceSettings, merge_catalog
 from inference.catalog import Catalog
+from inference.loading import prepare_weights
 from ledger import Ledger, LedgerSettings
 from web import metrics
 from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
@@ -38,6 +42,16 @@ from web.settings import Settings
 
 log = get_logger(__name__)
 CLOSE_SETTLEMENTS_TIMEOUT_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DefaultModelOutcome:
+    """How the default model's load at start ended: `load_s` counts from the start of its
+    preparation (a GGUF conversion included) to loaded; `error` is None when it loaded."""
+
+    model_id: str
+    load_s: float
+    error: str | None = None
 
 
 @dataclasses.dataclass
@@ -77,6 +91,7 @@ class Services:
         self._start_background_jobs = start_background_jobs
         self._started: _Started | None = None
         self._jobs: list[asyncio.Task[None]] = []
+        self._default_model: asyncio.Task[DefaultModelOutcome] | None = None
         self.user_limiter = RateLimiter(
             settings.rate_limit.per_user_per_minute,
             max_keys=settings.rate_limit.max_tracked_clients,
@@ -139,8 +154,19 @@ class Services:
             await db.dispose()
             raise
         if self._injected_engine is None and self._needs_models and self._start_engine:
-            await engine.start()
-            self._jobs.append(asyncio.create_task(self._load_default_model(engine)))
+            preparing_since = time.perf_counter()
+            try:
+                # The slow part of a first start (a GGUF conversion, minutes) runs before the
+                # port opens, with its progress on the terminal: no chat waits silently on it.
+                await self._prepare_default_weights(engine)
+                await engine.start()
+            except BaseException:
+                await ledger.close()
+                await db.dispose()
+                raise
+            self._default_model = asyncio.create_task(
+                self._load_default_model(engine, preparing_since)
+            )
         sessions = session_factory(db)
         accounts = AccountsService(sessions, ledger, settings.auth, settings.billing)
         conversations = ConversationsService(sessions, settings.chat.conversations_page_size)
@@ -197,14 +223,39 @@ class Services:
         prices.check_covers(engine.catalog.ids(), catalog_path)
         return prices
 
-    async def _load_default_model(self, engine: Engine) -> None:
+    async def _prepare_default_weights(self, engine: Engine) -> None:
+        """Resolve (and convert, once) the default model's weights off the event loop, with a
+        progress bar when stderr is a terminal. A failure is left for the load to report."""
+        model_id = self.settings.chat.default_model
+        if model_id not in engine.catalog:
+            return
+        entry = engine.catalog.get(model_id)
+        try:
+            await asyncio.to_thread(
+                prepare_weights, entry, engine.settings, show_progress=sys.stderr.isatty()
+            )
+        except Exception as exc:  # reported by the load that follows, /ready and /api/models
+            log.warning("default_model_not_prepared", model=model_id, error=str(exc))
+
+    async def _load_default_model(
+        self, engine: Engine, preparing_since: float
+    ) -> DefaultModelOutcome:
         """Load the default model in the background; /ready reports ready once it is."""
         model_id = self.settings.chat.default_model
         try:
             await engine.load(model_id)
-            log.info("default_model_loaded", model=model_id)
         except Exception as exc:  # reported by /ready and /api/models; the service still runs
             log.error("default_model_not_loaded", model=model_id, error=str(exc))
+            return DefaultModelOutcome(model_id, time.perf_counter() - preparing_since, str(exc))
+        load_s = time.perf_counter() - preparing_since
+        log.info("default_model_loaded", model=model_id, load_s=round(load_s, 2))
+        return DefaultModelOutcome(model_id, load_s)
+
+    async def default_model_outcome(self) -> DefaultModelOutcome | None:
+        """Wait for the default model's load at start; None when this start loads none (an
+        injected engine, the CLI's commands)."""
+        task = self._default_model
+        return None if task is None else await asyncio.shield(task)
 
     def begin_shutdown(self) -> None:
         """Shutdown begins (a signal): refuse new chats now; streams that finish within
@@ -237,9 +288,13 @@ class Services:
         self.begin_shutdown()
         if self._shutdown is not None:
             await self._shutdown
-        for job in self._jobs:
+        jobs: list[asyncio.Task[Any]] = [*self._jobs]
+        if self._default_model is not None:
+            jobs.append(self._default_model)
+        for job in jobs:
             job.cancel()
-        await asyncio.gather(*self._jobs, return_exceptions=True)
+        await asyncio.gather(*jobs, return_exceptions=True)
+        self._default_model = None
         if self._injected_engine is None:
             await started.engine.close()
         await started.chat.wait_idle(CLOSE_SETTLEMENTS_TIMEOUT_S)

@@ -138,7 +138,8 @@ class AuthSettings(Section):
     model_config = _config("AUTH_")
 
     jwt_secret: str = ""
-    """HS256 signing key for access tokens; empty means a random key per process start."""
+    """HS256 signing key for access tokens; empty means a key `serve` generates once and keeps
+    in `<data_dir>/jwt-secret` (mode 0600), so a restart keeps everyone signed in."""
     access_token_ttl_s: int = Field(default=3600, gt=0)
     """Lifetime of a JWT access token."""
     refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)

@@ -1,16 +1,23 @@
-"""Access tokens (HS256 JWT), opaque refresh tokens and API keys, and how they are hashed.
+"""Access tokens (HS256 JWT), opaque refresh tokens and API keys, how they are hashed, and the
+signing secret kept in the data directory.
 
 Only the SHA-256 of a refresh token or API key is stored, so a database leak does not leak
-credentials; the random part has 256 bits, so an unsalted hash is enough.
+credentials; the random part has 256 bits, so an unsalted hash is enough. The signing secret,
+unless configured, is generated once into `<data_dir>/jwt-secret` (mode 0600), so a restart
+keeps everyone signed in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import secrets
+import stat
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import jwt
 
@@ -19,6 +26,13 @@ REFRESH_TOKEN_BYTES = 32
 API_KEY_PREFIX = "lc-"
 API_KEY_BYTES = 32
 API_KEY_SHOWN_PREFIX_CHARS = 10
+JWT_SECRET_FILE = "jwt-secret"
+JWT_SECRET_BYTES = 48
+
+
+class SecretFileError(Exception):
+    """The kept signing secret cannot be used (readable by others, empty); phrased for the
+    operator."""
 
 
 class InvalidToken(Exception):
@@ -83,3 +97,39 @@ def new_api_key() -> str:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def kept_signing_secret(data_dir: Path) -> str:
+    """The signing secret kept in `<data_dir>/jwt-secret`, created on first use.
+
+    The new secret is written to a private temporary file and hard-linked into place: the link
+    fails if the file exists, so two processes starting together agree on one secret, and no
+    process can read a file that is still being written."""
+    path = data_dir / JWT_SECRET_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        descriptor, staging = tempfile.mkstemp(prefix=".jwt-secret-", dir=data_dir)  # 0600
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                file.write(secrets.token_urlsafe(JWT_SECRET_BYTES) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.link(staging, path)
+        except FileExistsError:
+            pass  # another process made it first; use theirs
+        finally:
+            os.unlink(staging)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> str:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise SecretFileError(
+            f"{path} is readable by other users (mode {mode:04o}): run `chmod 600 {path}`, "
+            "or set LEDGERCHAT_AUTH_JWT_SECRET"
+        )
+    secret = path.read_text(encoding="utf-8").strip()
+    if not secret:
+        raise SecretFileError(f"{path} is empty: delete it to generate a new signing secret")
+    return secret
