@@ -1,4 +1,4 @@
-"""Hardening of the engine against failures between forwards, extreme sampling parameters,
+"""The engine under failures between forwards, extreme sampling parameters,
 races around model loading and request ids, and malformed settings and catalogs.
 
 Failures that cannot be produced for real on the tiny model (an out-of-memory while joining
@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import collect, request, wait_until
 
 import inference.engine as engine_mod
 import inference.sampling as sampling_mod
 import inference.scheduler as sched_mod
-from conftest import TINY, EngineFactory
 from inference import (
     CatalogError,
     Engine,
@@ -32,6 +30,8 @@ from inference import (
     load_catalog,
 )
 from inference.catalog import env_key
+from tests.inference.conftest import TINY, EngineFactory
+from tests.inference.helpers import collect, request, wait_until
 
 OOM = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1048576 bytes"
 # Same prompt as the reviewer's probe: greedy, the tiny model runs it past 50 tokens.

@@ -7,7 +7,7 @@ import io
 import json
 import os
 
-from conftest import TINY
+from tests.web.conftest import TINY
 from web.cli import main
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from web_testing import PASSWORD, chat, login, register, signed_in
 
+from tests.web.web_testing import PASSWORD, chat, login, register, signed_in
 from web.settings import Settings
 
 pytestmark = pytest.mark.slow

@@ -24,8 +24,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from web_testing import PASSWORD, free_port
 
+from tests.web.web_testing import PASSWORD, free_port
 from web.app import create_app
 
 pytestmark = pytest.mark.slow
