@@ -24,10 +24,12 @@ CHAT_CONCURRENCY_LIMIT = 64
 class ChatTab:
     """The Chat tab, built into the enclosing `gr.Tabs` when constructed."""
 
-    def __init__(self, services: Services, limits: UILimits) -> None:
+    def __init__(self, services: Services, limits: UILimits, conversation_id: Any) -> None:
+        """`conversation_id` is the `gr.State` of the open conversation; it is made outside
+        the tabs because a component inside `gr.Tabs` that is not a `gr.Tab` shows as one."""
         self._chat = ChatActions(services, limits.max_tokens_limit)
         self._conversations = ConversationActions(services)
-        self.conversation_id = gr.State(None)
+        self.conversation_id = conversation_id
         with gr.Tab("Chat", id="chat", elem_id="chat-tab"):  # noqa: SIM117
             # Nested `with` mirrors the page layout; merging them would hide it.
             with gr.Row(equal_height=False):

@@ -40,10 +40,11 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
         stored_refresh_token = gr.BrowserState(
             "", storage_key=BROWSER_STORAGE_KEY, secret=storage_secret
         )
+        conversation_id = gr.State(None)
         header = build_header()
         signin = SignInScreen(services)
         with gr.Column(visible=False, elem_id="lc-app") as app_view, gr.Tabs(elem_id="app-tabs"):
-            chat = ChatTab(services, limits)
+            chat = ChatTab(services, limits, conversation_id)
             account = AccountTab(services)
             admin = AdminTab(services)
         frame = PageFrame(
