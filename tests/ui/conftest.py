@@ -261,6 +261,9 @@ def live_server(ui_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         # Every browser request comes from 127.0.0.1; the per-address limit is the API's
         # business and has its own tests.
         "LEDGERCHAT_RATE_LIMIT_PER_ADDRESS_PER_MINUTE": "100000",
+        # Each browser test registers its own user from 127.0.0.1: no per-address signup limit
+        # (tests/web/test_registration.py pins that limit).
+        "LEDGERCHAT_AUTH_SIGNUPS_PER_ADDRESS_PER_HOUR": "0",
         "GRADIO_ANALYTICS_ENABLED": "False",
     }
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
