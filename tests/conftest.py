@@ -4,6 +4,11 @@
 test on the server at 127.0.0.1:5432 (trust auth, database `test` used only to create and drop
 the per-test databases). Without a reachable server those tests skip with the reason, except
 under CI=true, where a missing server is a failure: CI must run the PostgreSQL suite.
+
+Tests that start a real server (a uvicorn thread or a `ledgerchat serve` process) carry the
+`live` marker: `pytest -m "not live"` runs the fast, service-level tier (docs/architecture.md,
+"Testing"). The marker is applied here from the fixtures a test uses; modules that start
+servers themselves set it with `pytestmark`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+# Fixtures that start a real server; a test using any of them (even indirectly) is `live`.
+LIVE_SERVER_FIXTURES = frozenset({"server", "make_server", "live_server", "schema_server"})
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "LEDGERCHAT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -98,3 +106,9 @@ def reset_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     root.handlers, root.level = handlers, level
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if LIVE_SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.live)

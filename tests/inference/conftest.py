@@ -4,17 +4,13 @@ that point at it (working, broken, missing, 4-bit), and engines closed after eac
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_model import save_tiny_gemma
-
 from inference import Catalog, Engine, InferenceSettings, load_catalog
+from tests.inference.tiny_model import save_tiny_gemma
 
 TINY = "tiny"
 TINY_BROKEN = "tiny-broken"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY
 from inference import Catalog, InferenceSettings
 from inference.batching import (
     RunningBatch,
@@ -20,6 +19,7 @@ from inference.batching import (
     set_next_tokens,
 )
 from inference.loading import LoadedModel, load_model
+from tests.inference.conftest import TINY
 
 # Lengths straddle the tiny model's sliding window (8) so padding meets the window mask.
 PROMPTS = [

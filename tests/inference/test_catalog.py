@@ -141,3 +141,60 @@ class TestErrors:
         """A malformed env override names the variable."""
         with pytest.raises(CatalogError, match="LEDGERCHAT_MODEL_GEMMA_3_270M__LOAD_AT_START"):
             load_catalog(environ={env_key("gemma-3-270m", "load_at_start"): "maybe"})
+
+
+ENTRY = """
+[[models]]
+id = "extra"
+source = {{ kind = "hf_dir", path = "/nowhere"{source_extra} }}
+context_limit_tokens = 100
+max_new_tokens_cap = {cap}
+"""
+
+
+def entry(cap: int = 10, source_extra: str = "") -> str:
+    return ENTRY.format(cap=cap, source_extra=source_extra)
+
+
+class TestCatalogValidation:
+    def test_duplicate_id_in_operator_file(self, tmp_path: Path, no_catalog_env: None) -> None:
+        path = tmp_path / "c.toml"
+        path.write_text(entry(10) + entry(20), encoding="utf-8")
+        with pytest.raises(CatalogError, match="'extra' appears twice"):
+            load_catalog(path, environ={})
+        override = '[[models]]\nid = "gemma-3-270m"\nload_at_start = true\n'
+        path.write_text(override * 2, encoding="utf-8")
+        with pytest.raises(CatalogError, match="'gemma-3-270m' appears twice"):
+            load_catalog(path, environ={})
+
+    def test_unknown_source_key(self, tmp_path: Path, no_catalog_env: None) -> None:
+        path = tmp_path / "c.toml"
+        path.write_text(entry(source_extra=', revison = "x"'), encoding="utf-8")
+        with pytest.raises(CatalogError, match=r"\['revison'\].*allowed: kind, path"):
+            load_catalog(path, environ={})
+
+    def test_unreadable_catalog_files(self, tmp_path: Path, no_catalog_env: None) -> None:
+        with pytest.raises(CatalogError, match="cannot be read"):
+            load_catalog(tmp_path, environ={})
+        binary = tmp_path / "bin.toml"
+        binary.write_bytes(b"\xff\xfe[[models]]")
+        with pytest.raises(CatalogError, match="not UTF-8"):
+            load_catalog(binary, environ={})
+
+    def test_relative_env_path_is_relative_to_the_working_directory(
+        self, tmp_path: Path, no_catalog_env: None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A relative path in the environment is read from the working directory; one in the
+        operator file stays relative to that file."""
+        catalog_dir = tmp_path / "etc"
+        work_dir = tmp_path / "work"
+        catalog_dir.mkdir()
+        work_dir.mkdir()
+        path = catalog_dir / "c.toml"
+        path.write_text(entry().replace("/nowhere", "weights/extra"), encoding="utf-8")
+        monkeypatch.chdir(work_dir)
+        env = {env_key("gemma-3-270m", "path"): "models/x.gguf"}
+        catalog = load_catalog(path, environ=env)
+        assert catalog.get("gemma-3-270m").source.path == work_dir / "models" / "x.gguf"
+        assert catalog.get("gemma-3-270m").source.kind == "gguf_file"
+        assert catalog.get("extra").source.path == catalog_dir / "weights" / "extra"

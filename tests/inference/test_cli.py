@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, TINY_MISSING
+from tests.inference.conftest import TINY, TINY_MISSING
 from web.cli import main
 
 BENCH_KEYS = {

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import collect, expected_text, reference_greedy_ids, request, wait_until
 from structlog.testing import capture_logs
 
-from conftest import TINY, TINY_BROKEN, TINY_CAP, TINY_CONTEXT_LIMIT, TINY_MISSING, EngineFactory
 from inference import (
     EngineBusy,
     Finished,
@@ -19,6 +17,21 @@ from inference import (
     TextDelta,
 )
 from inference.text import encode_prompt
+from tests.inference.conftest import (
+    TINY,
+    TINY_BROKEN,
+    TINY_CAP,
+    TINY_CONTEXT_LIMIT,
+    TINY_MISSING,
+    EngineFactory,
+)
+from tests.inference.helpers import (
+    collect,
+    expected_text,
+    reference_greedy_ids,
+    request,
+    wait_until,
+)
 
 PROMPTS = [
     "hello there",

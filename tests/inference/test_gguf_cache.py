@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from helpers import collect, request
 from structlog.testing import capture_logs
-from tiny_gguf import tiny_gguf_model, write_tiny_gguf
 
 from inference import Engine, InferenceSettings, load_catalog
 from inference.gguf_cache import ensure_converted, is_converted
+from tests.inference.helpers import collect, request
+from tests.inference.tiny_gguf import tiny_gguf_model, write_tiny_gguf
 
 
 def _events(logs: list[dict[str, object]]) -> list[object]:

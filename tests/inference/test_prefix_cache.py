@@ -4,12 +4,12 @@ answers exactly as it would without the cache."""
 from __future__ import annotations
 
 import torch
-from helpers import collect, expected_text, reference_greedy_ids
 
-from conftest import TINY, EngineFactory
 from inference import ChatMessage, GenerationRequest, SamplingParams
 from inference.prefix_cache import MIN_REUSED_TOKENS, PrefixCache
 from inference.text import encode_prompt
+from tests.inference.conftest import TINY, EngineFactory
+from tests.inference.helpers import collect, expected_text, reference_greedy_ids
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
 FIRST_TURN = (ChatMessage("user", "tell me about the sea and its tides"),)
@@ -88,9 +88,8 @@ class TestPrefixCacheBounds:
 def test_prompt_tokens_match_template(make_engine: EngineFactory) -> None:
     """The first turn's prompt is a prefix of the second turn's prompt (what makes reuse
     possible with Gemma's template)."""
-    from tiny_model import build_tokenizer
-
     from inference.text import TokenizerAdapter
+    from tests.inference.tiny_model import build_tokenizer
 
     tokenizer = TokenizerAdapter(build_tokenizer())
     first = encode_prompt(tokenizer, FIRST_TURN)

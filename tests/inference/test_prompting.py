@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_model import build_tokenizer
 
 from inference import ChatMessage
 from inference.catalog import CatalogError, load_catalog
 from inference.prompting import COMPLETION_STOP_STRINGS, DEFAULT_PREAMBLE, Prompting
 from inference.text import TokenizerAdapter, encode_gemma_turns, encode_prompt
+from tests.inference.tiny_model import build_tokenizer
 
 CONVERSATION = [
     ChatMessage("user", "hi"),

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from helpers import collect, request
-
-from conftest import TINY, TINY_INT4, EngineFactory
+from tests.inference.conftest import TINY, TINY_INT4, EngineFactory
+from tests.inference.helpers import collect, request
 
 
 class TestBitsAndBytes:

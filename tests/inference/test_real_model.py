@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import collect, expected_text, reference_greedy_ids, request
 
 from inference import Engine, InferenceSettings, load_catalog
 from inference.text import encode_prompt
+from tests.inference.helpers import collect, expected_text, reference_greedy_ids, request
 
 MODEL = "gemma-3-270m"
 pytestmark = pytest.mark.real_model

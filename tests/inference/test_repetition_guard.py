@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import collect, request
 
 from inference import ChatMessage, Engine, InferenceSettings, load_catalog
 from inference.prompting import Prompting
 from inference.sampling import NO_TOKEN, apply_repetition_guard
 from inference.text import IncrementalDetokenizer, encode_prompt
+from tests.inference.helpers import collect, request
 
 PLAIN = "plain"
 GUARDED = "guarded"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
 from inference.replies_eval import (
     DEFAULT_PROMPTS_PATH,
     PromptListError,
@@ -19,6 +18,7 @@ from inference.replies_eval import (
     only_echoes,
     summarize,
 )
+from tests.inference.conftest import TINY
 from web.cli import main
 
 HELD_OUT_PROMPTS = Path(__file__).parent / "data" / "heldout_prompts.txt"

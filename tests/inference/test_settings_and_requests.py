@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,21 @@ class TestSettings:
             InferenceSettings.from_env({"LEDGERCHAT_INFERENCE_QUEUE_LIMIT": "lots"})
         with pytest.raises(ValueError, match="max_batch_size"):
             InferenceSettings.from_env({"LEDGERCHAT_INFERENCE_MAX_BATCH_SIZE": "0"})
+
+
+class TestDeadlineSettings:
+    @pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "0", "-1", "86401", "1e308"])
+    def test_default_deadline_must_be_finite_and_bounded(
+        self, raw: str, no_catalog_env: None
+    ) -> None:
+        with pytest.raises(ValueError, match="default_deadline_s"):
+            InferenceSettings.from_env({"LEDGERCHAT_INFERENCE_DEFAULT_DEADLINE_S": raw})
+
+    def test_default_deadline_accepts_up_to_a_day(self, no_catalog_env: None) -> None:
+        settings = InferenceSettings.from_env({"LEDGERCHAT_INFERENCE_DEFAULT_DEADLINE_S": "86400"})
+        assert settings.default_deadline_s == 86400.0
+        with pytest.raises(ValueError):
+            InferenceSettings(default_deadline_s=math.nan)
 
 
 class TestSamplingParams:

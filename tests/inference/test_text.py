@@ -7,7 +7,6 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tiny_model import build_tokenizer
 
 from inference import ChatMessage
 from inference.text import (
@@ -16,6 +15,7 @@ from inference.text import (
     TokenizerAdapter,
     encode_prompt,
 )
+from tests.inference.tiny_model import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import gguf
 import torch
-from tiny_model import build_config, build_tokenizer
 from transformers import Gemma3ForCausalLM
+
+from tests.inference.tiny_model import build_config, build_tokenizer
 
 _LAYER_TENSORS = {
     "input_layernorm": "attn_norm",

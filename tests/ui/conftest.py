@@ -9,7 +9,6 @@ the reason, except under CI=true, where that is a failure.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -20,10 +19,11 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.inference import tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_DIR = REPO_ROOT / "artifacts" / "ui"
@@ -97,16 +97,6 @@ def chromium_executable() -> Path:
     return CHROMIUM_PATH
 
 
-def _load_tiny_model_helper() -> ModuleType:
-    """The inference tests' tiny-model builder, reused rather than copied."""
-    path = REPO_ROOT / "tests" / "inference" / "tiny_model.py"
-    spec = importlib.util.spec_from_file_location("ui_tiny_model", path)
-    assert spec is not None and spec.loader is not None, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def save_visible_tiny_gemma(directory: Path) -> Path:
     """The tiny random Gemma 3 with the embedding rows of every token that is not a letter or
     digit set to zero. Its logits are the tied embeddings, so those tokens score 0 while the
@@ -116,10 +106,9 @@ def save_visible_tiny_gemma(directory: Path) -> Path:
     import torch
     from transformers import Gemma3ForCausalLM
 
-    helper = _load_tiny_model_helper()
-    tokenizer = helper.build_tokenizer()
+    tokenizer = tiny_model.build_tokenizer()
     torch.manual_seed(0)
-    model = Gemma3ForCausalLM(helper.build_config(vocab_size=len(tokenizer)))
+    model = Gemma3ForCausalLM(tiny_model.build_config(vocab_size=len(tokenizer)))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     visible = {token_id for token, token_id in tokenizer.get_vocab().items() if token.isalnum()}
     with torch.no_grad():
@@ -272,7 +261,8 @@ def live_server(ui_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         # Every browser request comes from 127.0.0.1; the per-address limit is the API's
         # business and has its own tests.
         "LEDGERCHAT_RATE_LIMIT_PER_ADDRESS_PER_MINUTE": "100000",
-        # The same goes for the per-address signup limit: every test registers its own user.
+        # Each browser test registers its own user from 127.0.0.1: no per-address signup limit
+        # (tests/web/test_registration.py pins that limit).
         "LEDGERCHAT_AUTH_SIGNUPS_PER_ADDRESS_PER_HOUR": "0",
         "GRADIO_ANALYTICS_ENABLED": "False",
     }

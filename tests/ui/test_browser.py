@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from ui.conftest import (
+from tests.ui.conftest import (
     BROKEN_MODEL,
     MISSING_MODEL,
     PREMIUM_MODEL,
@@ -28,7 +28,7 @@ from ui.conftest import (
     LiveServer,
     Shots,
 )
-from ui.pages import (
+from tests.ui.pages import (
     available_balance,
     bot_messages,
     choose_model,

@@ -3,7 +3,7 @@ its price, unavailable ones with their reason and refused when chosen anyway."""
 
 from __future__ import annotations
 
-from ui.conftest import AVAILABLE_MODEL, GONE_MODEL
+from tests.ui.conftest import AVAILABLE_MODEL, GONE_MODEL
 from web.services import Services
 from web.ui.chat import ChatActions, model_choices
 from web.ui.text import UNAVAILABLE_MARKER

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,8 @@ from typing import Any
 import pytest
 import structlog
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "inference"))
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_model import save_tiny_gemma
-from web_testing import LiveServer, start_server
-
+from tests.inference.tiny_model import save_tiny_gemma
+from tests.web.web_testing import LiveServer, start_server
 from web.app import create_app
 from web.settings import Settings, load_settings
 

@@ -14,8 +14,8 @@ from argon2 import PasswordHasher
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from web_testing import PASSWORD, login, register
 
+from tests.web.web_testing import PASSWORD, login, register
 from web.database import alembic_config, create_engine, upgrade_schema
 
 CASE_VARIANTS = ["Bob", "bob", "BOB", "bOb", "boB", "BOb", "bOB", "BoB"]

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
-from web_testing import PASSWORD, login, register
 
+from tests.web.web_testing import PASSWORD, login, register
 from web.cli import main
 
 

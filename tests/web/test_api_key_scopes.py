@@ -8,9 +8,9 @@ import io
 from typing import Any
 
 import httpx
-from web_testing import PASSWORD, login, signed_in
 
-from conftest import TINY
+from tests.web.conftest import TINY
+from tests.web.web_testing import PASSWORD, login, signed_in
 from web.cli import main
 
 

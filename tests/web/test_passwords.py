@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 import pytest
-from web_testing import PASSWORD, register
 
+from tests.web.web_testing import PASSWORD, register
 from web.cli import main
 
 HASH_PROBE_HOLD_S = 0.05

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from web_testing import PASSWORD, login
 
+from tests.web.web_testing import PASSWORD, login
 from web.cli import main
 from web.errors import InviteInvalid
 

@@ -9,7 +9,8 @@ import time
 
 import jwt
 import pytest
-from web_testing import PASSWORD, login, register, signed_in
+
+from tests.web.web_testing import PASSWORD, login, register, signed_in
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 

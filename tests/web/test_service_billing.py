@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import REGISTRY
-from web_testing import chat, signed_in, sse_events
 
-from conftest import TINY_BROKEN, TINY_CAP
+from tests.web.conftest import TINY_BROKEN, TINY_CAP
+from tests.web.web_testing import chat, signed_in, sse_events
 from web.domain.chat.schemas import ChatDelta, SamplingOptions
 from web.domain.chat.service import ChatInput
 

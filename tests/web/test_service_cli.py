@@ -7,7 +7,9 @@ import io
 import json
 import os
 
-from conftest import TINY
+import pytest
+
+from tests.web.conftest import TINY
 from web.cli import main
 
 
@@ -89,6 +91,7 @@ class TestBenchCommands:
     """The benchmarks are commands, not timed tests: these runs only check that each one
     works end to end at a tiny size and prints its JSON object as the last line."""
 
+    @pytest.mark.live
     def test_bench_service_with_the_tiny_model(self, cli_env, capsys, monkeypatch):
         """`bench service` serves the real app, streams through /api/chat and reports the
         paired SSE/engine ratio with its spread."""

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from web_testing import free_port, signed_in, sse_events
 
-from conftest import FAST_HASHING, TINY, TINY_CAP
 from ledger import Ledger
+from tests.web.conftest import FAST_HASHING, TINY, TINY_CAP
+from tests.web.web_testing import free_port, signed_in, sse_events
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 
 # Long enough that the first delta arrives before the generation deadline (3/4 of it) on a busy
 # machine, short enough to wait for its expiry.

@@ -9,10 +9,14 @@ import csv
 import io
 import sqlite3
 
-from web_testing import PASSWORD, LiveServer, chat, register, signed_in, start_server
+import pytest
 
+from tests.web.web_testing import PASSWORD, LiveServer, chat, register, signed_in, start_server
 from web.app import create_app
 from web.commands import uvicorn_config
+
+# Every test here talks to a real server (the fixtures or `start_server`).
+pytestmark = pytest.mark.live
 
 WRONG = "not the password 1"
 

@@ -5,8 +5,8 @@ settings that refuse to start with values that would break the service."""
 from __future__ import annotations
 
 import pytest
-from web_testing import PASSWORD, login, signed_in
 
+from tests.web.web_testing import PASSWORD, login, signed_in
 from web.settings import SettingsError, load_settings
 
 

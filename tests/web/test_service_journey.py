@@ -4,8 +4,8 @@ register, log in, chat with streaming, and the charge equals the cost shown."""
 from __future__ import annotations
 
 import pytest
-from web_testing import PASSWORD, chat, login, register, signed_in
 
+from tests.web.web_testing import PASSWORD, chat, login, register, signed_in
 from web.settings import Settings
 
 pytestmark = pytest.mark.slow

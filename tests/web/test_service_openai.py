@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-from web_testing import chat, signed_in
+
+from tests.web.web_testing import chat, signed_in
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from web_testing import free_port, hold_streams_open, signed_in, sse_events
 
-from conftest import TINY
+from tests.web.conftest import TINY
+from tests.web.web_testing import free_port, hold_streams_open, signed_in, sse_events
 from web.cli import main
 from web.settings import SettingsError, load_settings
 
@@ -54,6 +54,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.live
 class TestConcurrentStart:
     def test_four_processes_upgrade_a_fresh_postgres_together(self, postgres_url):
         """Web migrations take an advisory lock, like the ledger's: none of four processes
@@ -255,6 +256,7 @@ class TestShutdownEndsStreams:
         assert cancelled == []
 
 
+@pytest.mark.live
 class TestServeSignals:
     @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
     def test_signal_is_a_clean_stop(self, cli_env, web_catalog, tmp_path, sig):

@@ -5,8 +5,8 @@ version recorded with the hold (the test catalog's price: 1 + 50/1k prompt + 100
 from __future__ import annotations
 
 import pytest
-from web_testing import chat, signed_in
 
+from tests.web.web_testing import chat, signed_in
 from web.domain.billing.prices import ModelPrice
 
 pytestmark = pytest.mark.slow

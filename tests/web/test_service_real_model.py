@@ -7,7 +7,8 @@ import math
 
 import openai
 import pytest
-from web_testing import chat, signed_in
+
+from tests.web.web_testing import chat, signed_in
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 

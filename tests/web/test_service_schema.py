@@ -24,8 +24,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from web_testing import PASSWORD, free_port
 
+from tests.web.web_testing import PASSWORD, free_port
 from web.app import create_app
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ class ThreadedServer:
 
 @pytest.fixture(scope="module")
 def schema_server(tiny_model_dir, tmp_path_factory) -> Iterator[tuple[ThreadedServer, str]]:
-    from conftest import PRICE, TINY_CAP, TINY_CONTEXT
+    from tests.web.conftest import PRICE, TINY_CAP, TINY_CONTEXT
     from web.settings import load_settings
 
     tmp = tmp_path_factory.mktemp("schema")

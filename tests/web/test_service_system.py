@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from web_testing import chat, signed_in
 
-from conftest import TINY
+from tests.web.conftest import TINY
+from tests.web.web_testing import chat, signed_in
 from web.background import clear_old_interaction_text
 from web.settings import SettingsError, load_settings
 from web.tables import ModelInteractionRow

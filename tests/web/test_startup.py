@@ -20,9 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from web_testing import free_port, signed_in
 
-from conftest import FAST_HASHING, TINY
+from tests.web.conftest import FAST_HASHING, TINY
+from tests.web.web_testing import free_port, signed_in
 from web.domain.accounts.tokens import JWT_SECRET_FILE, SecretFileError, kept_signing_secret
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,7 @@
-"""The chat page's actions: send a message and stream the billed reply, Stop, pick a model,
-and manage conversations. Every rule (prices, holds, what a stopped reply costs) belongs to the
-chat service; this module turns its events and errors into what the page shows.
+"""The chat page's reply actions: send a message and stream the billed reply, Stop, and pick a
+model (the conversation sidebar is `web.ui.conversations`). Every rule (prices, holds, what a
+stopped reply costs) belongs to the chat service; this module turns its events and errors into
+what the page shows.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ from web.domain.chat.schemas import (
     ChatDelta,
     ChatEvent,
     ChatStarted,
-    MessageView,
     SamplingOptions,
 )
 from web.domain.chat.service import ChatInput
 from web.errors import (
     CreditsExhausted,
-    NotFound,
     RateLimited,
     ServiceError,
     ShuttingDown,
@@ -113,17 +112,6 @@ def model_choices(models: list[PricedModel]) -> list[tuple[str, str]]:
             model.id,
         )
         for model in models
-    ]
-
-
-def history_messages(messages: list[MessageView]) -> ChatHistory:
-    """Stored messages as Chatbot messages, escaped like live ones."""
-    return [
-        {
-            "role": "assistant" if message.role == "assistant" else "user",
-            "content": escape_chat_markdown(message.content),
-        }
-        for message in messages
     ]
 
 
@@ -298,82 +286,6 @@ class ChatActions:
                 message = f"{model.display_name} is unavailable: {NOT_INSTALLED}."
                 return gr.update(value=self.default_model_id()), notice_html("warning", message)
         return gr.skip(), notice_html("info", "")
-
-    # -- conversations -------------------------------------------------------------------
-    async def conversation_choices(self, caller: Identity) -> list[tuple[str, str]]:
-        conversations = await self._services.conversations.list(caller)
-        return [(conversation.title, conversation.id) for conversation in conversations]
-
-    async def open_conversation(
-        self, session: UISession, conversation_id: str | None
-    ) -> tuple[Any, ...]:
-        """Show a stored conversation. Yields (chatbot, conversation id, title, notice)."""
-        if not conversation_id:
-            return [], None, "", notice_html("info", "")
-        try:
-            caller = await self._identity(session)
-            detail = await self._services.conversations.get(caller, conversation_id)
-        except SessionEnded as ended:
-            return gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
-        except NotFound:
-            return [], None, "", notice_html("warning", "That conversation no longer exists.")
-        return (
-            history_messages(detail.messages),
-            detail.conversation.id,
-            detail.conversation.title,
-            notice_html("info", ""),
-        )
-
-    async def refresh_conversations(self, session: UISession, conversation_id: str | None) -> Any:
-        try:
-            caller = await self._identity(session)
-        except SessionEnded:
-            return gr.skip()
-        choices = await self.conversation_choices(caller)
-        selected = conversation_id if any(cid == conversation_id for _, cid in choices) else None
-        return gr.update(choices=choices, value=selected)
-
-    async def rename(
-        self, session: UISession, conversation_id: str | None, title: str
-    ) -> tuple[Any, str]:
-        """Rename the open conversation. Returns (conversation list, notice)."""
-        if not conversation_id:
-            return gr.skip(), notice_html("warning", "Open a conversation to rename it.")
-        try:
-            caller = await self._identity(session)
-            await self._services.conversations.rename(caller, conversation_id, title.strip())
-        except SessionEnded as ended:
-            return gr.skip(), notice_html("error", ended.message)
-        except ServiceError as error:
-            return gr.skip(), notice_html("error", error.message)
-        choices = await self.conversation_choices(caller)
-        return gr.update(choices=choices, value=conversation_id), notice_html("success", "Renamed.")
-
-    async def delete(self, session: UISession, conversation_id: str | None) -> tuple[Any, ...]:
-        """Delete the open conversation. Returns (list, chatbot, conversation id, title, notice)."""
-        if not conversation_id:
-            return (
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-                notice_html("warning", "Open a conversation to delete it."),
-            )
-        try:
-            caller = await self._identity(session)
-            await self._services.conversations.delete(caller, conversation_id)
-        except SessionEnded as ended:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
-        except ServiceError as error:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), notice_html("error", error.message)
-        choices = await self.conversation_choices(caller)
-        return (
-            gr.update(choices=choices, value=None),
-            [],
-            None,
-            "",
-            notice_html("success", "Conversation deleted."),
-        )
 
 
 def _generator(events: AsyncIterator[ChatEvent]) -> AsyncGenerator[ChatEvent, None]:

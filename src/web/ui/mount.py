@@ -9,7 +9,7 @@ first request, so the mount needs no hook in the app's lifespan.
 
 Gradio answers far more than the page needs (uploads, run history, MCP, its own API docs), none
 of it behind the service's sign-in: only the routes the page was seen to call in a browser
-(tests/ui/test_edge_browser.py) are let through, everything else is a 404. Gradio's root URL
+(tests/ui/test_browser_security.py) are let through, everything else is a 404. Gradio's root URL
 is pinned (LEDGERCHAT_PUBLIC_URL, else the address the connection arrived at), never taken from
 X-Forwarded-Host or X-Gradio-Server, which any client can send.
 """

@@ -1,0 +1,1 @@
+"""The ledger's Alembic revisions, one module per schema version, applied in order."""

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import update
-from web_testing import chat, hold_streams_open, signed_in, sse_events
 
-from conftest import TINY, TINY_CAP
 from ledger.errors import LedgerBusy
+from tests.web.conftest import TINY, TINY_CAP
+from tests.web.web_testing import chat, hold_streams_open, signed_in, sse_events
 from web import metrics
 from web.tables import ChatRequestRow
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from ui.conftest import TEST_PASSWORD, LiveServer, Shots
-from ui.pages import open_account, send, set_sampling, sign_up_and_in, wait_for_footer
+from tests.ui.conftest import TEST_PASSWORD, LiveServer, Shots
+from tests.ui.pages import open_account, send, set_sampling, sign_up_and_in, wait_for_footer
 from web.ui.mount import gradio_route_allowed
 
 pytestmark = pytest.mark.browser

@@ -1,5 +1,5 @@
-"""Hardening of the engine against failures between forwards, extreme sampling parameters,
-races around model loading and request ids, and malformed settings and catalogs.
+"""The engine under failures between forwards, extreme sampling parameters, and races around
+model loading and request ids.
 
 Failures that cannot be produced for real on the tiny model (an out-of-memory while joining
 KV caches, a slow load) are simulated by patching one function; the model itself is the real
@@ -9,29 +9,23 @@ so no test depends on timing."""
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import collect, request, wait_until
 
 import inference.engine as engine_mod
 import inference.sampling as sampling_mod
 import inference.scheduler as sched_mod
-from conftest import TINY, EngineFactory
 from inference import (
-    CatalogError,
     Engine,
-    InferenceSettings,
     InvalidRequest,
     ModelUnavailable,
     SamplingParams,
-    load_catalog,
 )
-from inference.catalog import env_key
+from tests.inference.conftest import TINY, EngineFactory
+from tests.inference.helpers import collect, request, wait_until
 
 OOM = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1048576 bytes"
 # Same prompt as the reviewer's probe: greedy, the tiny model runs it past 50 tokens.
@@ -331,75 +325,3 @@ class TestRequestIds:
         assert "x" in engine._active
         load_gate.released.set()
         await asyncio.wait_for(running, WAIT_S)
-
-
-class TestSettings:
-    @pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "0", "-1", "86401", "1e308"])
-    def test_default_deadline_must_be_finite_and_bounded(
-        self, raw: str, no_catalog_env: None
-    ) -> None:
-        with pytest.raises(ValueError, match="default_deadline_s"):
-            InferenceSettings.from_env({"LEDGERCHAT_INFERENCE_DEFAULT_DEADLINE_S": raw})
-
-    def test_default_deadline_accepts_up_to_a_day(self, no_catalog_env: None) -> None:
-        settings = InferenceSettings.from_env({"LEDGERCHAT_INFERENCE_DEFAULT_DEADLINE_S": "86400"})
-        assert settings.default_deadline_s == 86400.0
-        with pytest.raises(ValueError):
-            InferenceSettings(default_deadline_s=math.nan)
-
-
-ENTRY = """
-[[models]]
-id = "extra"
-source = {{ kind = "hf_dir", path = "/nowhere"{source_extra} }}
-context_limit_tokens = 100
-max_new_tokens_cap = {cap}
-"""
-
-
-def entry(cap: int = 10, source_extra: str = "") -> str:
-    return ENTRY.format(cap=cap, source_extra=source_extra)
-
-
-class TestCatalogValidation:
-    def test_duplicate_id_in_operator_file(self, tmp_path: Path, no_catalog_env: None) -> None:
-        path = tmp_path / "c.toml"
-        path.write_text(entry(10) + entry(20), encoding="utf-8")
-        with pytest.raises(CatalogError, match="'extra' appears twice"):
-            load_catalog(path, environ={})
-        override = '[[models]]\nid = "gemma-3-270m"\nload_at_start = true\n'
-        path.write_text(override * 2, encoding="utf-8")
-        with pytest.raises(CatalogError, match="'gemma-3-270m' appears twice"):
-            load_catalog(path, environ={})
-
-    def test_unknown_source_key(self, tmp_path: Path, no_catalog_env: None) -> None:
-        path = tmp_path / "c.toml"
-        path.write_text(entry(source_extra=', revison = "x"'), encoding="utf-8")
-        with pytest.raises(CatalogError, match=r"\['revison'\].*allowed: kind, path"):
-            load_catalog(path, environ={})
-
-    def test_unreadable_catalog_files(self, tmp_path: Path, no_catalog_env: None) -> None:
-        with pytest.raises(CatalogError, match="cannot be read"):
-            load_catalog(tmp_path, environ={})
-        binary = tmp_path / "bin.toml"
-        binary.write_bytes(b"\xff\xfe[[models]]")
-        with pytest.raises(CatalogError, match="not UTF-8"):
-            load_catalog(binary, environ={})
-
-    def test_relative_env_path_is_relative_to_the_working_directory(
-        self, tmp_path: Path, no_catalog_env: None, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """A relative path in the environment is read from the working directory; one in the
-        operator file stays relative to that file."""
-        catalog_dir = tmp_path / "etc"
-        work_dir = tmp_path / "work"
-        catalog_dir.mkdir()
-        work_dir.mkdir()
-        path = catalog_dir / "c.toml"
-        path.write_text(entry().replace("/nowhere", "weights/extra"), encoding="utf-8")
-        monkeypatch.chdir(work_dir)
-        env = {env_key("gemma-3-270m", "path"): "models/x.gguf"}
-        catalog = load_catalog(path, environ=env)
-        assert catalog.get("gemma-3-270m").source.path == work_dir / "models" / "x.gguf"
-        assert catalog.get("gemma-3-270m").source.kind == "gguf_file"
-        assert catalog.get("extra").source.path == catalog_dir / "weights" / "extra"

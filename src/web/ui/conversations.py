@@ -1,0 +1,114 @@
+"""The chat page's conversation list: open a stored conversation, refresh the list after a
+reply, rename and delete. Conversations belong to the conversations service; this module turns
+its answers and errors into what the sidebar and the chatbot show.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from web.domain.accounts.schemas import Identity
+from web.domain.chat.schemas import MessageView
+from web.errors import NotFound, ServiceError
+from web.services import Services
+from web.ui.chat import ChatHistory
+from web.ui.session import SessionEnded, UISession, identity
+from web.ui.text import escape_chat_markdown, notice_html
+
+
+def history_messages(messages: list[MessageView]) -> ChatHistory:
+    """Stored messages as Chatbot messages, escaped like live ones."""
+    return [
+        {
+            "role": "assistant" if message.role == "assistant" else "user",
+            "content": escape_chat_markdown(message.content),
+        }
+        for message in messages
+    ]
+
+
+class ConversationActions:
+    """Handlers of the conversation sidebar, bound to the application services."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    async def _identity(self, session: UISession) -> Identity:
+        return await identity(session, self._services.accounts)
+
+    async def conversation_choices(self, caller: Identity) -> list[tuple[str, str]]:
+        conversations = await self._services.conversations.list(caller)
+        return [(conversation.title, conversation.id) for conversation in conversations]
+
+    async def open_conversation(
+        self, session: UISession, conversation_id: str | None
+    ) -> tuple[Any, ...]:
+        """Show a stored conversation. Yields (chatbot, conversation id, title, notice)."""
+        if not conversation_id:
+            return [], None, "", notice_html("info", "")
+        try:
+            caller = await self._identity(session)
+            detail = await self._services.conversations.get(caller, conversation_id)
+        except SessionEnded as ended:
+            return gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
+        except NotFound:
+            return [], None, "", notice_html("warning", "That conversation no longer exists.")
+        return (
+            history_messages(detail.messages),
+            detail.conversation.id,
+            detail.conversation.title,
+            notice_html("info", ""),
+        )
+
+    async def refresh_conversations(self, session: UISession, conversation_id: str | None) -> Any:
+        try:
+            caller = await self._identity(session)
+        except SessionEnded:
+            return gr.skip()
+        choices = await self.conversation_choices(caller)
+        selected = conversation_id if any(cid == conversation_id for _, cid in choices) else None
+        return gr.update(choices=choices, value=selected)
+
+    async def rename(
+        self, session: UISession, conversation_id: str | None, title: str
+    ) -> tuple[Any, str]:
+        """Rename the open conversation. Returns (conversation list, notice)."""
+        if not conversation_id:
+            return gr.skip(), notice_html("warning", "Open a conversation to rename it.")
+        try:
+            caller = await self._identity(session)
+            await self._services.conversations.rename(caller, conversation_id, title.strip())
+        except SessionEnded as ended:
+            return gr.skip(), notice_html("error", ended.message)
+        except ServiceError as error:
+            return gr.skip(), notice_html("error", error.message)
+        choices = await self.conversation_choices(caller)
+        return gr.update(choices=choices, value=conversation_id), notice_html("success", "Renamed.")
+
+    async def delete(self, session: UISession, conversation_id: str | None) -> tuple[Any, ...]:
+        """Delete the open conversation. Returns (list, chatbot, conversation id, title, notice)."""
+        if not conversation_id:
+            return (
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                notice_html("warning", "Open a conversation to delete it."),
+            )
+        try:
+            caller = await self._identity(session)
+            await self._services.conversations.delete(caller, conversation_id)
+        except SessionEnded as ended:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
+        except ServiceError as error:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), notice_html("error", error.message)
+        choices = await self.conversation_choices(caller)
+        return (
+            gr.update(choices=choices, value=None),
+            [],
+            None,
+            "",
+            notice_html("success", "Conversation deleted."),
+        )
