@@ -84,7 +84,10 @@ def check_metrics_access(scope: Scope, token: str) -> None:
         loopback = client is not None and ipaddress.ip_address(str(client[0])).is_loopback
     except ValueError:
         loopback = False
-    if not loopback:
+    # A request that came through a proxy is not a local one, whatever address the proxy (or
+    # an unparsable X-Forwarded-For that falls back to the proxy's address) makes it look like.
+    forwarded = any(name.lower() == b"x-forwarded-for" for name, _ in scope.get("headers", []))
+    if not loopback or forwarded:
         raise PermissionDenied(
             "/metrics answers loopback clients only; set LEDGERCHAT_METRICS_TOKEN to scrape it"
             " from elsewhere"

@@ -188,6 +188,10 @@ class TestMetricsAccess:
             assert (await client.get("/metrics")).status_code == 200
             remote = await client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
             assert remote.status_code == 403
+            # An unparsable hop makes the guard fall back to the peer (the local proxy): that
+            # must not turn a remote client into a loopback one.
+            garbled = await client.get("/metrics", headers={"X-Forwarded-For": "not-an-address"})
+            assert garbled.status_code == 403
 
     async def test_token_required_when_configured(self, make_server, make_settings):
         """With LEDGERCHAT_METRICS_TOKEN, /metrics needs it, even from loopback."""
