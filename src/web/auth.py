@@ -36,7 +36,6 @@ PUBLIC = "public"
 """Handler `opt` key of the /api endpoints that need no credentials."""
 SCOPE = "api_key_scope"
 """Handler `opt` key naming the scope an API key needs there (else derived, see key_scopes)."""
-CHAT_PATHS = frozenset({"/api/chat", "/v1/chat/completions"})
 SECURITY: list[SecurityRequirement] = [{"BearerAuth": []}]
 SECURITY_COMPONENTS = Components(
     security_schemes={
@@ -131,13 +130,14 @@ def requires_admin(
         raise PermissionDenied("this endpoint needs the admin role")
 
 
-def scope_needed(method: str, path: str, handler: BaseRouteHandler) -> str:
+def scope_needed(method: str, handler: BaseRouteHandler) -> str:
+    """The scope a route names in its opt (the chat routes name `chat`), else `read` for GET
+    and HEAD and `write` for the rest. Named on the handler, not matched on the URL, so a
+    trailing slash or a root path cannot change it."""
     named = handler.opt.get(SCOPE)
     if isinstance(named, str):
         return named
-    if method in ("GET", "HEAD"):
-        return "read"
-    return "chat" if path in CHAT_PATHS else "write"
+    return "read" if method in ("GET", "HEAD") else "write"
 
 
 def key_scopes(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -147,7 +147,7 @@ def key_scopes(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRout
     if not isinstance(identity, Identity) or identity.is_session:
         return
     method = str(connection.scope.get("method", "GET"))
-    scope = scope_needed(method, connection.url.path, handler)
+    scope = scope_needed(method, handler)
     if not identity.may(scope):
         raise PermissionDenied(f"this API key lacks the '{scope}' scope", scope=scope)
 

@@ -13,7 +13,7 @@ from litestar.response import ServerSentEvent
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
 from ledger.domain import MAX_KEY_LENGTH
-from web.auth import SECURITY
+from web.auth import SCOPE, SECURITY
 from web.domain.accounts.schemas import Identity
 from web.domain.billing.schemas import PriceView
 from web.domain.chat.conversations import ConversationsService
@@ -54,7 +54,7 @@ class ChatController(Controller):
     dependencies = CHAT_DEPENDENCIES
     security = SECURITY
 
-    @post("/chat", status_code=HTTP_200_OK)
+    @post("/chat", status_code=HTTP_200_OK, opt={SCOPE: "chat"})
     async def chat(
         self,
         identity: NamedDependency[Identity],

@@ -18,7 +18,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from inference.requests import ChatMessage, Role
 from ledger.domain import MAX_KEY_LENGTH
-from web.auth import SECURITY
+from web.auth import SCOPE, SECURITY
 from web.domain.accounts.schemas import Identity
 from web.domain.chat.deps import CHAT_DEPENDENCIES
 from web.domain.chat.schemas import ChatCompleted, ChatDelta, ChatStarted, SamplingOptions
@@ -229,7 +229,7 @@ class OpenAIController(Controller):
             data=[ModelCard(id=m.id, created=created) for m in chat_service.models() if m.available]
         )
 
-    @post("/chat/completions", status_code=HTTP_200_OK, responses=None)
+    @post("/chat/completions", status_code=HTTP_200_OK, responses=None, opt={SCOPE: "chat"})
     async def chat_completions(
         self,
         identity: NamedDependency[Identity],
