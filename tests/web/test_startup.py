@@ -232,3 +232,15 @@ class TestKeptSigningSecretFile:
         (tmp_path / JWT_SECRET_FILE).touch(mode=0o600)
         with pytest.raises(SecretFileError, match="delete it"):
             kept_signing_secret(tmp_path)
+
+    def test_a_planted_link_is_refused(self, tmp_path):
+        """A link in the data directory pointing at someone's own 0600 file would let them
+        choose the signing secret: the kept secret must be a regular file, not a link."""
+        planted = tmp_path / "attacker-secret"
+        planted.write_text("chosen-by-someone-else\n", encoding="utf-8")
+        planted.chmod(0o600)
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        (data_dir / JWT_SECRET_FILE).symlink_to(planted)
+        with pytest.raises(SecretFileError, match="plain file"):
+            kept_signing_secret(data_dir)

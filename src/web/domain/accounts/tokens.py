@@ -123,13 +123,26 @@ def kept_signing_secret(data_dir: Path) -> str:
 
 
 def _read_secret(path: Path) -> str:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise SecretFileError(
-            f"{path} is readable by other users (mode {mode:04o}): run `chmod 600 {path}`, "
-            "or set LEDGERCHAT_AUTH_JWT_SECRET"
-        )
-    secret = path.read_text(encoding="utf-8").strip()
+    # O_NOFOLLOW and an owner check: anyone who can write to the data directory must not be
+    # able to plant a link to a file of theirs and so choose (and know) the signing secret.
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise SecretFileError(f"{path} cannot be opened as a plain file: {exc.strerror}") from None
+    with os.fdopen(descriptor, encoding="utf-8") as file:
+        status = os.fstat(file.fileno())
+        mode = stat.S_IMODE(status.st_mode)
+        if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid():
+            raise SecretFileError(
+                f"{path} is not a regular file owned by this user: delete it to generate a new"
+                " signing secret, or set LEDGERCHAT_AUTH_JWT_SECRET"
+            )
+        if mode & 0o077:
+            raise SecretFileError(
+                f"{path} is readable by other users (mode {mode:04o}): run `chmod 600 {path}`, "
+                "or set LEDGERCHAT_AUTH_JWT_SECRET"
+            )
+        secret = file.read().strip()
     if not secret:
         raise SecretFileError(f"{path} is empty: delete it to generate a new signing secret")
     return secret
