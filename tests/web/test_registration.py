@@ -73,6 +73,31 @@ class TestInvites:
             assert [invite["used_by"] for invite in listed] == [admitted.json()["id"]]
             assert code not in str(listed)
 
+    async def test_a_registration_undone_gives_its_code_back(self, make_server, make_settings):
+        """When the ledger cannot open the new user's account the registration is undone,
+        and so is the spending of its invite: the same code then admits the retry."""
+        server = await make_server(make_settings(LEDGERCHAT_AUTH_REGISTRATION_MODE="invite"))
+        ledger = server.services.ledger
+        real_open = ledger.open_account
+        calls: list[int] = []
+
+        async def open_fails_once(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("simulated: the ledger went away")
+            return await real_open(*args, **kwargs)
+
+        async with server.client() as client:
+            admin = await _admin_headers(server, client)
+            code = await _invite(client, admin)
+            ledger.open_account = open_fails_once
+            failed = await client.post("/api/auth/register", json=_body("quinn", invite_code=code))
+            assert failed.status_code == 500, failed.text
+            retried = await client.post("/api/auth/register", json=_body("quinn", invite_code=code))
+            assert retried.status_code == 201, retried.text
+            listed = (await client.get("/api/admin/invites", headers=admin)).json()
+            assert [invite["used_by"] for invite in listed] == [retried.json()["id"]]
+
     async def test_a_code_is_spent_once_under_concurrency(
         self, make_server, make_settings, database_url
     ):

@@ -109,3 +109,11 @@ async def spend_invite(session: AsyncSession, code: str, user_id: int) -> None:
     )
     if getattr(spent, "rowcount", 0) != 1:
         raise InviteInvalid("the invite code is unknown, already used or expired")
+
+
+async def unspend_invites_of(session: AsyncSession, user_id: int) -> None:
+    """Give back the invite a registration spent when that registration is undone (its ledger
+    account could not be opened): the code was never really used."""
+    await session.execute(
+        update(InviteRow).where(InviteRow.used_by == user_id).values(used_at=None, used_by=None)
+    )

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger import Ledger
-from web.domain.accounts.invites import spend_invite
+from web.domain.accounts.invites import spend_invite, unspend_invites_of
 from web.domain.accounts.lockout import LoginLockout
 from web.domain.accounts.passwords import PasswordHashing
 from web.domain.accounts.rules import (
@@ -107,8 +107,10 @@ class AccountsService:
         try:
             account_id = await self._open_account(row)
         except BaseException:
-            # Without its ledger account the user could never log in; free the name again.
+            # Without its ledger account the user could never log in; free the name (and the
+            # invite it spent) again.
             async with self._sessions() as session:
+                await unspend_invites_of(session, row.id)
                 await session.execute(delete(UserRow).where(UserRow.id == row.id))
                 await session.commit()
             raise
