@@ -74,7 +74,6 @@ class ChatService:
             self._claims,
             self._holds,
             conversations,
-            prices.get,
             billing.partial_capture_on_disconnect,
         )
 

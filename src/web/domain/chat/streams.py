@@ -11,7 +11,7 @@ import collections
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from inference import Engine
@@ -35,7 +35,6 @@ from web.domain.chat.settlement import (
     Settlement,
     StopReason,
     StreamEnd,
-    answering_model,
     decide_settlement,
 )
 from web.domain.chat.turn import Turn
@@ -56,14 +55,12 @@ class ChatStreams:
         claims: ChatClaims,
         holds: ChatHolds,
         conversations: ConversationsService,
-        price_of: Callable[[str], ModelPrice],
         partial_capture_on_disconnect: bool,
     ) -> None:
         self._engine = engine
         self._claims = claims
         self._holds = holds
         self._conversations = conversations
-        self._price_of = price_of
         self._partial_capture = partial_capture_on_disconnect
         self.closing = False
         self._ended_by_shutdown: set[str] = set()
@@ -169,8 +166,10 @@ class ChatStreams:
             final = getattr(turn.stream, "finished", None)
             if isinstance(final, Finished):
                 end = dataclasses.replace(end, finished=final)
-        answered = answering_model(end)
-        price = turn.price if answered == turn.model.id else self._price_of(answered)
+        # The hold was placed at `turn.price` for the model that answers (prepare resolved any
+        # fallback before the hold): the capture is billed at that same price version, even if
+        # the catalog changed since.
+        price = turn.price
         decision = decide_settlement(end, price, turn.hold_credits, self._partial_capture)
         settle_started = time.perf_counter()
         settlement, release_reason, balance = await self._resolve_hold(turn, decision, price)

@@ -1,0 +1,75 @@
+"""How a chat's hold is settled, through the real app on SQLite and PostgreSQL: at the price
+version the hold was placed under, with that version and the model recorded on the hold."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.web.conftest import TINY
+from tests.web.web_testing import chat, hold_streams_open, signed_in
+from web.domain.billing.prices import ModelPrice, PriceCatalog
+
+pytestmark = pytest.mark.slow
+
+
+async def history(client: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, Any]]:
+    response = await client.get("/api/transactions", headers=headers)
+    rows: list[dict[str, Any]] = response.json()["transactions"]
+    return rows
+
+
+async def wait_for_row(
+    client: httpx.AsyncClient, headers: dict[str, str], kind: str, timeout_s: float = 20
+) -> dict[str, Any]:
+    """The newest history row of type `kind`, once there is one (polled)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            for row in await history(client, headers):
+                if row["type"] == kind:
+                    return row
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def db_server(make_server: Any, make_settings: Any, database_url: str) -> Any:
+    server = await make_server(make_settings(database_url))
+    await server.services.engine.load(TINY)
+    return server
+
+
+class TestHoldTimePrice:
+    async def test_price_change_between_hold_and_settle_bills_the_hold_time_version(
+        self, db_server: Any
+    ) -> None:
+        """The catalog's price of the model changes while the reply streams: the capture is
+        the cost at the price the hold was placed under, recorded with that version."""
+        server = db_server
+        chat_service = server.services.chat
+        held_price = chat_service._prices.get(TINY)
+        dearer = ModelPrice(50, 500, 1000, "dearer-v9")
+        resume, _ = hold_streams_open(server)
+        async with server.client() as client:
+            headers = await signed_in(client, "pricey")
+            sampling = {"max_tokens": 8, "temperature": 0}
+            running = asyncio.create_task(chat(client, headers, "hello", sampling=sampling))
+            await wait_for_row(client, headers, "hold_placed")
+            chat_service._prices = dataclasses.replace(
+                chat_service._prices, prices={**chat_service._prices.prices, TINY: dearer}
+            )
+            assert isinstance(chat_service._prices, PriceCatalog)
+            assert chat_service.find_model(TINY).price == dearer
+            resume.set()
+            status, events, _ = await running
+            assert status == 200
+            done = events[-1].data
+            assert events[-1].event == "done", done
+            capture = await wait_for_row(client, headers, "hold_captured")
+        expected = held_price.cost_credits(done["prompt_tokens"], done["completion_tokens"])
+        assert done["price_version"] == held_price.version
+        assert done["cost_credits"] == expected
+        assert (capture["price_version"], -capture["amount"]) == (held_price.version, expected)
