@@ -73,3 +73,20 @@ class TestHoldTimePrice:
         assert done["price_version"] == held_price.version
         assert done["cost_credits"] == expected
         assert (capture["price_version"], -capture["amount"]) == (held_price.version, expected)
+
+
+class TestHoldMetadata:
+    async def test_hold_records_its_model_and_price_version(self, db_server: Any) -> None:
+        """The hold_placed entry names the model and the price version it was placed under,
+        the same version its capture records."""
+        server = db_server
+        price = server.services.chat.find_model(TINY).price
+        async with server.client() as client:
+            headers = await signed_in(client, "audited")
+            status, events, _ = await chat(client, headers, "hi", sampling={"max_tokens": 4})
+            assert status == 200 and events[-1].event == "done"
+            rows = await history(client, headers)
+        placed = next(row for row in rows if row["type"] == "hold_placed")
+        captured = next(row for row in rows if row["type"] == "hold_captured")
+        assert (placed["model"], placed["price_version"]) == (TINY, price.version)
+        assert captured["price_version"] == placed["price_version"]
