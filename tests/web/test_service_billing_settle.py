@@ -13,6 +13,8 @@ import pytest
 from tests.web.conftest import TINY
 from tests.web.web_testing import chat, hold_streams_open, signed_in
 from web.domain.billing.prices import ModelPrice, PriceCatalog
+from web.domain.chat.schemas import ChatDelta, SamplingOptions
+from web.domain.chat.service import ChatInput
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +92,52 @@ class TestHoldMetadata:
         captured = next(row for row in rows if row["type"] == "hold_captured")
         assert (placed["model"], placed["price_version"]) == (TINY, price.version)
         assert captured["price_version"] == placed["price_version"]
+
+
+async def signed_in_identity(server: Any, client: httpx.AsyncClient, username: str) -> Any:
+    headers = await signed_in(client, username)
+    token = headers["Authorization"].removeprefix("Bearer ")
+    return headers, await server.services.accounts.identity_from_access_token(token)
+
+
+async def wait_generation_ended(server: Any, timeout_s: float = 20) -> None:
+    """Poll the model's scheduler until no request waits or runs on it."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            load = server.services.engine.load_snapshot(TINY)
+            if load.waiting == 0 and load.running == 0:
+                return
+            await asyncio.sleep(0.02)
+
+
+class TestStopAfterTheEngineFinished:
+    async def test_keeps_the_engines_finish_reason_and_bills_the_whole_reply(
+        self, db_server: Any
+    ) -> None:
+        """Stop pressed after the engine had finished (the reader was behind): the outcome
+        keeps the engine's finish reason (`length` here, not `cancelled`) and is a full
+        capture of every generated token, not a partial one."""
+        server = db_server
+        async with server.client() as client:
+            headers, identity = await signed_in_identity(server, client, "late-stop")
+            prepared = await server.services.chat.prepare(
+                identity,
+                ChatInput(
+                    message="go on",
+                    sampling=SamplingOptions(max_tokens=6, temperature=0, stop=[]),
+                ),
+            )
+            events = prepared.events()
+            async for event in events:
+                if isinstance(event, ChatDelta):
+                    break
+            await wait_generation_ended(server)
+            done = await prepared.stop()
+            assert done is not None
+            assert (done.finish_reason, done.settlement) == ("length", "captured")
+            assert done.completion_tokens == 6
+            price = server.services.chat.find_model(TINY).price
+            assert done.cost_credits == price.cost_credits(done.prompt_tokens, 6)
+            rows = await history(client, headers)
+        assert [row["type"] for row in rows].count("hold_captured") == 1
+        assert -rows[0]["amount"] == done.cost_credits

@@ -2,9 +2,11 @@
 final event, whether the consumer left and why, the deltas streamed), the price, the hold and
 the disconnect policy. No I/O: `turn.py` resolves the hold as decided here.
 
-- finished normally: capture the actual cost (never more than the hold);
-- the consumer stopped (disconnect, Stop): capture what was generated, or release all, per
-  `partial_capture_on_disconnect`; shutdown (`cancelled`) always releases;
+- finished normally (`stop`, `length`): capture the actual cost (never more than the hold),
+  with that finish reason, even when the consumer left after the engine had finished (the
+  reply was complete; only its reading was cut);
+- the consumer stopped (disconnect, Stop) while generating: capture what was generated, or
+  release all, per `partial_capture_on_disconnect`; shutdown (`cancelled`) always releases;
 - engine error or timeout (whoever left first): release in full, never billed.
 """
 
@@ -21,6 +23,7 @@ StopReason = Literal["aborted", "cancelled"]
 """Why the consumer left early: `aborted` (client disconnect, Stop) or `cancelled` (shutdown)."""
 
 _RELEASE_OF_FAILURE = {"error": "failed", "timeout": "timeout"}
+_COMPLETED = frozenset({"stop", "length"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +74,9 @@ def decide_settlement(
     if finish_reason in _RELEASE_OF_FAILURE:
         # Cut by a failure (even if the consumer left at the same time): never billed.
         release_reason = _RELEASE_OF_FAILURE[finish_reason]
+    elif finish_reason in _COMPLETED:
+        # The engine finished before the stop reached it: a whole reply, billed as one.
+        pass
     elif end.stopped is not None:
         if finished is None:
             # No final count from the engine: bill the deltas streamed; each is at least one

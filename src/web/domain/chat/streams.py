@@ -174,7 +174,7 @@ class ChatStreams:
         settle_started = time.perf_counter()
         settlement, release_reason, balance = await self._resolve_hold(turn, decision, price)
         cost = decision.capture_credits if settlement != "released" else 0
-        if settlement == "captured" and end.stopped is not None:
+        if settlement == "captured" and decision.finish_reason == "cancelled":
             settlement = "partially_captured"
         elapsed_s = time.monotonic() - turn.started_at
         _count(decision, cost, settlement, elapsed_s)
