@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.web.conftest import TINY
-from tests.web.web_testing import chat, hold_streams_open, signed_in
+from tests.web.web_testing import chat, hold_streams_open, signed_in, sse_events
 from web.domain.billing.prices import ModelPrice, PriceCatalog
 from web.domain.chat.schemas import ChatDelta, SamplingOptions
 from web.domain.chat.service import ChatInput
@@ -141,3 +141,33 @@ class TestStopAfterTheEngineFinished:
             rows = await history(client, headers)
         assert [row["type"] for row in rows].count("hold_captured") == 1
         assert -rows[0]["amount"] == done.cost_credits
+
+
+class TestDisconnectDuringShutdownGrace:
+    async def test_is_billed_like_any_disconnect(self, db_server: Any) -> None:
+        """Shutdown has begun (new chats refused, running ones finishing in the grace) when a
+        client disconnects mid-reply: what was generated is captured, as for any disconnect;
+        only a stream that the shutdown itself cuts is released."""
+        server = db_server
+        hold_streams_open(server)
+        async with server.client() as client:
+            headers = await signed_in(client, "leaver")
+            body = {"message": "go on", "sampling": {"max_tokens": 40, "temperature": 0}}
+            async with client.stream("POST", "/api/chat", json=body, headers=headers) as response:
+                assert response.status_code == 200
+                async for event in sse_events(response):
+                    if event.event == "start":
+                        break
+                server.services.chat.begin_shutdown()
+            assert await server.services.chat.wait_idle(20)
+            await server.services.chat.wait_settlements(20)
+            rows = await history(client, headers)
+            balance = (await client.get("/api/balance", headers=headers)).json()
+        assert rows[0]["type"] == "hold_captured", rows[0]
+        assert -rows[0]["amount"] > 0
+        grant = server.services.settings.billing.signup_grant_credits
+        assert balance == {
+            "posted": grant + rows[0]["amount"],
+            "held": 0,
+            "available": grant + rows[0]["amount"],
+        }

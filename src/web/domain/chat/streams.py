@@ -127,8 +127,11 @@ class ChatStreams:
         """However the stream ended: settle it if the consumer left first, and wait for the
         settlement (shielded: a second cancellation leaves it running to completion)."""
         if turn.settlement is None:
-            # The consumer stopped (disconnect/Stop) or the task was cancelled.
-            stopped: StopReason = "cancelled" if self.closing else "aborted"
+            # The consumer stopped (disconnect/Stop) or the task was cancelled. Only a stream
+            # the shutdown cut (`end_all`) is `cancelled`; a client that leaves during the
+            # shutdown grace is billed like any other disconnect.
+            ended_by_shutdown = turn.request_id in self._ended_by_shutdown
+            stopped: StopReason = "cancelled" if ended_by_shutdown else "aborted"
             self._settle_task(
                 turn,
                 text,
