@@ -13,7 +13,7 @@ import pytest
 from tests.web.conftest import TINY
 from tests.web.web_testing import chat, hold_streams_open, signed_in, sse_events
 from web.domain.billing.prices import ModelPrice, PriceCatalog
-from web.domain.chat.schemas import ChatDelta, SamplingOptions
+from web.domain.chat.schemas import ChatCompleted, ChatDelta, ChatStarted, SamplingOptions
 from web.domain.chat.service import ChatInput
 
 pytestmark = pytest.mark.slow
@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 async def history(client: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, Any]]:
     response = await client.get("/api/transactions", headers=headers)
+    assert response.status_code == 200, response.text
     rows: list[dict[str, Any]] = response.json()["transactions"]
     return rows
 
@@ -28,13 +29,14 @@ async def history(client: httpx.AsyncClient, headers: dict[str, str]) -> list[di
 async def wait_for_row(
     client: httpx.AsyncClient, headers: dict[str, str], kind: str, timeout_s: float = 20
 ) -> dict[str, Any]:
-    """The newest history row of type `kind`, once there is one (polled)."""
+    """The newest history row of type `kind`, once there is one (polled; slowly enough to
+    stay within the per-address rate limit)."""
     async with asyncio.timeout(timeout_s):
         while True:
             for row in await history(client, headers):
                 if row["type"] == kind:
                     return row
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -171,3 +173,52 @@ class TestDisconnectDuringShutdownGrace:
             "held": 0,
             "available": grant + rows[0]["amount"],
         }
+
+
+class TestStalledReader:
+    @pytest.mark.parametrize("then", ["reads on", "leaves"])
+    async def test_a_reader_that_stops_pulling_is_charged_before_the_hold_expires(
+        self, make_server: Any, make_settings: Any, database_url: str, then: str
+    ) -> None:
+        """A client reads the first event, then keeps the stream open and reads nothing for
+        longer than the generation takes: the reply is captured for every generated token
+        while the hold is live (not left to expire and be released for free). Reading on
+        afterwards gives the whole reply and that same outcome; leaving settles nothing more.
+        Either way the hold is resolved once."""
+        hold_ttl_s = 60
+        server = await make_server(
+            make_settings(database_url, LEDGERCHAT_BILLING_HOLD_TTL_S=str(hold_ttl_s))
+        )
+        await server.services.engine.load(TINY)
+        async with server.client() as client:
+            headers, identity = await signed_in_identity(server, client, "stalled")
+            prepared = await server.services.chat.prepare(
+                identity,
+                ChatInput(
+                    message="go on",
+                    sampling=SamplingOptions(max_tokens=12, temperature=0, stop=[]),
+                ),
+            )
+            events = prepared.events()
+            assert isinstance(await anext(events), ChatStarted)
+            # The reader stalls here: `events` stays open and nothing is pulled.
+            capture = await wait_for_row(client, headers, "hold_captured", timeout_s=hold_ttl_s / 2)
+            assert capture["completion_tokens"] == 12
+            if then == "reads on":
+                rest = [event async for event in events]
+                done = rest[-1]
+                assert isinstance(done, ChatCompleted)
+                assert "".join(e.text for e in rest if isinstance(e, ChatDelta))
+            else:
+                await events.aclose()
+                done = await prepared.stop()
+                assert done is not None
+            assert (done.finish_reason, done.settlement) == ("length", "captured")
+            assert done.cost_credits == -capture["amount"]
+            assert await prepared.stop() == done
+            await server.services.chat.wait_settlements(10)
+            rows = await history(client, headers)
+            balance = (await client.get("/api/balance", headers=headers)).json()
+        types = [row["type"] for row in rows]
+        assert types.count("hold_captured") == 1 and "hold_released" not in types
+        assert balance["held"] == 0
