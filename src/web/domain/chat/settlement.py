@@ -20,7 +20,8 @@ from web.domain.billing.prices import ModelPrice
 from web.domain.chat.pricing import cost_credits
 
 StopReason = Literal["aborted", "cancelled"]
-"""Why the consumer left early: `aborted` (client disconnect, Stop) or `cancelled` (shutdown)."""
+"""Why a generation was ended early: `aborted` (client disconnect, Stop) or `cancelled`
+(shutdown cut it after its grace)."""
 
 _RELEASE_OF_FAILURE = {"error": "failed", "timeout": "timeout"}
 _COMPLETED = frozenset({"stop", "length"})
@@ -36,9 +37,10 @@ class StreamEnd:
     finished: Finished | None
     """The engine's final event with exact counts; None when it never came."""
     stopped: StopReason | None = None
-    """Set when the consumer left before the final event."""
+    """Set when the generation was asked to end early: the consumer left (`aborted`) or
+    shutdown cut it (`cancelled`)."""
     streamed_deltas: int = 0
-    """Generated deltas streamed before the consumer left; each is at least one token."""
+    """Non-empty deltas the engine produced before it ended; each is at least one token."""
     closing: bool = False
     """The service is shutting down."""
 
