@@ -1,5 +1,8 @@
-"""How a chat's hold is settled, through the real app on SQLite and PostgreSQL: at the price
-version the hold was placed under, with that version and the model recorded on the hold."""
+"""How a chat's hold is settled, through the real app on SQLite and PostgreSQL: once, when
+generation ends, whatever the reader does (a stalled reader is charged before its hold
+expires); at the price version the hold was placed under, recorded with the model on the
+hold; a stop after the engine finished keeps its finish reason; a disconnect during the
+shutdown grace is billed like any disconnect."""
 
 from __future__ import annotations
 
