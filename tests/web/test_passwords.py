@@ -14,6 +14,8 @@ import pytest
 
 from tests.web.web_testing import PASSWORD, register
 from web.cli import main
+from web.domain.accounts.passwords import PasswordHashing
+from web.settings import AuthSettings
 
 HASH_PROBE_HOLD_S = 0.05
 
@@ -100,4 +102,60 @@ class TestHashingConcurrency:
                 )
             )
         assert [r.status_code for r in responses] == [200] * 8
+        assert probe.most == 1
+
+
+class _GatedHasher:
+    """Stands around the real argon2 hasher: each verification says it started, then waits
+    for `gate` before hashing, and the most that ever ran at once is counted."""
+
+    def __init__(self, hasher: Any) -> None:
+        self._hasher = hasher
+        self._lock = threading.Lock()
+        self._running = 0
+        self.most = 0
+        self.started = threading.Semaphore(0)
+        self.gate = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._hasher, name)
+
+    def verify(self, *args: Any) -> Any:
+        with self._lock:
+            self._running += 1
+            self.most = max(self.most, self._running)
+        self.started.release()
+        try:
+            self.gate.wait(timeout=60)
+            return self._hasher.verify(*args)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+class TestHashingSlotOfACancelledRequest:
+    async def test_the_slot_is_held_until_the_hashing_thread_finishes(self) -> None:
+        """A verification whose caller is cancelled (the client left) while its thread still
+        hashes keeps its slot until that thread ends; the next one waits for it, so no more
+        than the configured number ever hash at once."""
+        passwords = PasswordHashing(
+            AuthSettings(
+                max_concurrent_password_hashes=1, argon2_time_cost=1, argon2_memory_cost_kib=1024
+            )
+        )
+        probe = _GatedHasher(passwords._hasher)
+        passwords._hasher = probe
+        stored = probe.hash(PASSWORD)
+        first = asyncio.create_task(passwords.verify(stored, PASSWORD))
+        try:
+            assert await asyncio.to_thread(probe.started.acquire, True, 30)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            # The cancelled caller is gone but its thread still hashes: its slot is not free.
+            assert passwords._slots.locked()
+            second = asyncio.create_task(passwords.verify(stored, PASSWORD))
+        finally:
+            probe.gate.set()
+        assert await asyncio.wait_for(second, 30) is True
         assert probe.most == 1

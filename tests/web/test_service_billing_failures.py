@@ -18,6 +18,7 @@ from ledger.errors import LedgerBusy
 from tests.web.conftest import TINY, TINY_CAP
 from tests.web.web_testing import chat, hold_streams_open, signed_in, sse_events
 from web import metrics
+from web.domain.chat import claims
 from web.tables import ChatRequestRow
 
 
@@ -277,34 +278,52 @@ class TestConversationCreateFailsAfterHold:
 
 class TestClaimJudgedByItsHold:
     async def test_slow_prepare_keeps_its_claim_while_its_hold_is_live(
-        self, make_server, make_settings
+        self, make_server, make_settings, monkeypatch
     ):
-        """Prepare took most of the hold TTL (slow engine prepare) before placing the hold: a retry
-        after the claim's age passed the TTL, while the hold is live, is 409, not a second
-        generation; the request is charged once."""
-        # The claim is made at 0 s and the hold placed at ~3 s (expiring at ~9 s); the retry
-        # comes at 7.5 s, when the claim is older than the TTL (6 s) but the hold is live,
-        # 1.5 s from either edge. The first stream is held open until then.
-        server = await make_server(make_settings(LEDGERCHAT_BILLING_HOLD_TTL_S="6"))
+        """Prepare took longer than the hold TTL (slow engine prepare) before placing the hold,
+        so the claim stamps itself with the hold's start: a retry after the claim's age passed
+        the TTL, while the hold is live, is 409, not a second generation.
+
+        The hold is placed later than the ledger search window an unstamped claim implies
+        (0.25 x TTL + TTL + clock slack after the claim), so only the stamp protects it: a
+        claim that did not renew would be judged abandoned and the retry would run."""
+        # TTL 4 s, slack 0.5 s: an unstamped claim's window ends at 1 + 4 + 0.5 = 5.5 s. The
+        # claim is made at 0 s, the hold placed at ~6.5 s (expiring at ~10.5 s); the retry
+        # comes at ~8.5 s: the claim is 8.5 s old (> TTL), its stamp 2 s old (< TTL), its
+        # hold live. The first stream is held open until then.
+        monkeypatch.setattr(claims, "CLOCK_SLACK_S", 0.5)
+        server = await make_server(make_settings(LEDGERCHAT_BILLING_HOLD_TTL_S="4"))
         await server.services.engine.load(TINY)
-        slow_first_prepare(server, 3)
+        slow_first_prepare(server, 6.5)
         resume, _cancelled = hold_streams_open(server)
         async with server.client() as client:
             headers = await signed_in(client, "twice")
             keyed = {**headers, "Idempotency-Key": "same-key"}
-            sampling = {"max_tokens": 40, "seed": 1, "stop": []}
-            first = asyncio.create_task(chat(client, keyed, "tell me", sampling=sampling))
-            await asyncio.sleep(7.5)
-            status, _, body = await chat(client, keyed, "tell me", sampling=sampling)
-            assert status == 409, body
-            assert body["error"]["code"] == "request_in_progress"
+            body = {"message": "tell me", "sampling": {"max_tokens": 40, "seed": 1, "stop": []}}
+            first = asyncio.create_task(chat(client, keyed, **body))
+            await wait_for_hold_placed(client, headers)
+            await asyncio.sleep(2)
+            # Only the status is read: a retry wrongly let through would stream (held open).
+            async with client.stream("POST", "/api/chat", json=body, headers=keyed) as retry:
+                if retry.status_code != 200:
+                    await retry.aread()
             resume.set()
+            assert retry.status_code == 409, retry.status_code
+            assert retry.json()["error"]["code"] == "request_in_progress"
             status, events, _ = await first
             assert status == 200
             assert events[-1].event == "done"
             await server.services.chat.wait_settlements(5)
             rows = await history(client, headers)
             assert types_of(rows).count("hold_placed") == 1
+
+
+async def wait_for_hold_placed(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            if "hold_placed" in types_of(await history(client, headers)):
+                return
+            await asyncio.sleep(0.1)
 
 
 class TestEarlyDisconnect:

@@ -69,6 +69,22 @@ class TestCrossSite:
             reads = await client.get("/health", headers={"Origin": "https://evil.example"})
             assert reads.status_code == 200
 
+    @pytest.mark.parametrize("path", ["/gradio_api/queue/join", "/gradio_api/run/predict"])
+    async def test_foreign_origin_on_the_pages_post_routes_is_refused(
+        self, make_server, settings, path
+    ):
+        """The Gradio page's state-changing routes get the same edge check as the API: a POST
+        from another site is 403 before Gradio runs; the page's own origin reaches Gradio."""
+        server = await make_server(settings, mount_ui=True)
+        body = {"data": [], "fn_index": 0, "session_hash": "origin-test"}
+        async with server.client() as client:
+            assert (await client.get("/")).status_code == 200
+            foreign = await client.post(path, json=body, headers={"Origin": "https://evil.example"})
+            assert foreign.status_code == 403, foreign.text
+            assert foreign.json()["error"]["code"] == "cross_origin_refused"
+            own = await client.post(path, json=body, headers={"Origin": server.base_url})
+            assert own.status_code != 403, own.text
+
     async def test_public_url_is_the_only_accepted_origin(self, make_server, make_settings):
         """With LEDGERCHAT_PUBLIC_URL set, the Origin must be exactly that origin."""
         server = await make_server(make_settings(LEDGERCHAT_PUBLIC_URL="https://chat.example"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -58,8 +58,24 @@ class PasswordHashing:
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
     async def _bounded(self, work: Callable[[], T]) -> T:
-        async with self._slots:
-            return await asyncio.to_thread(work)
+        """Run `work` in a thread once a slot is free. The slot is given back when the thread
+        finishes, not when the caller stops waiting: a request cancelled mid-hash (the client
+        left) cannot free a slot while its thread still hashes, so at most
+        `max_concurrent_password_hashes` hashes ever run at once."""
+        await self._slots.acquire()
+        try:
+            hashing = asyncio.ensure_future(asyncio.to_thread(work))
+        except BaseException:
+            self._slots.release()
+            raise
+        hashing.add_done_callback(self._slot_freed)
+        # Shielded: cancelling the caller leaves the thread's future (and its callback) alone.
+        return await asyncio.shield(hashing)
+
+    def _slot_freed(self, hashing: asyncio.Future[Any]) -> None:
+        self._slots.release()
+        if not hashing.cancelled():
+            hashing.exception()  # retrieved: a caller that left no longer waits for it
 
     async def hash(self, password: str) -> str:
         return await self._bounded(lambda: self._hasher.hash(password))

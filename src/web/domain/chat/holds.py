@@ -30,9 +30,11 @@ class ChatHolds:
         self._hold_ttl_s = hold_ttl_s
 
     async def place(
-        self, identity: Identity, request_id: str, credits: int, price: ModelPrice
+        self, identity: Identity, request_id: str, credits: int, model_id: str, price: ModelPrice
     ) -> str:
-        """Hold `credits` for the request; CreditsExhausted (402) when they are not available."""
+        """Hold `credits` for the request; CreditsExhausted (402) when they are not available.
+        The hold records the model and the price version it was placed under (receipts and
+        audits can tell which price a hold, and its capture, belong to)."""
         try:
             async with counted("place_hold"):
                 receipt = await self._ledger.place_hold(
@@ -42,6 +44,7 @@ class ChatHolds:
                     purpose="chat",
                     reference=request_id,
                     idempotency_key=f"chat:{request_id}:hold",
+                    metadata={"model": model_id, "price_version": price.version},
                 )
         except InsufficientCredits as exc:
             metrics.CHAT_REQUESTS.labels("insufficient_credits").inc()

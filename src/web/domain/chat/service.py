@@ -74,7 +74,6 @@ class ChatService:
             self._claims,
             self._holds,
             conversations,
-            prices.get,
             billing.partial_capture_on_disconnect,
         )
 
@@ -181,7 +180,7 @@ class ChatService:
         price = model.price
         hold_credits = cost_credits(price, prepared.prompt_tokens, prepared.max_completion_tokens)
         hold_started = time.perf_counter()
-        hold_id = await self._holds.place(identity, request_id, hold_credits, price)
+        hold_id = await self._holds.place(identity, request_id, hold_credits, model.id, price)
         stream: AsyncIterator[TextDelta | Finished] = NoStream()
         turn = Turn(
             identity=identity,

@@ -2,9 +2,11 @@
 final event, whether the consumer left and why, the deltas streamed), the price, the hold and
 the disconnect policy. No I/O: `turn.py` resolves the hold as decided here.
 
-- finished normally: capture the actual cost (never more than the hold);
-- the consumer stopped (disconnect, Stop): capture what was generated, or release all, per
-  `partial_capture_on_disconnect`; shutdown (`cancelled`) always releases;
+- finished normally (`stop`, `length`): capture the actual cost (never more than the hold),
+  with that finish reason, even when the consumer left after the engine had finished (the
+  reply was complete; only its reading was cut);
+- the consumer stopped (disconnect, Stop) while generating: capture what was generated, or
+  release all, per `partial_capture_on_disconnect`; shutdown (`cancelled`) always releases;
 - engine error or timeout (whoever left first): release in full, never billed.
 """
 
@@ -18,9 +20,11 @@ from web.domain.billing.prices import ModelPrice
 from web.domain.chat.pricing import cost_credits
 
 StopReason = Literal["aborted", "cancelled"]
-"""Why the consumer left early: `aborted` (client disconnect, Stop) or `cancelled` (shutdown)."""
+"""Why a generation was ended early: `aborted` (client disconnect, Stop) or `cancelled`
+(shutdown cut it after its grace)."""
 
 _RELEASE_OF_FAILURE = {"error": "failed", "timeout": "timeout"}
+_COMPLETED = frozenset({"stop", "length"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +37,10 @@ class StreamEnd:
     finished: Finished | None
     """The engine's final event with exact counts; None when it never came."""
     stopped: StopReason | None = None
-    """Set when the consumer left before the final event."""
+    """Set when the generation was asked to end early: the consumer left (`aborted`) or
+    shutdown cut it (`cancelled`)."""
     streamed_deltas: int = 0
-    """Generated deltas streamed before the consumer left; each is at least one token."""
+    """Non-empty deltas the engine produced before it ended; each is at least one token."""
     closing: bool = False
     """The service is shutting down."""
 
@@ -71,6 +76,9 @@ def decide_settlement(
     if finish_reason in _RELEASE_OF_FAILURE:
         # Cut by a failure (even if the consumer left at the same time): never billed.
         release_reason = _RELEASE_OF_FAILURE[finish_reason]
+    elif finish_reason in _COMPLETED:
+        # The engine finished before the stop reached it: a whole reply, billed as one.
+        pass
     elif end.stopped is not None:
         if finished is None:
             # No final count from the engine: bill the deltas streamed; each is at least one

@@ -1,7 +1,7 @@
 """One chat turn after it passed every check: `Turn` holds its state (claim, hold, engine
-stream), `PreparedChat` is what a front end gets from `ChatService.prepare`: iterate
-`events()` once, `cancel()` a chat that will never be streamed, `stop()` to end it and get the
-settled outcome."""
+stream, the `Reply` generated so far), `PreparedChat` is what a front end gets from
+`ChatService.prepare`: iterate `events()` once, `cancel()` a chat that will never be streamed,
+`stop()` to end it and get the settled outcome."""
 
 from __future__ import annotations
 
@@ -14,11 +14,58 @@ from typing import Protocol
 from inference.events import Finished, ModelStatus, TextDelta
 from web.domain.accounts.schemas import Identity
 from web.domain.billing.prices import ModelPrice
-from web.domain.chat.inputs import ChatInput
+from web.domain.chat.inputs import NUL, ChatInput
 from web.domain.chat.schemas import ChatCompleted, ChatEvent, ChatStarted
+from web.domain.chat.settlement import StopReason
 from web.logging import get_logger
 
 log = get_logger(__name__)
+
+
+class Reply:
+    """The reply as the engine generates it, read by the consumer at its own pace.
+
+    The generation pump appends to it and never waits for the reader, so generation and
+    settlement do not depend on the client reading; a reader that falls behind gets the text
+    it missed in one piece. It never holds more than the reply itself, which is bounded by the
+    request's token limit (each delta is at least one token) and kept anyway to be stored with
+    the outcome."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self.generated_deltas = 0
+        """Non-empty deltas the engine produced; each is at least one generated token."""
+        self.ended = False
+        """The generation has ended (the engine's final event, or a failure)."""
+        self._changed = asyncio.Event()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def add(self, delta: str) -> None:
+        if delta:
+            self.generated_deltas += 1
+        # A model can emit NUL (tiny or confused models do); it renders as nothing and
+        # PostgreSQL text cannot store it, so it never leaves the engine boundary.
+        text = delta.replace(NUL, "")
+        if text:
+            self._parts.append(text)
+            self._changed.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._changed.set()
+
+    async def read(self, cursor: int) -> tuple[str, int] | None:
+        """The text after the first `cursor` parts (waiting until there is some) and the new
+        cursor; None once the generation has ended and everything was read."""
+        while cursor == len(self._parts):
+            if self.ended:
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+        return "".join(self._parts[cursor:]), len(self._parts)
 
 
 @dataclasses.dataclass
@@ -43,8 +90,14 @@ class Turn:
     started_at: float
     billing_s: float = 0.0
     """Time spent on billing (claim, hold, capture or release, records)."""
+    reply: Reply = dataclasses.field(default_factory=Reply)
+    stopped: StopReason | None = None
+    """Why the generation was asked to end early: the consumer left (`aborted`) or shutdown
+    cut it (`cancelled`); None while it runs its course."""
+    failure: Exception | None = None
+    """What the engine's stream raised, if it failed instead of ending with its final event."""
     settlement: asyncio.Task[ChatCompleted] | None = None
-    """The one settlement of this turn, once its stream has ended."""
+    """The one task that drains this turn's generation and settles it, once streaming began."""
 
 
 class TurnRunner(Protocol):
