@@ -186,7 +186,7 @@ def not_run_reason(command: DocCommand) -> str | None:
 
 
 def has_placeholders(command: DocCommand) -> bool:
-    for word in command.words:
+    for word in (*command.words, *(value for _, value in command.env)):
         if any(mark in word for mark in PLACEHOLDER_MARKS):
             return True
         if re.fullmatch(r"[A-Z][A-Z0-9_]*", word):
