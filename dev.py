@@ -5,7 +5,8 @@ A fresh machine has only python3. This script makes a small virtual environment 
 (in `.nox-bootstrap/`), then hands over to the nox session of the same name, which builds the
 project's own environment from pyproject.toml and constraints.txt. Any further arguments pass
 through to the session (for `tests`, to pytest; for `serve`, to `ledgerchat serve`).
-Other sessions work the same way: `python3 dev.py props`, `lint`, `typecheck`, `bench`, `e2e`.
+Other sessions work the same way: `python3 dev.py props`, `lint`, `typecheck`, `bench`, `e2e`;
+`python3 dev.py ledgerchat ARGS...` runs any operator command (`user create`, `audit`, ...).
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ def main(argv: list[str]) -> int:
     if passthrough:
         command += ["--", *passthrough]
     os.chdir(ROOT)
-    return subprocess.call(command)
+    process = subprocess.Popen(command)
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            # The child had the same Ctrl-C and ends itself (serve: gracefully); killing it
+            # here, as subprocess.call would, cuts that short. A second Ctrl-C reaches it too.
+            continue
 
 
 if __name__ == "__main__":

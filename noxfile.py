@@ -4,7 +4,8 @@ Every session installs the project with constraints.txt, which pins torch to the
 machine kind keeps on disk. Virtual environments are reused between runs, and the install is
 skipped when pyproject.toml and constraints.txt are unchanged since the last one in that
 environment (a stamp file in the venv), so a second `python3 dev.py serve` starts in seconds.
-`LEDGERCHAT_REINSTALL=1` forces the install.
+`LEDGERCHAT_REINSTALL=1` forces the install. `python3 dev.py ledgerchat ARGS...` runs any
+operator command (`user create`, `audit`, ...) in the `serve` session's environment.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ OFFLINE_ENV = {
 
 INSTALL_INPUTS = ("pyproject.toml", "constraints.txt")
 INSTALL_STAMP = "ledgerchat-install.sha256"
+ENVS_DIR = Path(__file__).resolve().parent / ".nox"
+# Sessions whose environment is this project installed with the same inputs: any of them whose
+# install is current can run `ledgerchat` (serve's first), so an operator command after the
+# Quick start (or inside the test suite) installs nothing.
+PROJECT_SESSIONS = ("serve", "tests", "e2e", "typecheck", "bench", "props")
 
 
 def _install_fingerprint() -> str:
@@ -41,6 +47,11 @@ def _install_fingerprint() -> str:
     for name in INSTALL_INPUTS:
         digest.update(name.encode() + b"\0" + Path(name).read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def _install_is_current(location: Path) -> bool:
+    stamp = location / INSTALL_STAMP
+    return stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == _install_fingerprint()
 
 
 def install_project(session: nox.Session) -> None:
@@ -52,11 +63,7 @@ def install_project(session: nox.Session) -> None:
     stamp = Path(location) / INSTALL_STAMP if location else None
     fingerprint = _install_fingerprint()
     forced = os.environ.get("LEDGERCHAT_REINSTALL") == "1"
-    unchanged = (
-        stamp is not None
-        and stamp.is_file()
-        and stamp.read_text(encoding="utf-8").strip() == fingerprint
-    )
+    unchanged = location is not None and _install_is_current(Path(location))
     if unchanged and not forced:
         session.log(
             "install unchanged since the last run: skipped (LEDGERCHAT_REINSTALL=1 forces it)"
@@ -135,4 +142,29 @@ def bench(session: nox.Session) -> None:
 def serve(session: nox.Session) -> None:
     """Run the service on http://127.0.0.1:8000 with the bundled Gemma 3 270M and a SQLite file."""
     install_project(session)
-    session.run("ledgerchat", "serve", *session.posargs, env=OFFLINE_ENV)
+    # No interrupt timeout: on Ctrl-C nox would terminate serve after 0.3 s and kill it 0.2 s
+    # later, cutting the graceful shutdown (streams finish, holds settle) short.
+    session.run("ledgerchat", "serve", *session.posargs, env=OFFLINE_ENV, interrupt_timeout=None)
+
+
+@nox.session(venv_backend="none")
+def ledgerchat(session: nox.Session) -> None:
+    """Any `ledgerchat` command: `python3 dev.py ledgerchat user create alice --email
+    alice@example.org --admin`. It runs in the `serve` session's environment (or another
+    session's whose install is current); only when none is current does it install first
+    (`nox -s serve --install-only`), so an operator command starts in seconds."""
+    forced = os.environ.get("LEDGERCHAT_REINSTALL") == "1"
+    current = [ENVS_DIR / name for name in PROJECT_SESSIONS if _install_is_current(ENVS_DIR / name)]
+    if forced or not current:
+        session.run(
+            sys.executable, "-m", "nox", "--noxfile", __file__, "-s", "serve", "--install-only"
+        )
+        current = [ENVS_DIR / "serve"]
+    command = str(current[0] / "bin" / "ledgerchat")
+    session.log(f"{command} {' '.join(session.posargs)}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Replaced by the command itself, not run under nox: its exit code (audit: 1 findings, 2
+    # errors) reaches the caller unchanged, stdout and stderr stay apart (nox merges them), and
+    # Ctrl-C reaches it alone (nox would kill it 0.5 s later).
+    os.execve(command, [command, *session.posargs], {**os.environ, **OFFLINE_ENV})

@@ -8,6 +8,7 @@ fallback model when the catalog names one; the final event then says which model
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -42,6 +43,7 @@ class _ModelState:
         # The one load in flight; every caller awaits it shielded, so a caller that is
         # cancelled neither stops it nor lets a second load of the same model start.
         self.load_task: asyncio.Task[LoadedModel] | None = None
+        self.load_started_at: float | None = None  # time.monotonic() when load_task began
         self.loaded: LoadedModel | None = None
         self.scheduler: ModelScheduler | None = None
         self.load_error: InferenceError | None = None
@@ -137,6 +139,14 @@ class Engine:
         state = self._states.get(model_id)
         return state.loaded if state is not None else None
 
+    def loading_for_s(self, model_id: str) -> float | None:
+        """Seconds since the load in flight of this model began; None when none is (it is
+        loaded, failed, or has not been asked for). Lets a caller refuse instead of waiting."""
+        state = self._state(model_id)
+        if state.load_task is None or state.load_started_at is None:
+            return None
+        return time.monotonic() - state.load_started_at
+
     async def load(self, model_id: str) -> LoadedModel:
         """Loads a model now (no fallback); raises what loading raised."""
         return await self._ensure_loaded(self._state(model_id))
@@ -208,6 +218,7 @@ class Engine:
             # Loading is expensive; a model that failed stays failed until restart.
             raise state.load_error
         if state.load_task is None:
+            state.load_started_at = time.monotonic()
             state.load_task = asyncio.create_task(self._load(state))
             state.load_task.add_done_callback(_retrieve_exception)
         return await asyncio.shield(state.load_task)
@@ -240,6 +251,7 @@ class Engine:
             return loaded
         finally:
             state.load_task = None
+            state.load_started_at = None
 
     def _drop_if_crashed(self, state: _ModelState) -> None:
         """Forget a model whose scheduler thread died, so the next request loads it again

@@ -98,3 +98,14 @@ class CreditsExhausted(ServiceError):
 
 class ShuttingDown(ServiceError):
     code = "shutting_down"
+
+
+class ModelLoading(ServiceError):
+    """The model is still loading (the port opens before the default model is loaded): the
+    chat is refused at once, before anything is claimed or held, instead of waiting."""
+
+    code = "model_loading"
+
+    def __init__(self, message: str, *, model_id: str, retry_after_s: int) -> None:
+        super().__init__(message, model_id=model_id, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s

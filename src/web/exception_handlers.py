@@ -49,6 +49,7 @@ SERVICE_STATUS: dict[type[errors.ServiceError], int] = {
     errors.RequestInProgress: 409,
     errors.CreditsExhausted: 402,
     errors.ShuttingDown: 503,
+    errors.ModelLoading: 503,
 }
 LEDGER_STATUS: dict[type[LedgerError], int] = {
     InvalidArgument: 422,
@@ -113,7 +114,7 @@ def service_error_handler(_: Request[Any, Any, Any], exc: errors.ServiceError) -
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status == 503:
-        headers["Retry-After"] = str(RETRY_AFTER_BUSY_S)
+        headers.setdefault("Retry-After", str(RETRY_AFTER_BUSY_S))
     return _json(status, error_body(exc.code, exc.message, exc.details), headers)
 
 

@@ -118,14 +118,19 @@ ServerFactory = Callable[..., Any]
 
 @pytest.fixture
 async def make_server() -> AsyncIterator[ServerFactory]:
-    """await make_server(settings, **create_app kwargs) -> LiveServer; stopped afterwards."""
+    """await make_server(settings, wait_for_model=True, **create_app kwargs) -> LiveServer;
+    stopped afterwards. It returns once the default model's load at start has ended (as
+    `serve` prints its ready line), since a chat sent while it loads is refused with
+    `model_loading`; `wait_for_model=False` returns as soon as the port listens."""
     servers: list[LiveServer] = []
 
-    async def factory(settings: Settings, **kwargs: Any) -> LiveServer:
+    async def factory(settings: Settings, wait_for_model: bool = True, **kwargs: Any) -> LiveServer:
         kwargs.setdefault("mount_ui", False)
         kwargs.setdefault("configure_logs", False)
         server = await start_server(create_app(settings, **kwargs))
         servers.append(server)
+        if wait_for_model:
+            await server.services.default_model_outcome()
         return server
 
     yield factory

@@ -37,11 +37,15 @@ from web.domain.chat.inputs import (
 from web.domain.chat.pricing import cost_credits
 from web.domain.chat.streams import ChatStreams, NoStream
 from web.domain.chat.turn import PreparedChat, Turn
-from web.errors import NotFound, RateLimited, ShuttingDown
+from web.errors import ModelLoading, NotFound, RateLimited, ShuttingDown
 from web.rate_limit import RateLimiter
 from web.settings import BillingSettings, ChatSettings
 
 __all__ = ["ChatInput", "ChatService", "PreparedChat"]
+
+# What a chat refused while its model loads is told to wait: loading the bundled 270M from its
+# cached copy takes seconds (a GGUF load without one, under a minute).
+MODEL_LOADING_RETRY_AFTER_S = 5
 
 
 class ChatService:
@@ -106,6 +110,7 @@ class ChatService:
             raise ShuttingDown("the service is shutting down; retry shortly")
         validate_chat_input(chat_input, self._chat, self._billing)
         model = self.find_model(chat_input.model_id)
+        self._refuse_while_loading(model.id)
         key = chat_input.idempotency_key or f"auto-{uuid.uuid4()}"
         claim_started = time.perf_counter()
         claimed = await self._claims.claim(identity, chat_input, key)
@@ -126,6 +131,20 @@ class ChatService:
         retry_after_s = self._rate_limiter.hit(f"chat:{identity.user_id}")
         if retry_after_s:
             raise RateLimited("too many chat requests for this user", retry_after_s=retry_after_s)
+
+    def _refuse_while_loading(self, model_id: str) -> None:
+        """The port opens before the default model has loaded (and a load may be in flight
+        for another model): a chat then is refused at once, nothing claimed or held, rather
+        than left hanging until the load ends."""
+        loading_for_s = self._engine.loading_for_s(model_id)
+        if loading_for_s is None:
+            return
+        raise ModelLoading(
+            f"The model {model_id} is still loading (started {loading_for_s:.0f} s ago). "
+            f"Nothing was charged; try again in {MODEL_LOADING_RETRY_AFTER_S} seconds.",
+            model_id=model_id,
+            retry_after_s=MODEL_LOADING_RETRY_AFTER_S,
+        )
 
     async def _context(
         self, identity: Identity, chat_input: ChatInput
