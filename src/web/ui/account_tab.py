@@ -50,6 +50,8 @@ class AccountTab:
             interactive=False,
             elem_id="history-table",
             wrap=True,
+            # Fixed shares, so the Amount column is never pushed behind a sideways scroll.
+            column_widths=["28%", "50%", "22%"],
         )
         self.events_table = gr.Dataframe(
             headers=EVENT_COLUMNS,

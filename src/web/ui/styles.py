@@ -65,8 +65,9 @@ tr.lc-violation td { font-family: var(--font-mono); font-weight: 400; }
   #history-controls { display: grid !important; grid-template-columns: 1fr 1fr; gap: 6px; }
   #history-controls > * { min-width: 0 !important; }
   .lc-prices thead { display: none; }
-  .lc-prices tr { display: block; padding: 6px 0;
-    border-bottom: 1px solid var(--border-color-primary); }
+  .lc-prices, .lc-prices tbody { display: block; border: none !important; }
+  .lc-prices tr { display: block; padding: 6px 0; border: none !important;
+    border-bottom: 1px solid var(--border-color-primary) !important; }
   .lc-prices td { display: block; border: none !important; padding: 2px 4px; }
   .lc-prices td:first-child { font-weight: 600; }
 }
