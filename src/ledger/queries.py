@@ -46,6 +46,14 @@ class LedgerQueries:
         # The store checked the state's invariants after reading it (InvariantViolation).
         return Balance.of(state.posted, state.held)
 
+    async def open_holds(self, account_id: str) -> dict[str, int]:
+        """The account's unresolved holds: hold id -> credits held (the same snapshot plus
+        events `balance` reads)."""
+        state = await self._store.read_state(lookup_id(account_id))
+        if state is None:
+            raise AccountNotFound(account_id)
+        return {hold_id: hold.amount for hold_id, hold in state.holds.items()}
+
     async def history(
         self,
         account_id: str,

@@ -96,6 +96,25 @@ class TestCommands:
         page = await ledger.history(funded, limit=1)
         assert page.entries[0].reason == "aborted"
 
+    async def test_open_holds_lists_unresolved_holds_only(
+        self, ledger: Ledger, funded: str
+    ) -> None:
+        """open_holds: hold id -> amount of every hold neither captured nor released."""
+        kept = await ledger.place_hold(
+            funded, 40, purpose="chat", reference="a", idempotency_key="h-a"
+        )
+        captured = await ledger.place_hold(
+            funded, 30, purpose="chat", reference="b", idempotency_key="h-b"
+        )
+        released = await ledger.place_hold(
+            funded, 20, purpose="chat", reference="c", idempotency_key="h-c"
+        )
+        await ledger.capture_hold(funded, captured.hold, 10, idempotency_key="c-b")
+        await ledger.release_hold(funded, released.hold, reason="failed", idempotency_key="r-c")
+        assert await ledger.open_holds(funded) == {kept.hold: 40}
+        with pytest.raises(AccountNotFound):
+            await ledger.open_holds("acct_missing")
+
     async def test_insufficient_credits_states_figures_and_writes_nothing(
         self, ledger: Ledger, funded: str
     ) -> None:

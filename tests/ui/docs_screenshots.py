@@ -86,7 +86,7 @@ def main() -> int:
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(args.out / "chat.png"))
         page.get_by_role("tab", name="Account").click()
-        expect(page.locator("#history-table")).to_contain_text("hold_captured")
+        expect(page.locator("#history-table")).to_contain_text("Reply")
         time.sleep(2)  # let the plots draw
         page.screenshot(path=str(args.out / "account.png"), full_page=True)
         page.set_viewport_size(PHONE)

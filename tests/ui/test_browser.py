@@ -171,11 +171,7 @@ class TestChat:
         )
         open_account(page)
         # The Dataframe's accessible grid, not its hidden measuring table, shows the rows.
-        charge = (
-            page.locator("#history-table")
-            .get_by_role("row", name=re.compile(r"hold_captured"))
-            .first
-        )
+        charge = page.locator("#history-table").get_by_role("row", name=re.compile(r"Reply")).first
         expect(charge).to_contain_text(TINY_MODEL)
         shots(page, "account")
         expect(charge.get_by_role("gridcell", name=str(-usage["cost"]), exact=True)).to_have_count(
@@ -348,7 +344,7 @@ class TestAccountAndAdmin:
         page.locator("#revoke-choice input").click()
         page.locator('[data-testid="dropdown-option"]', has_text="laptop").first.click()
         page.locator("#revoke-key").click()
-        expect(page.locator("#account-notice")).to_contain_text("revoked")
+        expect(page.locator("#key-revoke-notice")).to_contain_text("revoked")
         expect(page.locator("#keys-table")).to_contain_text("revoked")
         shots(page, "key-revoked")
 
@@ -406,7 +402,7 @@ class TestAccountAndAdmin:
         page.locator('[data-testid="dropdown-option"]', has_text=admin_name).first.click()
         field(page, "topup-amount").fill("250")
         page.locator("#topup-button").click()
-        expect(page.locator("#admin-notice")).to_contain_text("Added 250 credits")
+        expect(page.locator("#topup-notice")).to_contain_text("Added 250 credits")
         shots(page, "topped-up")
         page.locator("#audit-button").click()
         expect(page.locator("#audit-report")).to_contain_text("Audit clean")

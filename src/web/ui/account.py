@@ -1,12 +1,11 @@
-"""The account page's actions: balance, paged transaction history with CSV export, usage
-plots per day and model, and API keys (created secrets are shown once). Reads and writes go
-through the billing and keys services; nothing here computes money.
+"""The account page's actions: balance, the history (one row per reply, top-up or refund, or
+every raw ledger event) in pages with CSV export, prices, usage plots per day and model, and
+API keys (a created secret is shown once, and never again once that key is revoked). Reads
+and writes go through the billing, chat and keys services; nothing here computes money.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import html
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,21 +14,22 @@ import gradio as gr
 import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the env
 
 from web.domain.accounts.schemas import Identity
-from web.domain.billing.schemas import TransactionView, UsageReport
+from web.domain.billing.schemas import UsageReport
 from web.errors import ServiceError
 from web.services import Services
+from web.ui.account_text import (
+    EVENTS_VIEW,
+    event_rows,
+    history_rows,
+    long_time,
+    prices_html,
+)
 from web.ui.export_files import private_folder, schedule_sweep, sweep
 from web.ui.session import SessionEnded, UISession, identity
 from web.ui.text import balance_html, notice_html
 
 HISTORY_PAGE_SIZE = 20
-HISTORY_COLUMNS = ["Time (UTC)", "Type", "Amount", "Balance after", "Model", "Tokens", "Reason"]
 USAGE_DAYS = 30
-KEY_COLUMNS = ["Id", "Name", "Prefix", "Created (UTC)", "Last used", "Status"]
-
-
-def _time(value: dt.datetime | None) -> str:
-    return "" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _fresh_csv_path(username: str, ttl_s: float) -> Path:
@@ -38,26 +38,6 @@ def _fresh_csv_path(username: str, ttl_s: float) -> Path:
     sweep(ttl_s)
     schedule_sweep(ttl_s)
     return private_folder() / f"transactions-{username}-{uuid.uuid4().hex[:8]}.csv"
-
-
-def transaction_rows(transactions: list[TransactionView]) -> list[list[Any]]:
-    rows = []
-    for row in transactions:
-        tokens = ""
-        if row.prompt_tokens is not None or row.completion_tokens is not None:
-            tokens = f"{row.prompt_tokens or 0} + {row.completion_tokens or 0}"
-        rows.append(
-            [
-                _time(row.occurred_at),
-                row.type,
-                row.amount,
-                row.balance_after,
-                row.model or "",
-                tokens,
-                row.reason or row.note or "",
-            ]
-        )
-    return rows
 
 
 def usage_frames(report: UsageReport) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -94,6 +74,14 @@ def balance_cards(posted: int, held: int, available: int) -> str:
     )
 
 
+def _page_number(page_label: str) -> int:
+    """0-based index of `Page N` / `Page N (last)`; 0 for anything else."""
+    parts = page_label.split()
+    if len(parts) >= 2 and parts[0] == "Page" and parts[1].isdigit():
+        return int(parts[1]) - 1
+    return 0
+
+
 class AccountActions:
     """Handlers of the account page, bound to the application services."""
 
@@ -103,22 +91,25 @@ class AccountActions:
     async def _identity(self, session: UISession) -> Identity:
         return await identity(session, self._services.accounts)
 
-    async def overview(self, session: UISession) -> tuple[Any, ...]:
-        """Everything on the page, first history page. Returns (badge, cards, history,
-        page label, credits plot, tokens plot, key table, revoke choices, notice)."""
+    async def overview(self, session: UISession, view: str) -> tuple[Any, ...]:
+        """Everything on the page, first history page of `view`. Returns (badge, cards,
+        summary table, events table, page label, prices, credits plot, tokens plot, key
+        table, revoke choices, history notice)."""
         try:
             caller = await self._identity(session)
         except SessionEnded as ended:
-            return (*([gr.skip()] * 8), notice_html("error", ended.message))
+            return (*([gr.skip()] * 10), notice_html("error", ended.message))
         session.history_cursors = [None]
         balance = await self._services.billing.balance(caller)
-        history, page_label = await self._history_page(caller, session, 0)
+        summary, events, page_label = await self._history_page(caller, session, view, 0)
         credits, tokens = usage_frames(await self._services.billing.usage(caller))
         return (
             balance_html(balance.available, balance.held),
             balance_cards(balance.posted, balance.held, balance.available),
-            history,
+            summary,
+            events,
             page_label,
+            prices_html(self._services.chat.models(), operator_detail=caller.is_admin),
             credits,
             tokens,
             *await self._keys(caller),
@@ -126,33 +117,48 @@ class AccountActions:
         )
 
     async def _history_page(
-        self, caller: Identity, session: UISession, index: int
-    ) -> tuple[list[list[Any]], str]:
-        page = await self._services.billing.transactions(
-            caller, cursor=session.history_cursors[index], limit=HISTORY_PAGE_SIZE
-        )
+        self, caller: Identity, session: UISession, view: str, index: int
+    ) -> tuple[Any, Any, str]:
+        """Page `index` of the chosen view; the other view's table is hidden."""
+        cursor = session.history_cursors[index]
+        billing = self._services.billing
+        if view == EVENTS_VIEW:
+            page = await billing.transactions(caller, cursor=cursor, limit=HISTORY_PAGE_SIZE)
+            next_cursor = page.next_cursor
+            summary = gr.update(visible=False)
+            events = gr.update(value=event_rows(page.transactions), visible=True)
+        else:
+            grouped = await billing.history(caller, cursor=cursor, limit=HISTORY_PAGE_SIZE)
+            next_cursor = grouped.next_cursor
+            summary = gr.update(value=history_rows(grouped.items), visible=True)
+            events = gr.update(visible=False)
         del session.history_cursors[index + 1 :]
-        if page.next_cursor is not None:
-            session.history_cursors.append(page.next_cursor)
-        has_next = page.next_cursor is not None
-        label = f"Page {index + 1}" + ("" if has_next else " (last)")
-        return transaction_rows(page.transactions), label
+        if next_cursor is not None:
+            session.history_cursors.append(next_cursor)
+        label = f"Page {index + 1}" + ("" if next_cursor is not None else " (last)")
+        return summary, events, label
 
-    async def turn_page(self, session: UISession, page_label: str, step: int) -> tuple[Any, ...]:
-        """Previous (-1) or next (+1) history page. Returns (history, page label, notice)."""
+    async def turn_page(
+        self, session: UISession, page_label: str, view: str, step: int
+    ) -> tuple[Any, ...]:
+        """Previous (-1) or next (+1) page, or the first page again when `step` is 0 (a new
+        view). Returns (summary table, events table, page label, notice)."""
         try:
             caller = await self._identity(session)
         except SessionEnded as ended:
-            return gr.skip(), gr.skip(), notice_html("error", ended.message)
-        current = int(page_label.split()[1]) - 1 if page_label.startswith("Page ") else 0
-        target = current + step
+            return gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
+        if step == 0:
+            session.history_cursors = [None]
+            target = 0
+        else:
+            target = _page_number(page_label) + step
         if target < 0 or target >= len(session.history_cursors):
-            return gr.skip(), gr.skip(), notice_html("info", "No more pages that way.")
-        history, label = await self._history_page(caller, session, target)
-        return history, label, notice_html("info", "")
+            return gr.skip(), gr.skip(), gr.skip(), notice_html("info", "No more pages that way.")
+        summary, events, label = await self._history_page(caller, session, view, target)
+        return summary, events, label, notice_html("info", "")
 
     async def export_csv(self, session: UISession) -> tuple[Any, str]:
-        """Write the full history as CSV for download. Returns (file, notice)."""
+        """Write every ledger event as CSV for download. Returns (file, notice)."""
         try:
             caller = await self._identity(session)
         except SessionEnded as ended:
@@ -160,7 +166,9 @@ class AccountActions:
         text = await self._services.billing.transactions_csv(caller)
         path = _fresh_csv_path(caller.username, self._services.settings.server.csv_export_ttl_s)
         path.write_text(text, encoding="utf-8")
-        return gr.update(value=str(path), visible=True), notice_html("success", "CSV ready.")
+        return gr.update(value=str(path), visible=True), notice_html(
+            "success", "CSV of every ledger event ready: download it below."
+        )
 
     async def _keys(self, caller: Identity) -> tuple[list[list[Any]], Any]:
         """The key table and the revoke selector's choices (active keys only)."""
@@ -170,11 +178,10 @@ class AccountActions:
         ]
         rows = [
             [
-                key.id,
                 key.name,
                 f"{key.prefix}…",
-                _time(key.created_at),
-                _time(key.last_used_at),
+                long_time(key.created_at),
+                long_time(key.last_used_at),
                 "revoked" if key.revoked_at else "active",
             ]
             for key in keys
@@ -182,16 +189,18 @@ class AccountActions:
         return rows, gr.update(choices=choices, value=None)
 
     async def create_key(self, session: UISession, name: str) -> tuple[Any, ...]:
-        """Returns (secret box, key table, revoke choices, notice); the secret is shown once."""
+        """Returns (secret box, id of the key shown, key table, revoke choices, notice); the
+        secret is shown once."""
         try:
             caller = await self._identity(session)
             created = await self._services.api_keys.create(caller, name.strip() or "default")
         except SessionEnded as ended:
-            return gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
+            return (*([gr.skip()] * 4), notice_html("error", ended.message))
         except ServiceError as error:
-            return gr.skip(), gr.skip(), gr.skip(), notice_html("error", error.message)
+            return (*([gr.skip()] * 4), notice_html("error", error.message))
         return (
             gr.update(value=created.secret, visible=True),
+            created.key.id,
             *await self._keys(caller),
             notice_html(
                 "success",
@@ -199,40 +208,29 @@ class AccountActions:
             ),
         )
 
-    async def revoke_key(self, session: UISession, key_id: Any) -> tuple[Any, Any, str]:
-        """Returns (key table, revoke choices, notice)."""
+    async def revoke_key(
+        self, session: UISession, key_id: Any, shown_key_id: Any
+    ) -> tuple[Any, ...]:
+        """Returns (secret box, id of the key shown, key table, revoke choices, notice). The
+        secret on screen goes when its key is revoked: a revoked key is never shown again."""
         if key_id in (None, ""):
-            return gr.skip(), gr.skip(), notice_html("error", "Choose the key to revoke.")
+            return (*([gr.skip()] * 4), notice_html("error", "Choose the key to revoke."))
         try:
             caller = await self._identity(session)
             revoked = await self._services.api_keys.revoke(caller, int(key_id))
         except SessionEnded as ended:
-            return gr.skip(), gr.skip(), notice_html("error", ended.message)
+            return (*([gr.skip()] * 4), notice_html("error", ended.message))
         except ServiceError as error:
-            return gr.skip(), gr.skip(), notice_html("error", error.message)
+            return (*([gr.skip()] * 4), notice_html("error", error.message))
         rows, choices = await self._keys(caller)
-        return rows, choices, notice_html("success", f"Key {revoked.name!r} revoked.")
-
-
-def audit_html(clean: bool, report: dict[str, Any]) -> str:
-    """The audit report with each violation highlighted; values are escaped."""
-    violations = report.get("violations") or []
-    if clean and not violations:
-        summary = '<div class="lc-notice lc-notice-success">Audit clean: no violations.</div>'
-    else:
-        summary = (
-            f'<div class="lc-notice lc-notice-error">{len(violations)} violation(s) found.</div>'
+        if shown_key_id is not None and int(shown_key_id) == revoked.id:
+            secret, shown = gr.update(value="", visible=False), None
+        else:
+            secret, shown = gr.skip(), shown_key_id
+        return (
+            secret,
+            shown,
+            rows,
+            choices,
+            notice_html("success", f"Key {revoked.name!r} revoked."),
         )
-    items = "".join(
-        f'<li class="lc-violation">{html.escape(str(violation))}</li>' for violation in violations
-    )
-    details = "".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
-        for key, value in report.items()
-        if key != "violations"
-    )
-    return (
-        f'<div class="lc-audit">{summary}'
-        + (f'<ul class="lc-violations">{items}</ul>' if items else "")
-        + f'<table class="lc-audit-table">{details}</table></div>'
-    )

@@ -46,6 +46,33 @@ PAGE_CSS = """
 }
 """
 
+# The account and admin pages' tables (prices, audit) and narrow-screen history.
+PAGE_CSS += """
+.lc-table-wrap { max-width: 100%; overflow-x: auto; }
+.lc-prices, .lc-audit-table { border-collapse: collapse; width: 100%; font-size: 0.92rem; }
+.lc-prices th, .lc-prices td, .lc-audit-table th, .lc-audit-table td { text-align: left;
+  padding: 6px 10px; border-bottom: 1px solid var(--border-color-primary); vertical-align: top; }
+.lc-model-id { font-family: var(--font-mono); font-size: 0.85em; opacity: 0.7; }
+.lc-price-unavailable td { opacity: 0.6; }
+.lc-audit h4 { margin: 12px 0 4px; }
+.lc-audit-ok td:last-child { color: #065f46; }
+tr.lc-audit-fail, tr.lc-violation { background: #fef2f2; color: #991b1b; font-weight: 600; }
+tr.lc-violation td { font-family: var(--font-mono); font-weight: 400; }
+.lc-prices, .lc-prices th, .lc-prices td, .lc-audit-table, .lc-audit-table th,
+.lc-audit-table td { border-left: none !important; border-right: none !important; }
+.lc-prices, .lc-audit-table { border-top: none !important; }
+@media (max-width: 720px) {
+  #history-controls { display: grid !important; grid-template-columns: 1fr 1fr; gap: 6px; }
+  #history-controls > * { min-width: 0 !important; }
+  .lc-prices thead { display: none; }
+  .lc-prices, .lc-prices tbody { display: block; border: none !important; }
+  .lc-prices tr { display: block; padding: 6px 0; border: none !important;
+    border-bottom: 1px solid var(--border-color-primary) !important; }
+  .lc-prices td { display: block; border: none !important; padding: 2px 4px; }
+  .lc-prices td:first-child { font-weight: 600; }
+}
+"""
+
 # Gradio's dropdown cannot disable single options, so the page marks the options whose label
 # says "unavailable" as disabled (greyed, not clickable, aria-disabled) as they are rendered.
 # The server still refuses an unavailable model if one is chosen some other way.

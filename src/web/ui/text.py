@@ -138,5 +138,5 @@ def balance_html(available: int, held: int) -> str:
         '<div class="lc-balance" id="lc-balance-badge">'
         f'<span class="lc-balance-label">Balance</span> '
         f'<span class="lc-balance-amount" data-available="{available}">{available:,}</span>'
-        f" credits{held_part}</div>"
+        f" {'credit' if available == 1 else 'credits'}{held_part}</div>"
     )

@@ -1,4 +1,4 @@
-"""HTTP handlers of money reads: /api/balance, /api/transactions, /api/usage."""
+"""HTTP handlers of money reads: /api/balance, /api/history, /api/transactions, /api/usage."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from litestar.params import FromQuery, QueryParameter
 from web.auth import IDENTITY_DEPENDENCY, SECURITY
 from web.domain.accounts.schemas import Identity
 from web.domain.billing.deps import BILLING_DEPENDENCIES
+from web.domain.billing.history import HistoryPage
 from web.domain.billing.schemas import TransactionsPage, UsageReport
 from web.domain.billing.services import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, BillingService
 from web.domain.chat.schemas import BalanceView
@@ -31,6 +32,18 @@ class BillingController(Controller):
     ) -> BalanceView:
         """Posted credits, credits held by running chats, and what is available."""
         return await billing.balance(identity)
+
+    @get("/history")
+    async def history(
+        self,
+        identity: NamedDependency[Identity],
+        billing: NamedDependency[BillingService],
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    ) -> HistoryPage:
+        """One item per chat reply (pending while its hold is open; the released rest folded
+        in), top-up, refund or charge, newest first. The raw events are /api/transactions."""
+        return await billing.history(identity, cursor=cursor, limit=limit)
 
     @get(
         "/transactions",

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger import HistoryEntry, Ledger
 from web.domain.accounts.schemas import Identity
+from web.domain.billing.history import HistoryPage, grouped_history
 from web.domain.billing.schemas import TransactionsPage, TransactionView, UsageReport, UsageRow
 from web.domain.chat.schemas import BalanceView
 from web.errors import ValidationFailed
@@ -143,6 +144,15 @@ class BillingService:
             transactions=[transaction_view(entry) for entry in page.entries],
             next_cursor=page.next_cursor,
         )
+
+    async def history(
+        self, identity: Identity, *, cursor: str | None = None, limit: int = DEFAULT_PAGE_SIZE
+    ) -> HistoryPage:
+        """One item per reply (its hold's events folded together), top-up, refund or charge,
+        newest first (web.domain.billing.history)."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValidationFailed(f"limit must be 1-{MAX_PAGE_SIZE}", field="limit")
+        return await grouped_history(self._ledger, identity.account_id, cursor=cursor, limit=limit)
 
     async def transactions_csv(
         self,
