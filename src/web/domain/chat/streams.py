@@ -29,6 +29,7 @@ from web.domain.chat.schemas import (
     ChatDelta,
     ChatEvent,
     ChatStarted,
+    MessageUsage,
     SettlementKind,
 )
 from web.domain.chat.settlement import (
@@ -273,6 +274,7 @@ class ChatStreams:
                     chat_input.message,
                     text,
                     done.model_answered,
+                    usage=MessageUsage.of(done),
                 )
             except Exception as exc:
                 # Credit has moved: the outcome below must be stored whatever happened to the
