@@ -189,6 +189,15 @@ class MessageRow(Base):
     content: Mapped[str] = mapped_column(Text)
     model_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # What an assistant message cost, so a reopened conversation shows each reply's cost line
+    # (migration 0004). NULL on user messages and on replies stored before that revision.
+    request_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    cost_credits: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model_requested: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    settlement: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    release_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ChatRequestRow(Base):

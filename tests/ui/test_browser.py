@@ -21,6 +21,7 @@ from tests.ui.conftest import (
     BROKEN_MODEL,
     MISSING_MODEL,
     PREMIUM_MODEL,
+    PREMIUM_PER_MESSAGE_CREDITS,
     SIGNUP_GRANT_CREDITS,
     TEST_PASSWORD,
     TINY_MAX_NEW_TOKENS_CAP,
@@ -252,13 +253,16 @@ class TestChat:
     def test_unavailable_model_is_listed_with_its_reason_and_disabled(
         self, page: Page, shots: Shots, unique_name: Callable[[str], str]
     ) -> None:
-        """Every catalog model is listed with its price; an unavailable one says why and is
-        greyed out and not clickable."""
+        """Every catalog model is listed; the chosen one's price is on the line under the
+        message box; an unavailable one says it is not installed and is greyed out and not
+        clickable."""
         sign_up_and_in(page, unique_name("models"), TEST_PASSWORD)
+        expect(page.locator("#model-price")).to_contain_text("Tiny Gemma: 1 cr/message")
         page.locator("#model-select input").click()
         options = page.locator('[data-testid="dropdown-option"]')
-        expect(options.filter(has_text="Tiny Gemma Premium")).to_contain_text("cr/message")
-        expect(options.filter(has_text="Tiny Gemma Missing")).to_contain_text("unavailable")
+        expect(options.filter(has_text="Tiny Gemma Missing")).to_contain_text(
+            "unavailable: not installed on this server"
+        )
         missing = options.filter(has_text="Tiny Gemma Missing")
         expect(missing).to_have_attribute("aria-disabled", "true")
         assert missing.evaluate("option => getComputedStyle(option).pointerEvents") == "none"
@@ -266,6 +270,10 @@ class TestChat:
             "aria-disabled", "true"
         )
         shots(page, "model-list")
+        options.filter(has_text="Tiny Gemma Premium").first.click()
+        expect(page.locator("#model-price")).to_contain_text(
+            f"Tiny Gemma Premium: {PREMIUM_PER_MESSAGE_CREDITS} cr/message"
+        )
         assert MISSING_MODEL
 
     def test_a_fallback_answer_says_which_model_answered(
@@ -307,7 +315,8 @@ class TestChat:
         page.locator("#rename-button").click()
         expect(page.locator("#conversation-list")).to_contain_text("Renamed chat")
         page.locator("#delete-button").click()
-        expect(page.locator("#chat-notice")).to_contain_text("deleted")
+        page.locator("#delete-confirm").click()
+        expect(page.locator("#conversation-notice")).to_contain_text("deleted")
         expect(page.locator("#conversation-list label")).to_have_count(1)
         shots(page, "after-delete")
 

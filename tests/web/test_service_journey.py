@@ -103,3 +103,26 @@ class TestJourney:
                 "Two",
             ]
         assert PASSWORD  # the helper's password satisfies the policy
+
+    async def test_a_stored_reply_keeps_what_it_cost(self, server):
+        """The conversation keeps each reply's request id, cost, tokens and settlement, so a
+        reopened conversation can show the cost line the live reply had; user messages have
+        none."""
+        async with server.client() as client:
+            headers = await signed_in(client, "carol")
+            _, events, _ = await chat(client, headers, "Cost me", sampling={"max_tokens": 4})
+            done = events[-1].data
+            detail = (
+                await client.get(f"/api/conversations/{done['conversation_id']}", headers=headers)
+            ).json()
+            user_message, reply = detail["messages"]
+            assert user_message["usage"] is None
+            assert reply["usage"] == {
+                "request_id": done["request_id"],
+                "cost_credits": done["cost_credits"],
+                "prompt_tokens": done["prompt_tokens"],
+                "completion_tokens": done["completion_tokens"],
+                "model_requested": done["model_requested"],
+                "settlement": done["settlement"],
+                "release_reason": done["release_reason"],
+            }

@@ -41,7 +41,8 @@ from web.ui.text import (
     balance_html,
     credits_label,
     escape_chat_markdown,
-    model_choice_label,
+    model_option_label,
+    model_price_line,
     notice_html,
     reply_footer,
 )
@@ -100,14 +101,17 @@ def price_terms(model: PricedModel) -> PriceTerms:
     )
 
 
-def model_choices(models: list[PricedModel]) -> list[tuple[str, str]]:
-    """Every catalog model, available or not, as (label, id) for the selector."""
+def model_choices(
+    models: list[PricedModel], operator_detail: bool = False
+) -> list[tuple[str, str]]:
+    """Every catalog model, available or not, as (label, id) for the selector; the operator's
+    reason for a missing model only with `operator_detail` (admins)."""
     return [
         (
-            model_choice_label(
+            model_option_label(
                 model.display_name,
-                price_terms(model),
                 None if model.available else (model.unavailable_reason or "not available"),
+                operator_detail,
             ),
             model.id,
         )
@@ -177,6 +181,17 @@ class ChatActions:
     def default_model_id(self) -> str:
         return self._services.chat.find_model(None).id
 
+    def model_picker(self, operator_detail: bool) -> tuple[list[tuple[str, str]], str]:
+        """The selector's choices and the model chosen at first."""
+        return model_choices(self.models(), operator_detail), self.default_model_id()
+
+    def price_line(self, model_id: str | None) -> str:
+        """The price of `model_id` as the line under the message box ("" if unknown)."""
+        for model in self.models():
+            if model.id == model_id:
+                return model_price_line(model.display_name, price_terms(model))
+        return ""
+
     async def send(
         self,
         session: UISession,
@@ -227,6 +242,14 @@ class ChatActions:
             async for event in events:
                 if isinstance(event, ChatStarted):
                     conversation_id = event.conversation_id
+                    # The hold is placed: the header shows it as held until the reply settles.
+                    yield (
+                        turn.render(),
+                        gr.skip(),
+                        gr.skip(),
+                        await self._balance(caller),
+                        conversation_id,
+                    )
                 elif isinstance(event, ChatDelta):
                     turn.reply_text += event.text
                     yield (turn.render(), gr.skip(), gr.skip(), gr.skip(), conversation_id)
@@ -278,14 +301,20 @@ class ChatActions:
         session.stop_requested = True
         return notice_html("info", "Stopping…")
 
-    def check_model(self, model_id: str) -> tuple[Any, str]:
-        """Unavailable models stay listed but cannot be chosen: fall back to the default."""
+    def check_model(self, model_id: str) -> tuple[Any, str, str]:
+        """Unavailable models stay listed but cannot be chosen: fall back to the default.
+        Returns (selector, notice, price line)."""
         for model in self.models():
             if model.id == model_id and not model.available:
                 # The operator's reason (paths, settings) is for admins and the logs.
                 message = f"{model.display_name} is unavailable: {NOT_INSTALLED}."
-                return gr.update(value=self.default_model_id()), notice_html("warning", message)
-        return gr.skip(), notice_html("info", "")
+                default = self.default_model_id()
+                return (
+                    gr.update(value=default),
+                    notice_html("warning", message),
+                    self.price_line(default),
+                )
+        return gr.skip(), notice_html("info", ""), self.price_line(model_id)
 
 
 def _generator(events: AsyncIterator[ChatEvent]) -> AsyncGenerator[ChatEvent, None]:

@@ -1,17 +1,23 @@
-"""The Chat tab's layout and wiring: the conversation sidebar, the model picker, the chatbot,
-the composer with Send and Stop, and the sampling panel. What the controls do lives in
-`web.ui.chat.ChatActions` (replies) and `web.ui.conversations.ConversationActions` (the
-sidebar); this module arranges the components and connects them.
+"""The Chat tab's layout and wiring: the conversation drawer (a `gr.Sidebar`: open beside the
+chat on wide screens, a collapsed drawer on phones), the model picker with New chat, the chat
+log, the composer with Send and Stop, the price line and the sampling panel. What the controls
+do lives in `web.ui.chat.ChatActions` (replies) and `web.ui.conversations.ConversationActions`
+(the drawer); this module arranges the components and connects them.
+
+The tab fills the screen's height (see `web.ui.styles`): the chat log takes what the header,
+the toolbar and the composer leave, so the message box and Send/Stop stay in view whatever the
+log or a notice holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
 
 from web.services import Services
-from web.ui.chat import TEMPERATURE_MAX, TEMPERATURE_MIN, ChatActions, model_choices
+from web.ui.chat import TEMPERATURE_MAX, TEMPERATURE_MIN, ChatActions
 from web.ui.conversations import ConversationActions
 from web.ui.frame import PageFrame, UILimits
 from web.ui.session import UISession
@@ -19,6 +25,26 @@ from web.ui.text import notice_html
 
 # Replies streaming at once through the page; the engine's own queue limit applies behind it.
 CHAT_CONCURRENCY_LIMIT = 64
+# Below this width (CSS pixels) the conversation list starts as a closed drawer; Gradio's
+# Sidebar turns into a full-width overlay at 768 px and below.
+WIDE_SCREEN_MIN_PX = 769
+# The browser's width, written into a hidden Number by a js-only step (a gr.State cannot be
+# written from the browser).
+_VIEWPORT_WIDTH_JS = "() => window.innerWidth"
+
+
+def _is_wide(viewport_width: Any) -> bool:
+    return isinstance(viewport_width, int | float) and viewport_width >= WIDE_SCREEN_MIN_PX
+
+
+def _close_drawer_if_narrow(viewport_width: Any) -> Any:
+    """On a phone the drawer covers the chat: close it once a conversation is picked."""
+    return gr.skip() if _is_wide(viewport_width) else gr.Sidebar(open=False)
+
+
+def _buttons(streaming: bool) -> tuple[Any, Any]:
+    """(Send, Stop) while a reply streams or not: only one of them can be pressed."""
+    return gr.update(interactive=not streaming), gr.update(interactive=streaming)
 
 
 class ChatTab:
@@ -30,16 +56,15 @@ class ChatTab:
         self._chat = ChatActions(services, limits.max_tokens_limit)
         self._conversations = ConversationActions(services)
         self.conversation_id = conversation_id
-        with gr.Tab("Chat", id="chat", elem_id="chat-tab"):  # noqa: SIM117
-            # Nested `with` mirrors the page layout; merging them would hide it.
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=1, min_width=220, elem_id="lc-sidebar"):
-                    self._build_sidebar()
-                with gr.Column(scale=4, min_width=320):
-                    self._build_conversation(limits)
+        with gr.Tab("Chat", id="chat", elem_id="chat-tab"):
+            with gr.Sidebar(
+                open=False, width=280, label="Conversations", elem_id="lc-sidebar"
+            ) as self.sidebar:
+                self._build_sidebar()
+            with gr.Column(elem_id="lc-chat-main"):
+                self._build_conversation(limits)
 
     def _build_sidebar(self) -> None:
-        self.new_chat_button = gr.Button("+ New chat", elem_id="new-chat", variant="secondary")
         self.conversation_list = gr.Radio(
             choices=[], label="Conversations", elem_id="conversation-list"
         )
@@ -47,19 +72,32 @@ class ChatTab:
             self.rename_title = gr.Textbox(label="Title", max_length=200, elem_id="rename-title")
             self.rename_button = gr.Button("Rename", size="sm", elem_id="rename-button")
             self.delete_button = gr.Button(
-                "Delete conversation", size="sm", variant="stop", elem_id="delete-button"
+                "Delete conversation…", size="sm", variant="secondary", elem_id="delete-button"
             )
+            with gr.Row(visible=False, elem_id="delete-confirm-row") as self.delete_confirm_row:
+                self.delete_confirm = gr.Button(
+                    "Confirm delete", size="sm", variant="stop", elem_id="delete-confirm"
+                )
+                self.delete_cancel = gr.Button("Cancel", size="sm", elem_id="delete-cancel")
+        self.tools_notice = gr.HTML("", elem_id="conversation-notice")
 
     def _build_conversation(self, limits: UILimits) -> None:
-        self.model_select = gr.Dropdown(
-            choices=[],
-            label="Model (price per reply)",
-            elem_id="model-select",
-            interactive=True,
-        )
+        self.viewport_width = gr.Number(value=0, visible=False, elem_id="lc-viewport-width")
+        with gr.Row(equal_height=True, elem_id="lc-chat-toolbar"):
+            self.model_select = gr.Dropdown(
+                choices=[],
+                show_label=False,
+                container=False,
+                elem_id="model-select",
+                interactive=True,
+                scale=4,
+                min_width=120,
+            )
+            self.new_chat_button = gr.Button(
+                "New chat", elem_id="new-chat", variant="secondary", scale=0, min_width=96
+            )
         self.chatbot = gr.Chatbot(
             elem_id="chatbot",
-            height="60vh",
             render_markdown=True,
             sanitize_html=True,
             allow_tags=False,
@@ -70,22 +108,30 @@ class ChatTab:
             placeholder="Ask anything. Each reply is paid from your credits.",
         )
         self.notice = gr.HTML("", elem_id="chat-notice")
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=True, elem_id="lc-composer"):
             self.message_box = gr.Textbox(
                 placeholder="Write a message…",
                 show_label=False,
-                lines=2,
-                max_lines=8,
+                container=False,
+                lines=1,
+                max_lines=5,
                 scale=6,
+                min_width=120,
                 elem_id="chat-input",
                 max_length=limits.max_message_chars,
             )
             self.send_button = gr.Button(
-                "Send", variant="primary", scale=1, min_width=80, elem_id="send-button"
+                "Send", variant="primary", scale=0, min_width=72, elem_id="send-button"
             )
             self.stop_button = gr.Button(
-                "Stop", variant="stop", scale=1, min_width=80, elem_id="stop-button"
+                "Stop",
+                variant="stop",
+                scale=0,
+                min_width=72,
+                interactive=False,
+                elem_id="stop-button",
             )
+        self.price_line = gr.Markdown("", elem_id="model-price")
         with gr.Accordion("Sampling settings", open=False, elem_id="sampling"):
             self.temperature = gr.Number(
                 value=1.0,
@@ -101,20 +147,33 @@ class ChatTab:
                 elem_id="max-tokens",
             )
 
-    def load_models(self) -> Any:
-        """Fill the model picker (every catalog model with its price) and pick the default."""
-        return gr.update(
-            choices=model_choices(self._chat.models()), value=self._chat.default_model_id()
-        )
+    async def load_models(self, session: UISession) -> tuple[Any, str]:
+        """Fill the model picker (every catalog model; admins see why one is unavailable),
+        pick the default and show its price."""
+        choices, default = self._chat.model_picker(operator_detail=session.is_admin)
+        return gr.update(choices=choices, value=default), self._chat.price_line(default)
 
     async def list_conversations(self, session: UISession) -> Any:
         return await self._conversations.refresh_conversations(session, None)
 
     def chain_open(self, event: Any, frame: PageFrame, *, with_models: bool) -> Any:
-        """Chain what the tab shows once someone is signed in: the models (on page load) and
-        their conversations."""
-        if with_models:
-            event = event.then(self.load_models, None, [self.model_select], show_progress="hidden")
+        """Chain what the tab shows once someone is signed in: the models with their prices,
+        their conversations, and the drawer open beside the chat on a wide screen. (The
+        models are reloaded at sign-in too: an admin's list says why a model is missing.)"""
+        del with_models  # every sign-in reloads them; kept for the page's call signature
+        event = event.then(
+            self.load_models,
+            [frame.session],
+            [self.model_select, self.price_line],
+            show_progress="hidden",
+        )
+        event = event.then(None, None, [self.viewport_width], js=_VIEWPORT_WIDTH_JS)
+        event = event.then(
+            lambda width: gr.Sidebar(open=_is_wide(width)),
+            [self.viewport_width],
+            [self.sidebar],
+            show_progress="hidden",
+        )
         return event.then(
             self.list_conversations,
             [frame.session],
@@ -125,10 +184,27 @@ class ChatTab:
     def chain_clear(self, event: Any) -> Any:
         """Chain clearing the chat, e.g. after Sign out."""
         return event.then(
-            lambda: ([], None, gr.update(choices=[], value=None)),
+            lambda: ([], None, gr.update(choices=[], value=None), *_buttons(streaming=False)),
             None,
-            [self.chatbot, self.conversation_id, self.conversation_list],
+            [
+                self.chatbot,
+                self.conversation_id,
+                self.conversation_list,
+                self.send_button,
+                self.stop_button,
+            ],
         )
+
+    async def _send(self, *inputs: Any) -> AsyncIterator[tuple[Any, ...]]:
+        """`ChatActions.send` with Send disabled and Stop enabled while the reply streams."""
+        async for outputs in self._chat.send(*inputs):
+            yield (*outputs, *_buttons(streaming=True))
+        yield (*(gr.skip() for _ in range(5)), *_buttons(streaming=False))
+
+    def _new_chat(self) -> tuple[Any, ...]:
+        """Show an empty chat with no conversation open: the next message starts a new stored
+        conversation, with none of the old one's context."""
+        return [], None, gr.update(value=None), "", notice_html("info", "")
 
     def wire(self, frame: PageFrame) -> list[Any]:
         """Connect the tab's controls. Returns the events after which the page refreshes
@@ -136,7 +212,7 @@ class ChatTab:
         session = frame.session
         send_event = gr.on(
             [self.send_button.click, self.message_box.submit],
-            self._chat.send,
+            self._send,
             [
                 session,
                 self.message_box,
@@ -152,13 +228,24 @@ class ChatTab:
                 self.notice,
                 frame.balance_badge,
                 self.conversation_id,
+                self.send_button,
+                self.stop_button,
             ],
             concurrency_limit=CHAT_CONCURRENCY_LIMIT,
+            # A second Enter while a reply streams is ignored, as the disabled Send button is.
+            trigger_mode="once",
             show_progress="minimal",
             show_progress_on=[self.chatbot],
         )
+        # Whatever ended the reply (finish, error, Stop), the buttons go back to normal.
+        after_send = send_event.then(
+            lambda: _buttons(streaming=False),
+            None,
+            [self.send_button, self.stop_button],
+            show_progress="hidden",
+        )
         frame.refresh_views(
-            send_event.then(
+            after_send.then(
                 self._conversations.refresh_conversations,
                 [session, self.conversation_id],
                 [self.conversation_list],
@@ -167,32 +254,46 @@ class ChatTab:
         )
         self.stop_button.click(self._chat.request_stop, [session], [self.notice], queue=False)
         self.model_select.change(
-            self._chat.check_model, [self.model_select], [self.model_select, self.notice]
+            self._chat.check_model,
+            [self.model_select],
+            [self.model_select, self.notice, self.price_line],
         )
-        self.new_chat_button.click(
-            lambda: ([], None, gr.update(value=None), "", notice_html("info", "")),
-            None,
-            [
-                self.chatbot,
-                self.conversation_id,
-                self.conversation_list,
-                self.rename_title,
-                self.notice,
-            ],
+        new_chat_outputs = [
+            self.chatbot,
+            self.conversation_id,
+            self.conversation_list,
+            self.rename_title,
+            self.notice,
+        ]
+        self.new_chat_button.click(self._new_chat, None, new_chat_outputs)
+        # The Chatbot's own trash button is hidden (web.ui.styles); should it be pressed
+        # anyway, it starts a new chat rather than only blanking the screen.
+        self.chatbot.clear(self._new_chat, None, new_chat_outputs)
+        opened = self.conversation_list.input(
+            self._conversations.open_conversation,
+            [session, self.conversation_list],
+            [self.chatbot, self.conversation_id, self.rename_title, self.notice],
         )
-        frame.refresh_views(
-            self.conversation_list.input(
-                self._conversations.open_conversation,
-                [session, self.conversation_list],
-                [self.chatbot, self.conversation_id, self.rename_title, self.notice],
-            )
+        opened.then(
+            _close_drawer_if_narrow, [self.viewport_width], [self.sidebar], show_progress="hidden"
         )
+        frame.refresh_views(opened)
         renamed = self.rename_button.click(
             self._conversations.rename,
             [session, self.conversation_id, self.rename_title],
-            [self.conversation_list, self.notice],
+            [self.conversation_list, self.tools_notice],
         )
-        deleted = self.delete_button.click(
+        self.delete_button.click(
+            self._conversations.ask_delete,
+            [self.conversation_id],
+            [self.delete_confirm_row, self.tools_notice],
+        )
+        self.delete_cancel.click(
+            lambda: (gr.update(visible=False), ""),
+            None,
+            [self.delete_confirm_row, self.tools_notice],
+        )
+        deleted = self.delete_confirm.click(
             self._conversations.delete,
             [session, self.conversation_id],
             [
@@ -200,7 +301,8 @@ class ChatTab:
                 self.chatbot,
                 self.conversation_id,
                 self.rename_title,
-                self.notice,
+                self.tools_notice,
+                self.delete_confirm_row,
             ],
         )
         return [renamed, deleted]

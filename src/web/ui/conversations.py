@@ -13,20 +13,39 @@ from web.domain.accounts.schemas import Identity
 from web.domain.chat.schemas import MessageView
 from web.errors import NotFound, ServiceError
 from web.services import Services
-from web.ui.chat import ChatHistory
+from web.ui.chat import ChatHistory, ChatTurn
 from web.ui.session import SessionEnded, UISession, identity
-from web.ui.text import escape_chat_markdown, notice_html
+from web.ui.text import ReplyCost, escape_chat_markdown, notice_html, reply_footer
 
 
 def history_messages(messages: list[MessageView]) -> ChatHistory:
-    """Stored messages as Chatbot messages, escaped like live ones."""
+    """Stored messages as Chatbot messages, escaped like live ones; a reply whose cost was
+    stored gets the same cost line it had when it streamed."""
     return [
-        {
-            "role": "assistant" if message.role == "assistant" else "user",
-            "content": escape_chat_markdown(message.content),
-        }
+        {"role": "assistant", "content": stored_reply(message)}
+        if message.role == "assistant"
+        else {"role": "user", "content": escape_chat_markdown(message.content)}
         for message in messages
     ]
+
+
+def stored_reply(message: MessageView) -> str:
+    usage = message.usage
+    if usage is None:
+        # Stored before costs were kept with replies: no cost line to show.
+        return escape_chat_markdown(message.content)
+    footer = reply_footer(
+        ReplyCost(
+            cost_credits=usage.cost_credits,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            model_requested=usage.model_requested,
+            model_answered=message.model or usage.model_requested,
+            settlement=usage.settlement,
+            release_reason=usage.release_reason,
+        )
+    )
+    return ChatTurn(history=[], reply_text=message.content, footer=footer).render()[-1]["content"]
 
 
 class ConversationActions:
@@ -87,23 +106,32 @@ class ConversationActions:
         choices = await self.conversation_choices(caller)
         return gr.update(choices=choices, value=conversation_id), notice_html("success", "Renamed.")
 
-    async def delete(self, session: UISession, conversation_id: str | None) -> tuple[Any, ...]:
-        """Delete the open conversation. Returns (list, chatbot, conversation id, title, notice)."""
+    def ask_delete(self, conversation_id: str | None) -> tuple[Any, str]:
+        """First step of Delete: show Confirm/Cancel. Returns (confirm row, notice)."""
         if not conversation_id:
-            return (
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-                notice_html("warning", "Open a conversation to delete it."),
+            return gr.update(visible=False), notice_html(
+                "warning", "Open a conversation to delete it."
             )
+        return gr.update(visible=True), notice_html(
+            "warning", "Delete this conversation and its messages? This cannot be undone."
+        )
+
+    async def delete(self, session: UISession, conversation_id: str | None) -> tuple[Any, ...]:
+        """Delete the open conversation (after Confirm delete). Returns (list, chatbot,
+        conversation id, title, notice, confirm row)."""
+        hide = gr.update(visible=False)
+        if not conversation_id:
+            warning = notice_html("warning", "Open a conversation to delete it.")
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), warning, hide
         try:
             caller = await self._identity(session)
             await self._services.conversations.delete(caller, conversation_id)
         except SessionEnded as ended:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
-        except ServiceError as error:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), notice_html("error", error.message)
+            error = notice_html("error", ended.message)
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), error, hide
+        except ServiceError as failed:
+            error = notice_html("error", failed.message)
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), error, hide
         choices = await self.conversation_choices(caller)
         return (
             gr.update(choices=choices, value=None),
@@ -111,4 +139,5 @@ class ConversationActions:
             None,
             "",
             notice_html("success", "Conversation deleted."),
+            hide,
         )

@@ -1,5 +1,11 @@
 """The page's CSS: a compact header with the balance badge, notices, cards, and a layout that
-stacks on narrow screens. Kept as one string so the mount can pass it to Gradio."""
+stacks on narrow screens. Kept as one string so the mount can pass it to Gradio.
+
+The Chat tab is a column as tall as the screen below the header and the tabs (`100dvh`, so a
+phone's browser bars are taken into account): the chat log (`#chatbot`) grows and shrinks to
+fill what the toolbar, a notice, the composer and the price line leave, so the message box and
+Send/Stop never leave the screen. `--lc-chat-top` is the height above that column, per screen
+size."""
 
 from __future__ import annotations
 
@@ -33,15 +39,43 @@ PAGE_CSS = """
 .lc-violation { background: #fef2f2; color: #991b1b; border-left: 4px solid #dc2626;
   padding: 4px 8px; margin: 4px 0; list-style: none; font-family: var(--font-mono); }
 .lc-audit-table th { text-align: left; padding-right: 16px; }
+#lc-app { --lc-chat-top: 174px; }
+#lc-chat-main { height: calc(100dvh - var(--lc-chat-top)); min-height: 360px;
+  flex-wrap: nowrap !important; gap: 8px; }
+#lc-chat-main > * { flex-shrink: 0; }
+#chatbot { flex: 1 1 0 !important; height: auto !important; min-height: 140px; }
+#chat-notice:not(:has(.lc-notice)), #conversation-notice:not(:has(.lc-notice)) {
+  display: none !important; }
+#chat-notice .lc-notice { margin: 0; }
+#lc-chat-toolbar { flex-wrap: nowrap; gap: 8px; align-items: stretch; }
+#new-chat { white-space: nowrap; }
+#lc-composer { flex-wrap: nowrap; gap: 8px; align-items: stretch; }
+#lc-composer button { align-self: stretch; }
+#model-price, #model-price * { font-size: 0.8rem !important; line-height: 1.3 !important; }
+#model-price { opacity: 0.8; }
+#model-price p { margin: 0; }
+/* The Chatbot's trash button only blanks the screen (the stored conversation and its context
+   stay): New chat is the honest control, so the trash is not offered. */
+#chatbot button[aria-label="Clear"] { display: none !important; }
 #chatbot .message-wrap em:last-child { opacity: 0.75; font-size: 0.85em; }
 #model-select .lc-option-disabled { opacity: 0.45; cursor: not-allowed; pointer-events: none; }
 @media (max-width: 720px) {
-  #lc-header { flex-direction: column; align-items: stretch; }
-  #lc-account-bar { flex-wrap: wrap; gap: 8px; }
-  #lc-account-bar > * { flex: 1 1 auto !important; min-width: 0 !important; }
-  #lc-user { text-align: left; }
-  #lc-sidebar { min-width: 100% !important; }
-  #chatbot { height: 55vh !important; }
+  #lc-header { flex-wrap: nowrap !important; gap: 8px; padding: 0 0 4px 28px;
+    margin-bottom: 4px; align-items: center; }
+  #lc-header > * { min-width: 0 !important; }
+  #lc-brand { flex: 0 0 auto !important; width: auto !important; }
+  #lc-brand h2 { font-size: 1.1rem; }
+  #lc-account-bar { flex: 1 1 auto !important; flex-wrap: wrap !important; gap: 2px 6px;
+    justify-content: flex-end; align-items: center; }
+  #lc-account-bar > * { flex: 0 0 auto !important; min-width: 0 !important;
+    width: auto !important; }
+  #lc-user { order: 3; flex-basis: 100% !important; text-align: right; font-size: 0.8rem; }
+  #lc-user p { margin: 0; }
+  .lc-balance-label { display: none; }
+  .lc-balance { padding: 2px 8px; font-size: 0.85rem; }
+  #lc-app { --lc-chat-top: 160px; }
+  #lc-chat-main { gap: 6px; min-height: 320px; }
+  #model-price, #model-price * { font-size: 0.72rem !important; }
   .lc-card-value { font-size: 1.2rem; }
 }
 """
@@ -77,6 +111,11 @@ tr.lc-violation td { font-family: var(--font-mono); font-weight: 400; }
 # says "unavailable" as disabled (greyed, not clickable, aria-disabled) as they are rendered.
 # The server still refuses an unavailable model if one is chosen some other way.
 PAGE_HEAD = """
+<style>
+/* Gradio scopes the page CSS under its container, so the container's own side padding (32 px,
+   a sixth of a phone's width) can only be narrowed from here. */
+@media (max-width: 720px) { .gradio-container .main.fillable { padding: 8px 10px !important; } }
+</style>
 <script>
 (() => {
   const marker = "__MARKER__";

@@ -92,6 +92,23 @@ def model_choice_label(
     return f"{display_name} — {price_label(price)}"
 
 
+def model_option_label(
+    display_name: str, unavailable_reason: str | None, operator_detail: bool = False
+) -> str:
+    """The model picker's short label: the name alone (the price has its own line under the
+    message box, where it fits), or the name and that it cannot be chosen (why, for operators
+    only)."""
+    if unavailable_reason is None:
+        return display_name
+    reason = unavailable_reason if operator_detail else NOT_INSTALLED
+    return f"{display_name} {UNAVAILABLE_MARKER} {reason}"
+
+
+def model_price_line(display_name: str, price: PriceTerms) -> str:
+    """The chosen model's price as one line of Markdown: rates, then the worked example."""
+    return f"**{html.escape(display_name, quote=False)}**: {price_label(price)}"
+
+
 @dataclass(frozen=True)
 class ReplyCost:
     """What one settled reply cost, for the line under it."""

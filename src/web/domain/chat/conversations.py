@@ -14,6 +14,7 @@ from web.domain.chat.schemas import (
     MAX_TITLE_CHARS,
     ConversationDetail,
     ConversationView,
+    MessageUsage,
     MessageView,
 )
 from web.errors import NotFound, ValidationFailed
@@ -29,9 +30,40 @@ def conversation_view(row: ConversationRow) -> ConversationView:
     )
 
 
+# Longer release reasons (error texts) are cut to the column's size.
+RELEASE_REASON_CHARS = 64
+
+
 def message_view(row: MessageRow) -> MessageView:
     return MessageView(
-        id=row.id, role=row.role, content=row.content, model=row.model_id, created_at=row.created_at
+        id=row.id,
+        role=row.role,
+        content=row.content,
+        model=row.model_id,
+        created_at=row.created_at,
+        usage=message_usage(row),
+    )
+
+
+def message_usage(row: MessageRow) -> MessageUsage | None:
+    """The stored cost of a reply; None for user messages and replies stored before costs
+    were kept (all their usage columns are NULL)."""
+    if (
+        row.request_id is None
+        or row.cost_credits is None
+        or row.prompt_tokens is None
+        or row.completion_tokens is None
+        or row.settlement is None
+    ):
+        return None
+    return MessageUsage(
+        request_id=row.request_id,
+        cost_credits=row.cost_credits,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        model_requested=row.model_requested or row.model_id or "",
+        settlement=row.settlement,
+        release_reason=row.release_reason,
     )
 
 
@@ -141,7 +173,12 @@ class ConversationsService:
         user_text: str,
         answer_text: str,
         model_id: str,
+        usage: MessageUsage | None = None,
     ) -> None:
+        """Store one exchange; `usage` (what the reply cost) is kept with the reply so a
+        reopened conversation shows its cost line."""
+        if usage is not None and usage.cost_credits < 0:
+            raise ValidationFailed("a reply's cost cannot be negative", field="usage")
         async with self._sessions() as session:
             row = await self._owned(session, identity, conversation_id)
             session.add(MessageRow(conversation_id=conversation_id, role="user", content=user_text))
@@ -152,7 +189,23 @@ class ConversationsService:
                         role="assistant",
                         content=answer_text,
                         model_id=model_id,
+                        **_usage_columns(usage),
                     )
                 )
             row.updated_at = utc_now()
             await session.commit()
+
+
+def _usage_columns(usage: MessageUsage | None) -> dict[str, object]:
+    if usage is None:
+        return {}
+    release_reason = usage.release_reason
+    return {
+        "request_id": usage.request_id,
+        "cost_credits": usage.cost_credits,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "model_requested": usage.model_requested,
+        "settlement": usage.settlement,
+        "release_reason": None if release_reason is None else release_reason[:RELEASE_REASON_CHARS],
+    }

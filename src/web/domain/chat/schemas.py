@@ -84,12 +84,39 @@ class ConversationView(msgspec.Struct):
     updated_at: dt.datetime
 
 
+class MessageUsage(msgspec.Struct):
+    """What a stored reply cost, as its settlement said."""
+
+    request_id: str
+    cost_credits: int
+    prompt_tokens: int
+    completion_tokens: int
+    model_requested: str
+    settlement: str
+    release_reason: str | None = None
+
+    @classmethod
+    def of(cls, done: ChatCompleted) -> MessageUsage:
+        return cls(
+            request_id=done.request_id,
+            cost_credits=done.cost_credits,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            model_requested=done.model_requested,
+            settlement=done.settlement,
+            release_reason=done.release_reason,
+        )
+
+
 class MessageView(msgspec.Struct):
     id: int
     role: str
     content: str
     model: str | None
     created_at: dt.datetime
+    usage: MessageUsage | None = None
+    """Assistant messages stored since costs were kept; None on user messages and older
+    replies."""
 
 
 class ConversationDetail(msgspec.Struct):

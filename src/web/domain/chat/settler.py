@@ -17,7 +17,7 @@ from web import metrics
 from web.domain.chat.claims import ChatClaims
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.holds import ChatHolds
-from web.domain.chat.schemas import BalanceView, ChatCompleted, SettlementKind
+from web.domain.chat.schemas import BalanceView, ChatCompleted, MessageUsage, SettlementKind
 from web.domain.chat.settlement import Settlement, StreamEnd, decide_settlement
 from web.domain.chat.turn import Turn
 from web.logging import get_logger
@@ -138,6 +138,7 @@ class TurnSettler:
                     chat_input.message,
                     text,
                     done.model_answered,
+                    usage=MessageUsage.of(done),
                 )
             except Exception as exc:
                 # Credit has moved: the outcome below must be stored whatever happened to the
