@@ -91,5 +91,4 @@ def engine_serve(args: argparse.Namespace) -> int:
         preload_model_ids=preload,
         max_body_bytes=settings.max_body_bytes,
     )
-    started = run_server(Engine(catalog, inference_settings), config, host, port)
-    return 0 if started else 1
+    return run_server(Engine(catalog, inference_settings), config, host, port)

@@ -330,3 +330,19 @@ class TestCommandLine:
         monkeypatch.setenv("LEDGERCHAT_ENGINE_API_KEY", "a-long-enough-secret-value")
         assert main(["engine", "serve", "--model", "no-such-model"]) == 2
         assert "no-such-model" in capsys.readouterr().err
+
+    def test_a_model_that_cannot_load_stops_the_start(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A --model whose weights are missing: exit 1 with one line naming the model and the
+        reason, before any port is bound."""
+        monkeypatch.setenv("LEDGERCHAT_ENGINE_API_KEY", "a-long-enough-secret-value")
+        catalog = tmp_path / "catalog.toml"
+        catalog.write_text(engine_catalog(tmp_path / "no-weights-here"), encoding="utf-8")
+        code = main(["engine", "serve", "--catalog", str(catalog), "--model", ENGINE_MODEL])
+        assert code == 1
+        err = capsys.readouterr().err
+        assert "engine_server_start_failed" in err and "no-weights-here" in err

@@ -60,7 +60,7 @@ COUNTED_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/tokenize", "/
 @dataclass(frozen=True)
 class ServerConfig:
     """What one engine server serves and how it is guarded. `api_key` None: no auth (the CLI
-    allows that only on loopback). `preload_model_ids` are loaded before the port answers."""
+    allows that only on loopback). `preload_model_ids` are loaded before the port is bound."""
 
     model_ids: tuple[str, ...]
     api_key: str | None
@@ -270,8 +270,8 @@ def _count_requests(metrics: EngineServerMetrics) -> Any:
 def create_app(
     engine: Engine, config: ServerConfig, metrics: EngineServerMetrics | None = None
 ) -> Litestar:
-    """The ASGI app; it loads `config.preload_model_ids` on start-up (a failure stops the
-    start) and closes the engine on shutdown."""
+    """The ASGI app over a started engine; it closes the engine on shutdown. Loading
+    `config.preload_model_ids` is the runner's job (`serve.run_server`), before binding."""
     unknown = [model_id for model_id in config.model_ids if model_id not in engine.catalog]
     if unknown or not config.model_ids:
         raise ValueError(f"models not in the catalog: {unknown or 'none given'}")
@@ -279,9 +279,7 @@ def create_app(
     metrics.watch_schedulers(engine, config.model_ids)
     state = ServerState(engine, config, metrics, int(time.time()))
 
-    async def load_models(app: Litestar) -> None:
-        for model_id in config.preload_model_ids:
-            await engine.load(model_id)
+    async def announce(app: Litestar) -> None:
         log.info("engine_server_ready", models=list(config.model_ids), auth=bool(config.api_key))
 
     async def close_engine(app: Litestar) -> None:
@@ -290,7 +288,7 @@ def create_app(
     return Litestar(
         route_handlers=[chat_completions, list_models, tokenize, health, metrics_endpoint],
         state=State({"engine_server": state}),
-        on_startup=[load_models],
+        on_startup=[announce],
         on_shutdown=[close_engine],
         exception_handlers={
             ApiError: _on_api_error,
