@@ -41,6 +41,7 @@ def remote_catalog(
     context_limit_tokens: int | None = None,
     use_upstream_tokenize: bool = True,
     api_key: bool = True,
+    max_new_tokens_cap: int = MAX_TOKENS_CAP,
 ) -> str:
     """One remote model over `base_urls`, with its price."""
     urls = ", ".join(f'"{url}"' for url in base_urls)
@@ -64,7 +65,7 @@ def remote_catalog(
 id = "{REMOTE_MODEL}"
 display_name = "remote test model"
 source = {{ {source} }}
-max_new_tokens_cap = {MAX_TOKENS_CAP}
+max_new_tokens_cap = {max_new_tokens_cap}
 {limit}
 [prices."{REMOTE_MODEL}"]
 {price}
