@@ -28,6 +28,11 @@ REMOTE_KEYS = (
     "tokenizer_path",
     "use_upstream_tokenize",
     "continuous_usage_stats",
+    "extra_body",
+)
+# Fields of the request body that ledgerchat sets itself: billing depends on them.
+RESERVED_BODY_FIELDS = frozenset(
+    {"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n"}
 )
 
 
@@ -54,6 +59,9 @@ class RemoteSource:
     continuous_usage_stats: bool = True
     """Ask for usage in every chunk (a vLLM extension): exact counts when a stream is cut. Set
     false for a server that rejects unknown fields."""
+    extra_body: tuple[tuple[str, Any], ...] = ()
+    """Fields added to every chat request (e.g. vLLM's `ignore_eos`, `repetition_penalty`);
+    never those that bound what is billed (max_tokens, stream_options, ...)."""
 
 
 def parse_remote_source(raw: Mapping[str, Any], override_path: Path | None) -> RemoteSource:
@@ -97,7 +105,17 @@ def parse_remote_source(raw: Mapping[str, Any], override_path: Path | None) -> R
         tokenizer_path=tokenizer_path,
         use_upstream_tokenize=_flag(raw, "use_upstream_tokenize", True),
         continuous_usage_stats=_flag(raw, "continuous_usage_stats", True),
+        extra_body=_extra_body(raw.get("extra_body", {})),
     )
+
+
+def _extra_body(raw: Any) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(raw, dict):
+        raise ValueError("extra_body must be a table of request fields")
+    reserved = sorted(RESERVED_BODY_FIELDS & set(raw))
+    if reserved:
+        raise ValueError(f"extra_body must not set {', '.join(reserved)}: ledgerchat sets them")
+    return tuple(sorted(raw.items()))
 
 
 def _check_url(url: str) -> str:

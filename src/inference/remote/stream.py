@@ -141,7 +141,10 @@ class RemoteStream:
         error: InferenceError | None = None
         deadline_s = self.request.deadline_s or self._backend.settings.default_deadline_s
         body = chat_body(
-            prepared, source.model, continuous_usage_stats=source.continuous_usage_stats
+            prepared,
+            source.model,
+            continuous_usage_stats=source.continuous_usage_stats,
+            extra=dict(source.extra_body),
         )
         try:
             async with asyncio.timeout(deadline_s):

@@ -74,7 +74,7 @@ def chat_body(
             options["continuous_usage_stats"] = True
         body["stream_options"] = options
     if extra:
-        body.update(extra)
+        body = {**extra, **body}  # never over the fields that bound what is billed
     return body
 
 
