@@ -14,7 +14,8 @@ from inference.engine import Engine, SchedulerLoad
 from inference.errors import InvalidRequest
 from inference.events import Finished, ModelStatus, StreamEvent
 from inference.loading import LoadedModel
-from inference.remote.backend import RemoteBackend, UrlHealth
+from inference.remote.backend import RemoteBackend
+from inference.remote.upstream import UrlHealth
 from inference.requests import GenerationRequest, PreparedRequest
 from inference.settings import InferenceSettings
 

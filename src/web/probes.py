@@ -7,7 +7,7 @@ import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from inference.remote.backend import UrlHealth
+from inference.remote.upstream import UrlHealth
 from inference.router import InferenceRouter
 from ledger import Ledger
 from web import metrics

@@ -10,34 +10,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
 import structlog
 
 from inference.catalog import CatalogEntry
 from inference.engine import SchedulerLoad
-from inference.errors import (
-    EngineBusy,
-    InvalidRequest,
-    ModelUnavailable,
-    PromptTooLong,
-    UpstreamFailed,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from inference.errors import InvalidRequest, ModelUnavailable, PromptTooLong
 from inference.events import ModelStatus
-from inference.remote.source import RemoteSource
 from inference.remote.stream import RemoteStream
-from inference.remote.urls import UpstreamUrl, UrlPool
-from inference.remote.wire import (
-    WireError,
-    model_context_limit,
-    tokenize_body,
-    tokenize_count,
+from inference.remote.upstream import (
+    RemoteModel,
+    UpstreamClient,
+    UrlHealth,
+    auth_headers,
 )
+from inference.remote.urls import UrlPool
 from inference.requests import GenerationRequest, PreparedRequest
 from inference.settings import InferenceSettings
 from inference.text import TokenizerAdapter, encode_prompt
@@ -45,45 +33,6 @@ from inference.text import TokenizerAdapter, encode_prompt
 log = structlog.get_logger(__name__)
 # A model whose upstream answered this recently is not probed again before a request.
 REACHABLE_FOR_S = 10.0
-PROBE_TIMEOUT_S = 5.0
-"""At most this long for /v1/models and /tokenize (less when the entry's read timeout is)."""
-MAX_ERROR_BODY_CHARS = 500
-
-
-@dataclass(frozen=True)
-class UrlHealth:
-    """One URL of one remote model, as a probe found it."""
-
-    model_id: str
-    url: str
-    reachable: bool
-    latency_ms: float | None
-    error: str | None
-    outstanding: int
-
-
-@dataclass
-class RemoteModel:
-    """A remote entry and what the backend learnt about its upstream."""
-
-    entry: CatalogEntry
-    source: RemoteSource
-    pool: UrlPool
-    headers: dict[str, str]
-    reported_context_limit: int | None = None
-    reachable_at: float | None = None
-    tokenize_supported: bool = True
-    tokenizer: TokenizerAdapter | None = None
-    tokenizer_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def id(self) -> str:
-        return self.entry.id
-
-    def context_limit(self) -> int | None:
-        """The configured limit, lowered to what the upstream reports; None when neither."""
-        limits = [x for x in (self.entry.context_limit_tokens, self.reported_context_limit) if x]
-        return min(limits) if limits else None
 
 
 class RemoteBackend:
@@ -104,13 +53,10 @@ class RemoteBackend:
                 entry=entry,
                 source=source,
                 pool=UrlPool(source.base_urls, source.max_concurrent_per_url),
-                headers=_auth_headers(entry.id, source, environ),
+                headers=auth_headers(entry.id, source, environ),
             )
         self._active: dict[str, RemoteStream] = {}
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            follow_redirects=False,
-        )
+        self.client = UpstreamClient()
 
     def __contains__(self, model_id: object) -> bool:
         return model_id in self._models
@@ -127,7 +73,7 @@ class RemoteBackend:
     async def close(self) -> None:
         for stream in list(self._active.values()):
             stream.cancel()
-        await self._client.aclose()
+        await self.client.aclose()
 
     # -- the engine interface -------------------------------------------------------------
     def models(self) -> list[ModelStatus]:
@@ -162,7 +108,7 @@ class RemoteBackend:
         """Checks that the upstream serves the model (GET /v1/models), learning its context
         limit; raises UpstreamUnavailable when no URL answers."""
         model = self._model(model_id)
-        await self._probe_models(model)
+        await self.client.probe_models(model)
         return model
 
     def load_snapshot(self, model_id: str) -> SchedulerLoad:
@@ -185,7 +131,7 @@ class RemoteBackend:
                 )
         model = self._model(request.model_id)
         prompt_ids: tuple[int, ...] = ()
-        prompt_count = await self._upstream_prompt_count(model, request)
+        prompt_count = await self.client.prompt_count(model, request)
         if prompt_count is None:
             tokenizer = await self._tokenizer(model)
             if tokenizer is None:
@@ -197,7 +143,7 @@ class RemoteBackend:
             prompt_ids = tuple(encode_prompt(tokenizer, request.messages, model.entry.prompting))
             prompt_count = len(prompt_ids)
         if model.reachable_at is None or time.monotonic() - model.reachable_at > REACHABLE_FOR_S:
-            await self._probe_models(model)
+            await self.client.probe_models(model)
         context_limit = model.context_limit()
         if context_limit is None:
             raise ModelUnavailable(
@@ -240,68 +186,6 @@ class RemoteBackend:
         if self._active.get(stream.request.request_id) is stream:
             del self._active[stream.request.request_id]
 
-    async def open_chat(
-        self, model: RemoteModel, body: dict[str, Any]
-    ) -> tuple[UpstreamUrl, httpx.Response]:
-        """POST /v1/chat/completions on the best URL; on refusal, unreachability or 5xx, the
-        next one (nothing has been generated yet). The URL's outstanding count is taken here
-        and given back by the stream."""
-        if model.pool.all_full():
-            raise EngineBusy(f"model {model.id!r}: every upstream is at its concurrency cap")
-        source = model.source
-        timeout = httpx.Timeout(
-            connect=source.connect_timeout_s,
-            read=source.read_timeout_s,
-            write=source.read_timeout_s,
-            pool=source.connect_timeout_s,
-        )
-        problems: list[str] = []
-        for url in model.pool.candidates():
-            url.outstanding += 1
-            started = time.perf_counter()
-            try:
-                request = self._client.build_request(
-                    "POST",
-                    f"{url.url}/v1/chat/completions",
-                    json=body,
-                    headers=model.headers,
-                    timeout=timeout,
-                )
-                response = await self._client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                url.outstanding -= 1
-                url.failed(f"unreachable: {type(exc).__name__}")
-                problems.append(f"{url.url}: unreachable ({type(exc).__name__})")
-                continue
-            except httpx.TimeoutException as exc:
-                url.outstanding -= 1
-                url.failed(f"timeout: {type(exc).__name__}")
-                raise UpstreamTimeout(
-                    model.id, f"{url.url} sent nothing within {source.read_timeout_s:g} s"
-                ) from None
-            except httpx.HTTPError as exc:
-                url.outstanding -= 1
-                url.failed(type(exc).__name__)
-                problems.append(f"{url.url}: {type(exc).__name__}")
-                continue
-            except BaseException:
-                url.outstanding -= 1
-                raise
-            if response.status_code == 200:
-                url.succeeded((time.perf_counter() - started) * 1000)
-                model.reachable_at = time.monotonic()
-                return url, response
-            detail = await _error_text(response)
-            url.outstanding -= 1
-            if response.status_code >= 500 or response.status_code == 429:
-                url.failed(f"HTTP {response.status_code}")
-                problems.append(f"{url.url}: HTTP {response.status_code} {detail}")
-                continue
-            raise UpstreamFailed(
-                model.id, f"the upstream refused the request: HTTP {response.status_code} {detail}"
-            )
-        raise UpstreamUnavailable(model.id, "; ".join(problems) or "no upstream URL is open")
-
     async def count_completion(self, model: RemoteModel, parts: Sequence[str]) -> int:
         """Tokens received without a usage count: the entry's tokenizer on the text, else
         the chunks that carried text (each at least one token, so never over-counted)."""
@@ -314,87 +198,11 @@ class RemoteBackend:
     async def health(self) -> list[UrlHealth]:
         """Every URL of every remote model, probed now (GET /v1/models), concurrently."""
         checks = [
-            self._probe_url(model, url)
+            self.client.probe_url(model, url)
             for model in self._models.values()
             for url in model.pool.urls
         ]
         return list(await asyncio.gather(*checks))
-
-    async def _probe_url(self, model: RemoteModel, url: UpstreamUrl) -> UrlHealth:
-        started = time.perf_counter()
-        try:
-            limit = await self._get_models(model, url)
-        except (httpx.HTTPError, WireError, UpstreamFailed) as exc:
-            url.failed(_short(exc))
-            return UrlHealth(model.id, url.url, False, None, _short(exc), url.outstanding)
-        latency_ms = (time.perf_counter() - started) * 1000
-        url.succeeded(latency_ms)
-        model.reachable_at = time.monotonic()
-        if limit is not None:
-            model.reported_context_limit = limit
-        return UrlHealth(model.id, url.url, True, latency_ms, None, url.outstanding)
-
-    async def _probe_models(self, model: RemoteModel) -> None:
-        problems = []
-        for url in model.pool.candidates():
-            health = await self._probe_url(model, url)
-            if health.reachable:
-                return
-            problems.append(f"{url.url}: {health.error}")
-        raise _unreachable(model.id, problems)
-
-    async def _get_models(self, model: RemoteModel, url: UpstreamUrl) -> int | None:
-        response = await self._client.get(
-            f"{url.url}/v1/models", headers=model.headers, timeout=_probe_timeout(model.source)
-        )
-        if response.status_code != 200:
-            raise UpstreamFailed(model.id, f"/v1/models answered HTTP {response.status_code}")
-        return model_context_limit(response.json(), model.source.model)
-
-    async def _upstream_prompt_count(
-        self, model: RemoteModel, request: GenerationRequest
-    ) -> int | None:
-        """The prompt's exact count from the upstream's /tokenize; None when it has none (then
-        never asked again) or it is turned off. UpstreamUnavailable when no URL answers."""
-        if not (model.source.use_upstream_tokenize and model.tokenize_supported):
-            return None
-        body = tokenize_body(PreparedRequest(request, (), 1, model.id), model.source.model)
-        problems = []
-        for url in model.pool.candidates():
-            try:
-                response = await self._client.post(
-                    f"{url.url}/tokenize",
-                    json=body,
-                    headers=model.headers,
-                    timeout=_probe_timeout(model.source),
-                )
-            except httpx.HTTPError as exc:
-                url.failed(_short(exc))
-                problems.append(f"{url.url}: {_short(exc)}")
-                continue
-            if response.status_code in (404, 405):
-                log.info("remote_tokenize_missing", model=model.id, url=url.url)
-                model.tokenize_supported = False
-                return None
-            if response.status_code >= 500:
-                url.failed(f"HTTP {response.status_code}")
-                problems.append(f"{url.url}: HTTP {response.status_code}")
-                continue
-            if response.status_code != 200:
-                raise UpstreamFailed(
-                    model.id,
-                    f"/tokenize answered HTTP {response.status_code}: "
-                    f"{response.text[:MAX_ERROR_BODY_CHARS]}",
-                )
-            try:
-                count, limit = tokenize_count(response.json())
-            except (ValueError, WireError) as exc:
-                raise UpstreamFailed(model.id, f"/tokenize: {exc}") from None
-            model.reachable_at = time.monotonic()
-            if limit is not None:
-                model.reported_context_limit = limit
-            return count
-        raise _unreachable(model.id, problems)
 
     async def _tokenizer(self, model: RemoteModel) -> TokenizerAdapter | None:
         path = model.source.tokenizer_path
@@ -412,34 +220,6 @@ class RemoteBackend:
             raise ModelUnavailable(model_id, "not a remote model of this catalog") from None
 
 
-def _probe_timeout(source: RemoteSource) -> httpx.Timeout:
-    return httpx.Timeout(
-        min(PROBE_TIMEOUT_S, source.read_timeout_s), connect=source.connect_timeout_s
-    )
-
-
-def _unreachable(model_id: str, problems: list[str]) -> UpstreamUnavailable | UpstreamTimeout:
-    """No URL answered: a timeout when every one accepted and then said nothing."""
-    text = "; ".join(problems) or "no upstream URL is open"
-    if problems and all("Timeout" in problem and "Connect" not in problem for problem in problems):
-        return UpstreamTimeout(model_id, f"no answer in time: {text}")
-    return UpstreamUnavailable(model_id, text)
-
-
-def _auth_headers(
-    model_id: str, source: RemoteSource, environ: Mapping[str, str]
-) -> dict[str, str]:
-    if source.api_key_env is None:
-        return {}
-    key = environ.get(source.api_key_env)
-    if not key:
-        raise ValueError(
-            f"catalog entry {model_id!r}: api_key_env names {source.api_key_env}, "
-            "which is not set in the environment"
-        )
-    return {"Authorization": f"Bearer {key}"}
-
-
 def _load_tokenizer(model_id: str, path: Path) -> TokenizerAdapter:
     from transformers import AutoTokenizer
 
@@ -453,18 +233,3 @@ def _load_tokenizer(model_id: str, path: Path) -> TokenizerAdapter:
             model_id, f"its tokenizer_path {path} cannot be loaded: {exc}"
         ) from None
     return TokenizerAdapter(tokenizer)
-
-
-async def _error_text(response: httpx.Response) -> str:
-    try:
-        await response.aread()
-        return response.text[:MAX_ERROR_BODY_CHARS]
-    except httpx.HTTPError:
-        return ""
-    finally:
-        await response.aclose()
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}"[:MAX_ERROR_BODY_CHARS] if text else type(exc).__name__

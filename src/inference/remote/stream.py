@@ -44,7 +44,8 @@ from inference.remote.wire import (
 from inference.requests import GenerationRequest, PreparedRequest
 
 if TYPE_CHECKING:
-    from inference.remote.backend import RemoteBackend, RemoteModel
+    from inference.remote.backend import RemoteBackend
+    from inference.remote.upstream import RemoteModel
     from inference.remote.urls import UpstreamUrl
 
 log = structlog.get_logger(__name__)
@@ -148,7 +149,7 @@ class RemoteStream:
         )
         try:
             async with asyncio.timeout(deadline_s):
-                url, response = await self._backend.open_chat(model, body)
+                url, response = await self._backend.client.open_chat(model, body)
                 state.headers_at = time.monotonic()
                 async for payload in data_lines(response.aiter_lines()):
                     chunk = parse_chunk(payload)
