@@ -103,6 +103,7 @@ class TestBilledFromUpstreamUsage:
             rows = await history(client, headers)
             assert rows[0]["type"] == "hold_captured"
             assert rows[0]["completion_tokens"] == expected["completion_tokens"]
+            assert rows[0]["token_count"] == "upstream"
             assert (await balance(client, headers))["held"] == 0
 
     async def test_non_streamed_v1_answer_is_billed_from_the_upstream_usage(
@@ -176,6 +177,9 @@ class TestStopClosesTheUpstreamRequest:
             capture = rows[0]
             assert capture["type"] == "hold_captured", capture
             assert deltas <= capture["completion_tokens"] < MAX_TOKENS_CAP
+            # vLLM reports usage in every chunk (continuous_usage_stats): its own count of
+            # what was received; engine serve does not, so ledgerchat counted and says so.
+            assert capture["token_count"] == ("upstream" if upstream.kind == "vllm" else "local")
             assert -capture["amount"] < hold_credits
             assert (await balance(client, headers))["held"] == 0
 
