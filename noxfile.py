@@ -217,5 +217,9 @@ def vllm(session: nox.Session) -> None:
         "service",
         "--engine-url",
         "{v1_url}",
+        "--engine-model",
+        "{model}",
+        "--engine-api-key-env",
+        "LEDGERCHAT_UPSTREAM_API_KEY",
         env=env,
     )

@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
-from inference import Engine
 from inference.events import Finished, TextDelta
+from inference.router import InferenceBackend
 from ledger.errors import HoldAlreadyResolved, HoldExpired
 from web import metrics
 from web.domain.billing.prices import ModelPrice
@@ -52,7 +52,7 @@ class ChatStreams:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: InferenceBackend,
         claims: ChatClaims,
         holds: ChatHolds,
         conversations: ConversationsService,
@@ -227,6 +227,7 @@ class ChatStreams:
                         "prompt_tokens": decision.prompt_tokens,
                         "completion_tokens": decision.completion_tokens,
                         "price_version": price.version,
+                        **_count_source(decision),
                     },
                 )
                 return "captured", decision.release_reason, balance
@@ -327,6 +328,13 @@ def _count(decision: Settlement, cost: int, settlement: SettlementKind, elapsed_
     if decision.completion_tokens and elapsed_s > 0:
         metrics.TOKENS_PER_SECOND.labels(answered).observe(decision.completion_tokens / elapsed_s)
     metrics.CHAT_REQUESTS.labels(settlement).inc()
+
+
+def _count_source(decision: Settlement) -> dict[str, str]:
+    """Ledger metadata saying who counted the tokens, when it was not the local engine."""
+    if decision.token_count_source == "engine":
+        return {}
+    return {"token_count": decision.token_count_source}
 
 
 class NoStream:
