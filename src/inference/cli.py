@@ -76,31 +76,40 @@ def _add_catalog_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def models_list(args: argparse.Namespace) -> int:
-    from inference.engine import Engine
+    """Each model; a remote one's URLs are probed now (reachable, latency)."""
+    import os
+
+    from inference.router import InferenceRouter
+
+    async def statuses() -> tuple[list[Any], dict[str, list[Any]]]:
+        # Built in the loop that uses it: the remote backend's HTTP client belongs to it.
+        router = InferenceRouter(catalog, settings, os.environ)
+        try:
+            if args.load:
+                for entry in catalog:
+                    if router.is_remote(entry.id):
+                        continue
+                    try:
+                        await router.load(entry.id)
+                    except InferenceError as exc:
+                        print(f"{entry.id}: {exc}", file=sys.stderr)
+            urls: dict[str, list[Any]] = {}
+            for health in await router.remote_health():
+                urls.setdefault(health.model_id, []).append(health)
+            return router.models(), urls
+        finally:
+            await router.close()
 
     try:
         catalog = load_catalog(args.catalog)
         settings = InferenceSettings.from_env()
+        models, remote_urls = asyncio.run(statuses())
     except (CatalogError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    engine = Engine(catalog, settings)
-
-    async def statuses() -> list[Any]:
-        try:
-            if args.load:
-                for entry in catalog:
-                    try:
-                        await engine.load(entry.id)
-                    except InferenceError as exc:
-                        print(f"{entry.id}: {exc}", file=sys.stderr)
-            return engine.models()
-        finally:
-            await engine.close()
-
-    models = asyncio.run(statuses())
     if args.json:
-        print(json.dumps([_status_json(model) for model in models], indent=2))
+        listed = [_status_json(model, remote_urls.get(model.id)) for model in models]
+        print(json.dumps(listed, indent=2))
         return 0
     header = ("ID", "AVAILABLE", "QUANT", "MEMORY", "NOTE")
     rows = [header]
@@ -118,11 +127,19 @@ def models_list(args: argparse.Namespace) -> int:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
         print("  ".join([*cells, row[-1]]).rstrip())
+    for model_id, healths in remote_urls.items():
+        for health in healths:
+            state = (
+                f"reachable, {health.latency_ms:.0f} ms"
+                if health.reachable
+                else f"unreachable: {health.error}"
+            )
+            print(f"{model_id}: remote {health.url} {state}")
     return 0
 
 
-def _status_json(model: Any) -> dict[str, Any]:
-    return {
+def _status_json(model: Any, remote_urls: list[Any] | None = None) -> dict[str, Any]:
+    listed = {
         "id": model.id,
         "display_name": model.display_name,
         "available": model.available,
@@ -133,6 +150,17 @@ def _status_json(model: Any) -> dict[str, Any]:
         "memory_bytes": model.memory_bytes,
         "fallback_model_id": model.fallback_model_id,
     }
+    if remote_urls is not None:
+        listed["remote_urls"] = [
+            {
+                "url": health.url,
+                "reachable": health.reachable,
+                "latency_ms": None if health.latency_ms is None else round(health.latency_ms, 1),
+                "error": health.error,
+            }
+            for health in remote_urls
+        ]
+    return listed
 
 
 def models_pull(args: argparse.Namespace) -> int:

@@ -80,3 +80,32 @@ class OutOfMemory(InferenceError):
         )
         self.model_id = model_id
         self.during = during
+
+
+class UpstreamError(InferenceError):
+    """A remote engine (an OpenAI-compatible server) did not answer as it should. Its `code`
+    is also the reason a credit hold is released: nothing was generated for the user."""
+
+    code = "engine_error"
+
+    def __init__(self, model_id: str, message: str) -> None:
+        super().__init__(f"model {model_id!r}: {message}")
+        self.model_id = model_id
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Every URL of the remote engine refused, was unreachable, or answered 5xx/429."""
+
+    code = "engine_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The remote engine accepted the request but sent nothing within the read timeout."""
+
+    code = "engine_timeout"
+
+
+class UpstreamFailed(UpstreamError):
+    """The remote engine answered with an error or broke the stream."""
+
+    code = "engine_error"

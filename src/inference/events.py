@@ -8,6 +8,7 @@ from typing import Literal
 from inference.catalog import Quantization
 
 FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
+TokenCountSource = Literal["engine", "upstream", "local"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class Finished:
     error_code: str | None = None
     cached_prompt_tokens: int = 0
     """Prompt tokens whose keys and values came from the prefix cache (not recomputed)."""
+    token_count_source: TokenCountSource = "engine"
+    """Where the counts come from: "engine" (this process's engine, exact), "upstream" (a remote
+    engine's `usage`, exact), "local" (a remote engine sent no usage: counted here with the
+    catalog entry's tokenizer, or its chunks when it has none)."""
 
 
 StreamEvent = TextDelta | Finished

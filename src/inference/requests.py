@@ -132,9 +132,13 @@ class PreparedRequest:
     max_completion_tokens: int
     model_id: str
     fell_back_from: str | None = None
+    prompt_token_count: int | None = None
+    """Set when the prompt was counted without its ids (a remote engine's /tokenize count)."""
 
     @property
     def prompt_tokens(self) -> int:
+        if self.prompt_token_count is not None:
+            return self.prompt_token_count
         return len(self.prompt_ids)
 
 

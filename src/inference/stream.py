@@ -55,11 +55,7 @@ class GenerationStream(AsyncIterator[StreamEvent]):
         if self._done:
             raise StopAsyncIteration
         if self._events is None:
-            try:
-                await self._submit()
-            except BaseException:
-                self._done = True
-                raise
+            await self.start()
         assert self._events is not None
         try:
             event = await self._events.get()
@@ -70,6 +66,18 @@ class GenerationStream(AsyncIterator[StreamEvent]):
         if isinstance(event, Finished):
             self._on_finished(event)
         return event
+
+    async def start(self) -> None:
+        """Submit the request now without waiting for its first event, so that what stops it
+        before generation (EngineBusy, ModelUnavailable, ...) is raised here, e.g. before an
+        HTTP server sends its response headers. Iterating without start() submits too."""
+        if self._events is not None or self._done:
+            return
+        try:
+            await self._submit()
+        except BaseException:
+            self._done = True
+            raise
 
     async def aclose(self) -> None:
         """Cancel if still running and wait (bounded) for the final event."""

@@ -257,7 +257,8 @@ class Ledger(LedgerQueries):
     async def release_hold(
         self, account_id: str, hold_id: str, *, reason: str, idempotency_key: str
     ) -> Receipt:
-        """Give the whole hold back; reason is aborted, failed, timeout, expired or cancelled."""
+        """Give the whole hold back; reason is one of `ReleaseReason` (aborted, failed, timeout,
+        expired, cancelled, engine_unavailable, engine_timeout, engine_error)."""
         try:
             release_reason = ReleaseReason(reason)
         except ValueError:

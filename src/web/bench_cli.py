@@ -13,6 +13,10 @@ measures, in one run:
 - `aggregate_tok_s_8_users`: 8 users chatting at once through HTTP, total completion tokens
   / wall time.
 Prints a table, then one JSON object as the last line.
+
+With `--engine-url URL` the model is a remote engine (vLLM, `ledgerchat engine serve`, any
+OpenAI-compatible server; `bench_remote.py`): the direct measure is then the same request sent
+straight to the upstream, and `engine_tok_s` is the upstream's tokens/s.
 """
 
 from __future__ import annotations
@@ -24,12 +28,22 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from inference import ChatMessage, Finished, GenerationRequest, SamplingParams
+from web.bench_remote import (
+    BENCH_MODEL_ID,
+    BenchSetupError,
+    api_headers,
+    served_model,
+    upstream_root,
+    upstream_stream,
+    write_bench_catalog,
+)
 from web.commands import free_port
 from web.domain.admin.services import INTERNAL_ADMIN
 from web.services import Services
@@ -53,6 +67,14 @@ def register_bench(bench_subparsers: Any) -> None:
     parser.add_argument("--max-tokens", type=int, default=128, help="completion tokens per stream")
     parser.add_argument("--repeats", type=int, default=5, help="single-stream runs of each kind")
     parser.add_argument("--billing-requests", type=int, default=50, help="one-token chats timed")
+    parser.add_argument(
+        "--engine-url",
+        help="bench a remote OpenAI-compatible engine at this URL (with or without /v1)",
+    )
+    parser.add_argument("--engine-model", help="the upstream's model name (default: its first)")
+    parser.add_argument(
+        "--engine-api-key-env", help="environment variable holding the upstream's bearer key"
+    )
     parser.set_defaults(handler=bench_service)
 
 
@@ -62,7 +84,11 @@ def bench_service(args: argparse.Namespace) -> int:
             print(f"ledgerchat bench service: --{name.replace('_', '-')} must be >= 1")
             return 2
     with tempfile.TemporaryDirectory(prefix="ledgerchat-bench-") as scratch:
-        results = asyncio.run(_run(args, Path(scratch)))
+        try:
+            results = asyncio.run(_run(args, Path(scratch)))
+        except BenchSetupError as exc:
+            print(f"ledgerchat bench service: {exc}", file=sys.stderr)
+            return 2
     _print_table(results)
     print(json.dumps(results, sort_keys=True))
     return 0
@@ -80,6 +106,16 @@ async def _run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     from web.app import create_app
 
     settings = load_settings()
+    remote: dict[str, Any] = {}
+    if args.engine_url:
+        root = upstream_root(args.engine_url)
+        headers = api_headers(args.engine_api_key_env)
+        upstream_model = await asyncio.to_thread(served_model, root, headers, args.engine_model)
+        args.catalog = write_bench_catalog(
+            scratch, root, upstream_model, args.engine_api_key_env, args.max_tokens
+        )
+        args.model = BENCH_MODEL_ID
+        remote = {"root": root, "headers": headers, "model": upstream_model}
     settings = settings.model_copy(
         update={
             "database": settings.database.model_copy(
@@ -127,8 +163,28 @@ async def _run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             users = [
                 await _bench_user(client, services, f"bench{i}") for i in range(CONCURRENT_USERS)
             ]
-            results = await _measure(args, services, client, users, model_id)
+            if remote:
+
+                async def direct(max_tokens: int) -> tuple[int, float]:
+                    return await upstream_stream(
+                        client,
+                        remote["root"],
+                        remote["model"],
+                        remote["headers"],
+                        BENCH_PROMPT,
+                        max_tokens,
+                    )
+            else:
+
+                async def direct(max_tokens: int) -> tuple[int, float]:
+                    return await _engine_stream(services, model_id, max_tokens)
+
+            results = await _measure(args, services, client, users, model_id, direct)
         results["model"] = model_id
+        results["engine"] = "remote" if remote else "local"
+        if remote:
+            results["engine_url"] = remote["root"]
+            results["engine_model"] = remote["model"]
         results["model_load_s"] = round(load_s, 2)
         return results
     finally:
@@ -194,14 +250,16 @@ async def _measure(
     client: httpx.AsyncClient,
     users: list[dict[str, str]],
     model_id: str,
+    direct: Callable[[int], Awaitable[tuple[int, float]]],
 ) -> dict[str, Any]:
     # Warm-up: the first generation pays one-off costs (allocations, kernels).
     _progress("warm-up")
-    await _engine_stream(services, model_id, min(8, args.max_tokens))
+    await direct(min(8, args.max_tokens))
+    await _sse_stream(client, users[0], model_id, min(8, args.max_tokens))
     engine_rates: list[float] = []
     sse_rates: list[float] = []
     for repeat in range(args.repeats):
-        tokens, seconds = await _engine_stream(services, model_id, args.max_tokens)
+        tokens, seconds = await direct(args.max_tokens)
         engine_rates.append(tokens / seconds)
         tokens, seconds = await _sse_stream(client, users[0], model_id, args.max_tokens)
         sse_rates.append(tokens / seconds)
@@ -254,7 +312,12 @@ def _print_table(results: dict[str, Any]) -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     rows = [
-        ("engine tokens/s (single stream, direct)", results["engine_tok_s"]),
+        (
+            "upstream tokens/s (single stream, direct)"
+            if results["engine"] == "remote"
+            else "engine tokens/s (single stream, direct)",
+            results["engine_tok_s"],
+        ),
         ("SSE tokens/s (same request via /api/chat)", results["sse_tok_s"]),
         ("SSE / engine (median of pairs)", results["sse_to_engine_ratio"]),
         (

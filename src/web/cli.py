@@ -23,7 +23,13 @@ from web.settings import SettingsError, load_settings
 
 # Modules that contribute subcommands, in help order. A module that is not importable yet is
 # skipped so that the command keeps working while the packages grow.
-_COMMAND_MODULES = ("web.commands", "ledger.cli", "inference.cli", "web.bench_cli")
+_COMMAND_MODULES = (
+    "web.commands",
+    "ledger.cli",
+    "inference.cli",
+    "web.engine_cli",
+    "web.bench_cli",
+)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
+from inference.server.settings import EngineServerSettings
 from inference.settings import InferenceSettings
 from ledger.settings import LedgerSettings
 from web.settings import SECTIONS
@@ -100,6 +101,11 @@ QUICK_REFERENCE = (
     ("Signup grant", "LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS", "`100`"),
 )
 
+ENGINE_SERVER_INTRO = """
+Read only by `ledgerchat engine serve` (docs/deployment.md); `--host` and `--port` win.
+
+"""
+
 LEDGER_INTRO = """
 ## Ledger
 """
@@ -136,7 +142,8 @@ def section_table(cls: type[BaseSettings], owner: str | None = None) -> str:
 def render() -> str:
     """The whole of docs/configuration.md."""
     web = "\n".join(section_table(cls) for cls in SECTIONS.values())
-    inference = section_table(InferenceSettings, "inference")
+    inference = section_table(InferenceSettings, "inference") + ENGINE_SERVER_INTRO
+    inference += section_table(EngineServerSettings, "inference.server")
     ledger = section_table(LedgerSettings, "ledger")
     quick = "\n".join(
         ["| What | Variable | Default |", "| --- | --- | --- |"]

@@ -19,6 +19,7 @@ from inference.errors import (
     ModelUnavailable,
     OutOfMemory,
     PromptTooLong,
+    UpstreamError,
 )
 from ledger.errors import (
     AccountNotFound,
@@ -84,6 +85,8 @@ INFERENCE_STATUS: dict[type[InferenceError], int] = {
     EngineBusy: 503,
     ModelLoadFailed: 503,
     OutOfMemory: 503,
+    # A remote engine refused, was unreachable, timed out or failed before anything streamed.
+    UpstreamError: 503,
 }
 RETRY_AFTER_BUSY_S = 2
 

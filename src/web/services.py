@@ -15,17 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from inference import Engine, InferenceSettings, merge_catalog
 from inference.catalog import Catalog
 from inference.loading import prepare_weights
+from inference.router import InferenceRouter
 from ledger import Ledger, LedgerSettings
-from web import metrics
+from web import probes
 from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
-from web.database import create_engine, schema_is_current, session_factory, upgrade_schema
+from web.database import create_engine, session_factory, upgrade_schema
 from web.domain.accounts.invites import InvitesService
 from web.domain.accounts.registration import RegistrationService
 from web.domain.accounts.services import AccountsService
@@ -59,7 +58,7 @@ class _Started:
     db: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     ledger: Ledger
-    engine: Engine
+    engine: InferenceRouter
     accounts: AccountsService
     registration: RegistrationService
     api_keys: ApiKeysService
@@ -71,7 +70,9 @@ class _Started:
 
 class Services:
     """Everything the front ends call. `engine` may be injected (tests share one loaded
-    engine); an injected engine is started and closed by its owner, not here."""
+    engine); an injected engine is started and closed by its owner, not here. Inference is
+    reached through an `InferenceRouter`: local catalog entries on the engine, remote ones on
+    the OpenAI-compatible servers their entries name."""
 
     def __init__(
         self,
@@ -130,17 +131,19 @@ class Services:
         except BaseException:
             await db.dispose()
             raise
-        engine = self._injected_engine
         catalog_path = Path(settings.models.catalog) if settings.models.catalog else None
-        if engine is None and not self._needs_models:
+        if self._injected_engine is not None:
+            engine = InferenceRouter.around(self._injected_engine)
+        elif not self._needs_models:
             # The CLI's user and key commands load no model: an empty catalog, so a broken
             # model catalog or inference setting does not stop them.
-            engine = Engine(Catalog(()), InferenceSettings())
-        elif engine is None:
+            engine = InferenceRouter(Catalog(()), InferenceSettings())
+        else:
             try:
-                engine = Engine(
+                engine = InferenceRouter(
                     merge_catalog(catalog_path, settings.environ),
                     InferenceSettings.from_env(settings.environ),
+                    settings.environ,
                 )
             except BaseException:
                 await ledger.close()
@@ -214,7 +217,7 @@ class Services:
         self._loop = asyncio.get_running_loop()
         log.info("services_started", database=db.url.render_as_string(hide_password=True))
 
-    def _prices(self, engine: Engine, catalog_path: Path | None) -> PriceCatalog:
+    def _prices(self, engine: InferenceRouter, catalog_path: Path | None) -> PriceCatalog:
         """Credit prices (web's billing, not the inference catalog): every model the engine
         offers must have one, or the service does not start."""
         if not len(engine.catalog):
@@ -223,11 +226,11 @@ class Services:
         prices.check_covers(engine.catalog.ids(), catalog_path)
         return prices
 
-    async def _prepare_default_weights(self, engine: Engine) -> None:
+    async def _prepare_default_weights(self, engine: InferenceRouter) -> None:
         """Resolve (and convert, once) the default model's weights off the event loop, with a
         progress bar when stderr is a terminal. A failure is left for the load to report."""
         model_id = self.settings.chat.default_model
-        if model_id not in engine.catalog:
+        if model_id not in engine.catalog or engine.is_remote(model_id):
             return
         entry = engine.catalog.get(model_id)
         try:
@@ -238,9 +241,10 @@ class Services:
             log.warning("default_model_not_prepared", model=model_id, error=str(exc))
 
     async def _load_default_model(
-        self, engine: Engine, preparing_since: float
+        self, engine: InferenceRouter, preparing_since: float
     ) -> DefaultModelOutcome:
-        """Load the default model in the background; /ready reports ready once it is."""
+        """Load the default model in the background (a remote one: check that its upstream
+        answers); /ready reports ready once it is."""
         model_id = self.settings.chat.default_model
         try:
             await engine.load(model_id)
@@ -297,6 +301,8 @@ class Services:
         self._default_model = None
         if self._injected_engine is None:
             await started.engine.close()
+        else:
+            await started.engine.close_remote()
         await started.chat.wait_idle(CLOSE_SETTLEMENTS_TIMEOUT_S)
         await started.chat.wait_settlements(CLOSE_SETTLEMENTS_TIMEOUT_S)
         await started.ledger.close()
@@ -348,7 +354,7 @@ class Services:
         return self._require().ledger
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> InferenceRouter:
         return self._require().engine
 
     @property
@@ -357,40 +363,17 @@ class Services:
 
     # -- probes ------------------------------------------------------------------------
     async def readiness(self) -> Readiness:
-        checks: dict[str, str] = {}
         started = self._started
         if started is None:
             return Readiness(False, {"services": "not started"})
-        try:
-            async with started.db.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-            checks["schema"] = "ok" if await schema_is_current(started.db) else "outdated"
-            ledger_current = await started.ledger.schema_is_current()
-            checks["ledger_schema"] = "ok" if ledger_current else "outdated"
-        except Exception as exc:  # any failure means not ready; the reason is reported
-            checks["database"] = f"unreachable: {type(exc).__name__}"
-        default = self.settings.chat.default_model
-        status = next((m for m in started.engine.models() if m.id == default), None)
-        if status is None:
-            checks["default_model"] = f"{default} is not in the catalog"
-        elif not status.loaded:
-            checks["default_model"] = f"{default} is not loaded"
-        else:
-            checks["default_model"] = "ok"
-        return Readiness(all(v == "ok" for v in checks.values()), checks)
+        return await probes.readiness(
+            started.db, started.ledger, started.engine, self.settings.chat.default_model
+        )
 
     def refresh_gauges(self) -> None:
         """Bring state gauges up to date just before /metrics renders them."""
-        metrics.PROCESS_RSS_BYTES.set(psutil.Process().memory_info().rss)
         started = self._started
-        if started is None:
-            return
-        metrics.ACTIVE_STREAMS.set(started.chat.active_streams)
-        queue_depth = 0
-        for model in started.engine.models():
-            metrics.MODEL_LOADED.labels(model.id).set(1 if model.loaded else 0)
-            metrics.MODEL_AVAILABLE.labels(model.id).set(1 if model.available else 0)
-            if model.loaded:
-                queue_depth += started.engine.load_snapshot(model.id).waiting
-        metrics.QUEUE_DEPTH.set(queue_depth)
+        probes.refresh_gauges(
+            None if started is None else started.engine,
+            None if started is None else started.chat.active_streams,
+        )

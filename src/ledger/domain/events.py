@@ -40,6 +40,10 @@ class ReleaseReason(StrEnum):
     TIMEOUT = "timeout"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    # A remote inference engine refused or was unreachable, ran out of time, or failed.
+    ENGINE_UNAVAILABLE = "engine_unavailable"
+    ENGINE_TIMEOUT = "engine_timeout"
+    ENGINE_ERROR = "engine_error"
 
 
 def to_us(moment: datetime) -> int:

@@ -25,6 +25,9 @@ class TransactionView(msgspec.Struct):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     price_version: str | None = None
+    token_count: str | None = None
+    """Who counted the tokens of a capture served by a remote engine: "upstream" (its own
+    usage) or "local" (it sent none: counted by ledgerchat); None for the local engine."""
     hold_id: str | None = None
     reason: str | None = None
     note: str | None = None

@@ -69,6 +69,10 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def transaction_view(entry: HistoryEntry) -> TransactionView:
     """One ledger history entry as a row (the entry carries the balance after it)."""
     kind = entry.event_type
@@ -85,6 +89,7 @@ def transaction_view(entry: HistoryEntry) -> TransactionView:
         prompt_tokens=_int_or_none(entry.metadata.get("prompt_tokens")),
         completion_tokens=_int_or_none(entry.metadata.get("completion_tokens")),
         price_version=None if price_version is None else str(price_version),
+        token_count=_str_or_none(entry.metadata.get("token_count")),
         hold_id=entry.hold_id,
         reason=entry.reason,
         note=entry.note or None,

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inference import Engine
-from inference.errors import InferenceError, ModelUnavailable
+from inference.errors import InferenceError, ModelUnavailable, UpstreamError
 from inference.events import Finished, TextDelta
 from inference.requests import ChatMessage, GenerationRequest
+from inference.router import InferenceBackend
 from ledger import Ledger
 from web import metrics
 from web.domain.accounts.schemas import Identity
@@ -55,7 +55,7 @@ class ChatService:
         self,
         sessions: async_sessionmaker[AsyncSession],
         ledger: Ledger,
-        engine: Engine,
+        engine: InferenceBackend,
         conversations: ConversationsService,
         chat: ChatSettings,
         billing: BillingSettings,
@@ -230,7 +230,9 @@ class ChatService:
                 turn.conversation_id = created.id
         except InferenceError as exc:
             metrics.CHAT_REQUESTS.labels(exc.code).inc()
-            await self._streams.release_quietly(turn, "failed")
+            # A remote engine's failure names itself (engine_unavailable, engine_timeout, ...).
+            reason = exc.code if isinstance(exc, UpstreamError) else "failed"
+            await self._streams.release_quietly(turn, reason)
             raise
         except BaseException:
             # Shielded: a cancelled request still frees its hold and stops its generation.

@@ -25,6 +25,8 @@ StopReason = Literal["aborted", "cancelled"]
 
 _RELEASE_OF_FAILURE = {"error": "failed", "timeout": "timeout"}
 _COMPLETED = frozenset({"stop", "length"})
+# A remote engine's failure is released under its own name (the Finished event's error_code).
+_ENGINE_FAILURES = frozenset({"engine_unavailable", "engine_timeout", "engine_error"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Settlement:
     completion_tokens: int
     finish_reason: str
     error: str | None = None
+    token_count_source: str = "engine"
+    """"engine"/"upstream": exact counts; "local": counted here (recorded with the capture)."""
 
 
 def answering_model(end: StreamEnd) -> str:
@@ -75,7 +79,8 @@ def decide_settlement(
     release_reason: str | None = None
     if finish_reason in _RELEASE_OF_FAILURE:
         # Cut by a failure (even if the consumer left at the same time): never billed.
-        release_reason = _RELEASE_OF_FAILURE[finish_reason]
+        code = finished.error_code if finished is not None else None
+        release_reason = code if code in _ENGINE_FAILURES else _RELEASE_OF_FAILURE[finish_reason]
     elif finish_reason in _COMPLETED:
         # The engine finished before the stop reached it: a whole reply, billed as one.
         pass
@@ -100,4 +105,5 @@ def decide_settlement(
         completion_tokens=completion_tokens,
         finish_reason=finish_reason,
         error=None if finished is None else finished.error,
+        token_count_source="engine" if finished is None else finished.token_count_source,
     )

@@ -114,6 +114,7 @@ class TurnSettler:
                         "prompt_tokens": decision.prompt_tokens,
                         "completion_tokens": decision.completion_tokens,
                         "price_version": turn.price.version,
+                        **_count_source(decision),
                     },
                 )
                 return "captured", decision.release_reason, balance
@@ -182,3 +183,10 @@ async def close_stream(stream: AsyncIterator[TextDelta | Finished]) -> None:
         return
     with contextlib.suppress(RuntimeError, StopAsyncIteration):
         await closer()
+
+
+def _count_source(decision: Settlement) -> dict[str, str]:
+    """Ledger metadata saying who counted the tokens, when it was not the local engine."""
+    if decision.token_count_source == "engine":
+        return {}
+    return {"token_count": decision.token_count_source}

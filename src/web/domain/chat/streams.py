@@ -12,8 +12,8 @@ import collections
 import contextlib
 from collections.abc import AsyncGenerator
 
-from inference import Engine
 from inference.events import Finished, TextDelta
+from inference.router import InferenceBackend
 from web import metrics
 from web.domain.chat.claims import ChatClaims
 from web.domain.chat.conversations import ConversationsService
@@ -33,7 +33,7 @@ class ChatStreams:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: InferenceBackend,
         claims: ChatClaims,
         holds: ChatHolds,
         conversations: ConversationsService,

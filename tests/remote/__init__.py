@@ -1,0 +1,1 @@
+"""Tests of remote engines: `ledgerchat engine serve` and (opt-in) a real vLLM as upstreams."""
