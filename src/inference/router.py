@@ -54,6 +54,8 @@ class InferenceBackend(Protocol):
 
     def cancel(self, request_id: str) -> bool: ...
 
+    def loading_for_s(self, model_id: str) -> float | None: ...
+
 
 class InferenceRouter:
     """Every model of a catalog, each served by the backend its source kind names. `local`
@@ -116,6 +118,11 @@ class InferenceRouter:
 
     def loaded_model(self, model_id: str) -> LoadedModel | None:
         return None if self.is_remote(model_id) else self.local.loaded_model(model_id)
+
+    def loading_for_s(self, model_id: str) -> float | None:
+        """Seconds a local model's load has been in flight; None for a remote model (its
+        upstream loads its own weights) and for a model not loading."""
+        return None if self.is_remote(model_id) else self.local.loading_for_s(model_id)
 
     def load_snapshot(self, model_id: str) -> SchedulerLoad:
         if self.is_remote(model_id):
