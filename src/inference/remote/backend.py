@@ -155,6 +155,7 @@ class RemoteBackend:
         default_reply = entry.prompting.default_max_new_tokens
         wanted = request.sampling.max_new_tokens or default_reply or entry.max_new_tokens_cap
         max_new_tokens = min(wanted, entry.max_new_tokens_cap, context_limit - prompt_count)
+        self._warm_tokenizer(model)
         return PreparedRequest(
             request=request,
             prompt_ids=prompt_ids,
@@ -189,7 +190,11 @@ class RemoteBackend:
     async def count_completion(self, model: RemoteModel, parts: Sequence[str]) -> int:
         """Tokens received without a usage count: the entry's tokenizer on the text, else
         the chunks that carried text (each at least one token, so never over-counted)."""
-        tokenizer = await self._tokenizer(model)
+        try:
+            tokenizer = await self._tokenizer(model)
+        except ModelUnavailable as exc:  # a broken tokenizer_path must not lose the count
+            log.warning("remote_count_by_chunks", model=model.id, error=str(exc))
+            tokenizer = None
         if tokenizer is None:
             return len(parts)
         return len(tokenizer.encode_content("".join(parts)))
@@ -213,11 +218,25 @@ class RemoteBackend:
                 model.tokenizer = await asyncio.to_thread(_load_tokenizer, model.id, path)
         return model.tokenizer
 
+    def _warm_tokenizer(self, model: RemoteModel) -> None:
+        """Load the entry's tokenizer in the background, so that counting a reply the upstream
+        sent no usage for (a Stop) does not wait for a load (a GGUF tokenizer takes seconds)."""
+        if model.source.tokenizer_path is None or model.tokenizer is not None:
+            return
+        if model.tokenizer_warmup is None:
+            model.tokenizer_warmup = asyncio.create_task(self._tokenizer(model))
+            model.tokenizer_warmup.add_done_callback(_log_warmup_failure)
+
     def _model(self, model_id: str) -> RemoteModel:
         try:
             return self._models[model_id]
         except KeyError:
             raise ModelUnavailable(model_id, "not a remote model of this catalog") from None
+
+
+def _log_warmup_failure(task: asyncio.Task[TokenizerAdapter | None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("remote_tokenizer_not_loaded", error=str(task.exception()))
 
 
 def _load_tokenizer(model_id: str, path: Path) -> TokenizerAdapter:

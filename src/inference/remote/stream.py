@@ -128,6 +128,21 @@ class RemoteStream:
     async def _run(self) -> None:
         try:
             await self._pump_events()
+        except Exception as exc:
+            # A bug after the stream's own handling: still end it, failed and never billed.
+            log.exception("remote_stream_crashed", request_id=self.request.request_id)
+            prepared = self._prepared
+            self._queue.put_nowait(
+                Finished(
+                    model_id_answered=prepared.model_id,
+                    prompt_tokens=prepared.prompt_tokens,
+                    completion_tokens=0,
+                    finish_reason="error",
+                    error=f"the remote stream failed: {exc!r}",
+                    error_code=UpstreamFailed.code,
+                    timings=Timings(0.0, None, None, 0.0),
+                )
+            )
         finally:
             self._backend.unregister(self)
 

@@ -58,6 +58,7 @@ class RemoteModel:
     tokenize_supported: bool = True
     tokenizer: TokenizerAdapter | None = None
     tokenizer_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tokenizer_warmup: asyncio.Task[TokenizerAdapter | None] | None = None
 
     @property
     def id(self) -> str:
