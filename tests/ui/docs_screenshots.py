@@ -1,6 +1,8 @@
 """Takes the screenshots in docs/screenshots/ from a running `ledgerchat serve` (ideally with the
-bundled Gemma 3 270M, so the replies are real text): the chat page on a laptop, the account
-page on a laptop and on a phone, and the chat on a phone-sized screen.
+bundled Gemma 3 270M, so the replies are real text): the chat page on a laptop (1280x800), the
+account page on a laptop and on a phone, and the chat on a phone-sized screen (390x844, signed in
+afresh there so the page lays itself out for a phone: conversation drawer closed, then the
+conversation opened from it).
 
     python tests/ui/docs_screenshots.py --base-url http://127.0.0.1:8000 --out docs/screenshots
 
@@ -27,11 +29,11 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-LAPTOP = {"width": 1280, "height": 860}
+LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 ACCOUNT = {"width": 1280, "height": 800}
 PASSWORD = "screenshot-pass-42"
-PROMPTS = ("The three most useful facts about the Moon are", "A short poem about bookkeeping:")
+PROMPTS = ("What are three useful facts about the Moon?", "Write a short poem about bookkeeping.")
 REPLY_TIMEOUT_MS = 600_000
 
 
@@ -48,6 +50,11 @@ def _sign_up(page: Page, username: str) -> None:
     page.locator("#register-confirm input").fill(PASSWORD)
     page.locator("#register-button").click()
     expect(page.locator("#login-notice")).to_contain_text("Account created")
+    _sign_in(page, username)
+
+
+def _sign_in(page: Page, username: str) -> None:
+    page.locator("#login-username textarea").fill(username)
     page.locator("#login-password input").fill(PASSWORD)
     page.locator("#login-button").click()
     expect(page.locator("#chat-input")).to_be_visible()
@@ -55,7 +62,7 @@ def _sign_up(page: Page, username: str) -> None:
 
 def _ask(page: Page, prompt: str, max_tokens: int) -> None:
     page.locator("#sampling").get_by_text("Sampling settings").click()
-    page.locator("#temperature input").fill("0.7")
+    page.locator("#temperature input").fill("0")
     page.locator("#max-tokens input").fill(str(max_tokens))
     page.locator("#sampling").get_by_text("Sampling settings").click()
     replies = page.locator('#chatbot [data-testid="bot"]')
@@ -64,6 +71,7 @@ def _ask(page: Page, prompt: str, max_tokens: int) -> None:
     page.locator("#send-button").click()
     expect(replies).to_have_count(before + 1, timeout=REPLY_TIMEOUT_MS)
     expect(replies.last).to_contain_text("reply tokens", timeout=REPLY_TIMEOUT_MS)
+    expect(page.locator("#send-button")).to_be_enabled()
 
 
 def main() -> int:
@@ -96,9 +104,16 @@ def main() -> int:
         time.sleep(1)
         page.locator("#balance-cards").evaluate("(e) => e.scrollIntoView({block: 'start'})")
         page.screenshot(path=str(args.out / "account-phone.png"))
-        page.set_viewport_size(PHONE)
-        page.get_by_role("tab", name="Chat").click()
-        time.sleep(1)
+        context.close()
+        phone = browser.new_context(viewport=PHONE, base_url=args.base_url)
+        page = phone.new_page()
+        page.goto("/")
+        _sign_in(page, username)
+        expect(page.locator("#conversation-list label")).to_have_count(1)
+        page.locator("#lc-sidebar .toggle-button").click()
+        page.locator("#conversation-list label").first.click()
+        expect(page.locator('#chatbot [data-testid="bot"]').last).to_contain_text("reply tokens")
+        time.sleep(1)  # the drawer slides shut
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(args.out / "chat-phone.png"))
         browser.close()

@@ -87,6 +87,11 @@ class TestLayout:
         shots(page, "two-replies")
         assert_in_view_without_scrolling(page, viewport, "after two replies")
         choose_model(page, "Tiny Gemma Premium")
+        chosen = field(page, "model-select")
+        expect(chosen).to_have_value("Tiny Gemma Premium")
+        assert chosen.evaluate("input => input.scrollWidth <= input.clientWidth"), (
+            "the model's name is cut off in the picker"
+        )
         send(page, "Too expensive")
         expect(page.locator("#chat-notice")).to_contain_text("Not enough credits")
         shots(page, "with-notice")

@@ -169,7 +169,9 @@ class ChatTab:
         )
         event = event.then(None, None, [self.viewport_width], js=_VIEWPORT_WIDTH_JS)
         event = event.then(
-            lambda width: gr.Sidebar(open=_is_wide(width)),
+            # It starts closed; only a wide screen opens it (so a phone user's own tap on the
+            # toggle is never undone by this step).
+            lambda width: gr.Sidebar(open=True) if _is_wide(width) else gr.skip(),
             [self.viewport_width],
             [self.sidebar],
             show_progress="hidden",
@@ -196,10 +198,16 @@ class ChatTab:
         )
 
     async def _send(self, *inputs: Any) -> AsyncIterator[tuple[Any, ...]]:
-        """`ChatActions.send` with Send disabled and Stop enabled while the reply streams."""
+        """`ChatActions.send` with Send disabled and Stop enabled while the reply streams.
+        Each update is held back until the next one arrives, so the last (the cost line, or a
+        refusal) goes out together with the buttons' return to normal."""
+        previous: tuple[Any, ...] | None = None
         async for outputs in self._chat.send(*inputs):
-            yield (*outputs, *_buttons(streaming=True))
-        yield (*(gr.skip() for _ in range(5)), *_buttons(streaming=False))
+            if previous is not None:
+                yield (*previous, *_buttons(streaming=True))
+            previous = outputs
+        if previous is not None:
+            yield (*previous, *_buttons(streaming=False))
 
     def _new_chat(self) -> tuple[Any, ...]:
         """Show an empty chat with no conversation open: the next message starts a new stored

@@ -16,6 +16,10 @@ PAGE_CSS = """
   border-bottom: 1px solid var(--border-color-primary); margin-bottom: 8px; }
 #lc-brand h2 { margin: 0; font-weight: 700; letter-spacing: -0.02em; }
 #lc-user { text-align: right; }
+#lc-account-bar { flex-wrap: nowrap; justify-content: flex-end; align-items: center; gap: 10px; }
+#lc-account-bar > * { flex: 0 0 auto !important; min-width: 0 !important; width: auto !important; }
+#lc-user { flex: 0 1 auto !important; }
+#lc-user p { margin: 0; white-space: nowrap; }
 .lc-balance { display: inline-flex; gap: 6px; align-items: baseline; white-space: nowrap;
   padding: 6px 12px; border-radius: 999px; background: var(--color-accent-soft);
   border: 1px solid var(--border-color-accent); font-size: 0.95rem; }
@@ -48,7 +52,8 @@ PAGE_CSS = """
   display: none !important; }
 #chat-notice .lc-notice { margin: 0; }
 #lc-chat-toolbar { flex-wrap: nowrap; gap: 8px; align-items: stretch; }
-#new-chat { white-space: nowrap; }
+#lc-chat-toolbar > #model-select { flex: 1 1 0 !important; min-width: 0 !important; }
+#new-chat { white-space: nowrap; flex: 0 0 auto !important; }
 #lc-composer { flex-wrap: nowrap; gap: 8px; align-items: stretch; }
 #lc-composer button { align-self: stretch; }
 #model-price, #model-price * { font-size: 0.8rem !important; line-height: 1.3 !important; }
@@ -70,12 +75,15 @@ PAGE_CSS = """
   #lc-account-bar > * { flex: 0 0 auto !important; min-width: 0 !important;
     width: auto !important; }
   #lc-user { order: 3; flex-basis: 100% !important; text-align: right; font-size: 0.8rem; }
-  #lc-user p { margin: 0; }
+  #lc-user p { margin: 0; white-space: normal; }
   .lc-balance-label { display: none; }
   .lc-balance { padding: 2px 8px; font-size: 0.85rem; }
   #lc-app { --lc-chat-top: 160px; }
   #lc-chat-main { gap: 6px; min-height: 320px; }
   #model-price, #model-price * { font-size: 0.72rem !important; }
+  #model-select input { font-size: 0.72rem; text-overflow: ellipsis; }
+  #model-select .wrap { padding-left: 6px; padding-right: 6px; }
+  #new-chat { padding: 0 8px; font-size: 0.85rem; min-width: 0 !important; }
   .lc-card-value { font-size: 1.2rem; }
 }
 """

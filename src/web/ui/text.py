@@ -150,7 +150,7 @@ def notice_html(kind: str, message: str) -> str:
 
 def balance_html(available: int, held: int) -> str:
     """The balance badge in the header, always visible while signed in."""
-    held_part = f' <span class="lc-held">({held:,} held)</span>' if held else ""
+    held_part = f' <span class="lc-held">· {held:,} held</span>' if held else ""
     return (
         '<div class="lc-balance" id="lc-balance-badge">'
         f'<span class="lc-balance-label">Balance</span> '
