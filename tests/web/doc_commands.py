@@ -45,6 +45,8 @@ NOT_RUN: dict[tuple[str, ...], str] = {
     "docs/benchmarks.md has their figures",
     ("python", "-m", "web.config_docs"): "rewrites docs/configuration.md; "
     "tests/test_settings.py checks the file is what it writes",
+    ("ledgerchat", "engine", "serve"): "serves until stopped and needs a bearer secret; "
+    "tests/remote starts it as a real process with one (test_engine_server.py)",
     ("pip", "install"): "installs the project into an environment of one's own: minutes",
     ("ledgerchat", "eval", "replies"): "the real 270M over 25-40 prompts takes minutes; "
     "tests/inference/test_replies_eval.py runs the same evaluation",
