@@ -154,9 +154,9 @@ class LedgerProofs:
 
 
 async def check_stored_checkpoints(
-    engines: Engines, public_key: Ed25519PublicKey | None
+    engines: Engines, public_key: Ed25519PublicKey | None, account_id: str | None = None
 ) -> list[str]:
-    stored = await proof_reads.all_checkpoints(engines)
+    stored = await proof_reads.all_checkpoints(engines, account_id)
     hashes = await proof_reads.event_hashes_at(
         engines, [(c.account_id, c.sequence) for c in stored]
     )

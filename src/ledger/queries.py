@@ -111,12 +111,17 @@ class LedgerQueries:
 
         All reads happen in one read transaction, so an audit while commands commit sees one
         consistent moment of the database."""
-        return await run_audit(
+        report = await run_audit(
             self._store,
             account_id=None if account_id is None else lookup_id(account_id),
             now_us=to_us(self._clock()),
             grace_s=self._settings.audit_expired_hold_grace_s,
         )
+        # Signed heads: each head hash against the chain (signatures need the public key:
+        # `ledgerchat audit` checks them).
+        for problem in await check_stored_checkpoints(self._store.engines, None, account_id):
+            report.violations.append(Violation("checkpoint", None, None, problem))
+        return report
 
 
 async def audit_database(
@@ -152,7 +157,7 @@ async def audit_database(
         )
         # The signed heads: each signature by the service's key (when given) and each head
         # hash equal to the chain's hash at that sequence.
-        for problem in await check_stored_checkpoints(engines, public_key):
+        for problem in await check_stored_checkpoints(engines, public_key, account_id):
             report.violations.append(Violation("checkpoint", None, None, problem))
         return report
     finally:
