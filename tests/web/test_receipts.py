@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import update
 
-from ledger.checkpoints import Checkpoint
+from ledger.checkpoints import Checkpoint, load_public_key
 from ledger.settings import LedgerSettings
 from ledger.storage.database import create_engines
 from ledger.storage.schema import checkpoints
 from tests.web.web_testing import PASSWORD, chat, login, signed_in
 from web.cli import main
+from web.domain.receipts.keys import SigningKeyError, kept_signer
 
 pytestmark = pytest.mark.slow
 
@@ -252,3 +254,23 @@ class TestCheckpointAudit:
             assert kinds == {"checkpoint"}, report["violations"]
             details = " ".join(v["detail"] for v in report["violations"])
             assert "signature" in details and "head hash" in details
+
+
+class TestSigningKey:
+    def test_the_key_is_made_once_private_and_refused_when_others_can_read_it(self, tmp_path):
+        """The key file is created 0600 with its public half beside it, the same key is read
+        back, and a key file others can read (or a link) is refused."""
+        first = kept_signer(tmp_path)
+        key_file = tmp_path / "ledger-signing-key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert kept_signer(tmp_path).key_id == first.key_id
+        assert load_public_key((tmp_path / "ledger-signing-key.pub").read_bytes())
+        key_file.chmod(0o644)
+        with pytest.raises(SigningKeyError, match="readable by other users"):
+            kept_signer(tmp_path)
+        key_file.chmod(0o600)
+        linked = tmp_path / "linked"
+        linked.mkdir()
+        (linked / "ledger-signing-key").symlink_to(key_file)
+        with pytest.raises(SigningKeyError, match="plain file"):
+            kept_signer(linked)

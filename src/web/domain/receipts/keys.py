@@ -19,13 +19,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.checkpoints import Signer, public_key_pem
 from ledger.settings import PUBLIC_KEY_FILE
+from web.settings import SettingsError
 
 SIGNING_KEY_FILE = "ledger-signing-key"
 MAX_KEY_FILE_BYTES = 4096
 
 
-class SigningKeyError(Exception):
-    """The key file exists but cannot be trusted or read (message says how to fix it)."""
+class SigningKeyError(SettingsError):
+    """The key file exists but cannot be trusted or read (message says how to fix it); a
+    settings error, so a command or `serve` stops with this one line."""
 
 
 def kept_signer(data_dir: Path) -> Signer:
