@@ -43,6 +43,7 @@ from ledger.errors import (
     StorageError,
 )
 from ledger.models import HoldReceipt, Receipt
+from ledger.proofs import LedgerProofs
 from ledger.queries import LedgerQueries
 from ledger.settings import LedgerSettings, default_database_url
 from ledger.storage import EventStore, store_for
@@ -59,7 +60,7 @@ logger = structlog.get_logger("ledger")
 SWEEP_KEY_PREFIX = "ledger-sweep:"
 
 
-class Ledger(LedgerQueries):
+class Ledger(LedgerQueries, LedgerProofs):
     """Event-sourced credit ledger over SQLite or PostgreSQL. Use `await Ledger.open(...)`."""
 
     def __init__(

@@ -13,16 +13,19 @@ import csv
 import io
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.audit import AuditReport
+from ledger.checkpoints import load_public_key
 from ledger.errors import LedgerError
 from ledger.queries import audit_database
-from ledger.settings import LedgerSettings, default_database_url
+from ledger.settings import LedgerSettings, default_database_url, default_public_key_path
 from ledger.storage.database import normalise_url, sqlite_path
 
 EXIT_CLEAN = 0
@@ -44,6 +47,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--account", default=None, help="audit only this account id")
+    parser.add_argument(
+        "--public-key",
+        default=None,
+        metavar="FILE",
+        help="check checkpoint signatures with this Ed25519 public key (PEM or base64; "
+        "default: <data dir>/ledger-signing-key.pub when it exists)",
+    )
     parser.set_defaults(handler=audit_command)
 
 
@@ -70,6 +80,14 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
+def _public_key(path_text: str | None) -> Ed25519PublicKey | None:
+    """The key named by --public-key (it must exist), else the data dir's if it exists."""
+    path = Path(path_text) if path_text else default_public_key_path()
+    if not path_text and not path.is_file():
+        return None
+    return load_public_key(path.read_bytes())
+
+
 def audit_command(args: argparse.Namespace) -> int:
     if args.db is not None and not args.db.strip():
         return _fail("--db is empty: give a database URL, or leave --db out for the default")
@@ -78,9 +96,15 @@ def audit_command(args: argparse.Namespace) -> int:
         path = sqlite_path(url)
         if path is not None and not path.is_file():
             return _fail(f"no database file at {path}")
+        public_key = _public_key(args.public_key)
         # Read only: no migration, no writer; a non-ledger database is reported, not changed.
         report = asyncio.run(
-            audit_database(url, account_id=args.account, settings=LedgerSettings.from_env())
+            audit_database(
+                url,
+                account_id=args.account,
+                settings=LedgerSettings.from_env(),
+                public_key=public_key,
+            )
         )
     except (LedgerError, ValueError) as exc:
         return _fail(str(exc))

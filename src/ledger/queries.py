@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ledger.audit import AuditReport, run_audit
+from ledger.audit import AuditReport, Violation, run_audit
 from ledger.clock import Clock, system_clock
 from ledger.domain import EventType, check_storable, parse_sequence, to_us
 from ledger.errors import AccountNotFound, InvalidArgument, StorageError
 from ledger.models import Balance, HistoryEntry, HistoryPage, Totals
+from ledger.proofs import check_stored_checkpoints
 from ledger.settings import LedgerSettings
 from ledger.storage import EventStore, store_for
 from ledger.storage.database import create_audit_engines, schema_problem
@@ -109,12 +111,17 @@ class LedgerQueries:
 
         All reads happen in one read transaction, so an audit while commands commit sees one
         consistent moment of the database."""
-        return await run_audit(
+        report = await run_audit(
             self._store,
             account_id=None if account_id is None else lookup_id(account_id),
             now_us=to_us(self._clock()),
             grace_s=self._settings.audit_expired_hold_grace_s,
         )
+        # Signed heads: each head hash against the chain (signatures need the public key:
+        # `ledgerchat audit` checks them).
+        for problem in await check_stored_checkpoints(self._store.engines, None, account_id):
+            report.violations.append(Violation("checkpoint", None, None, problem))
+        return report
 
 
 async def audit_database(
@@ -123,12 +130,14 @@ async def audit_database(
     account_id: str | None = None,
     settings: LedgerSettings | None = None,
     clock: Clock | None = None,
+    public_key: Ed25519PublicKey | None = None,
 ) -> AuditReport:
     """Audit a database without opening a `Ledger`: read only, no schema upgrade, no writer.
 
     For `ledgerchat audit`, which may be pointed at the wrong file or an empty database and
     must leave it exactly as it was (an SQLite file keeps its journal mode). A database without
-    the ledger schema at its newest revision is a StorageError saying which."""
+    the ledger schema at its newest revision is a StorageError saying which. The stored
+    checkpoints are checked too: their signatures with `public_key` when given."""
     settings = settings or LedgerSettings.from_env()
     engines = create_audit_engines(database_url, settings)
     try:
@@ -140,11 +149,16 @@ async def audit_database(
             raise StorageError(f"cannot read the database: {first_line}") from exc
         if problem is not None:
             raise StorageError(problem)
-        return await run_audit(
+        report = await run_audit(
             store_for(engines),
             account_id=None if account_id is None else lookup_id(account_id),
             now_us=to_us((clock or system_clock)()),
             grace_s=settings.audit_expired_hold_grace_s,
         )
+        # The signed heads: each signature by the service's key (when given) and each head
+        # hash equal to the chain's hash at that sequence.
+        for problem in await check_stored_checkpoints(engines, public_key, account_id):
+            report.violations.append(Violation("checkpoint", None, None, problem))
+        return report
     finally:
         await engines.dispose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Self
 
 from pydantic import Field, ValidationError, model_validator
@@ -24,12 +25,20 @@ from pydantic_settings import (
 
 ENV_PREFIX = "LEDGERCHAT_LEDGER_"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/ledgerchat.db"
+PUBLIC_KEY_FILE = "ledger-signing-key.pub"
 
 
 def default_database_url(environ: Mapping[str, str] | None = None) -> str:
     """LEDGERCHAT_DATABASE_URL, else an SQLite file `ledgerchat.db` in `./data`."""
     env = os.environ if environ is None else environ
     return env.get("LEDGERCHAT_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+
+
+def default_public_key_path(environ: Mapping[str, str] | None = None) -> Path:
+    """`<LEDGERCHAT_DATA_DIR, else ./data>/ledger-signing-key.pub`: where the service keeps the
+    public half of the key that signs checkpoints (the audit checks signatures with it)."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("LEDGERCHAT_DATA_DIR", "").strip() or "data") / PUBLIC_KEY_FILE
 
 
 class LedgerSettings(BaseSettings):

@@ -29,6 +29,7 @@ from web.domain.billing.controllers import BillingController
 from web.domain.chat.controllers import ChatController, ConversationsController
 from web.domain.keys.controllers import ApiKeysController
 from web.domain.openai.controllers import OpenAIController
+from web.domain.receipts.controllers import ReceiptsController
 from web.domain.system.controllers import health, metrics_endpoint, ready
 from web.exception_handlers import EXCEPTION_HANDLERS
 from web.logging import configure_logging, get_logger
@@ -113,6 +114,7 @@ def create_app(
             ConversationsController,
             AdminController,
             OpenAIController,
+            ReceiptsController,
         ],
         middleware=[AUTH_MIDDLEWARE],
         # API keys reach only the routes their scopes allow (see web.auth).

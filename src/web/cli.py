@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "inference.cli",
     "web.engine_cli",
     "web.bench_cli",
+    "web.receipt_commands",
 )
 
 Handler = Callable[[argparse.Namespace], int]

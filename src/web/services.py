@@ -34,6 +34,8 @@ from web.domain.billing.services import BillingService
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.service import ChatService
 from web.domain.keys.services import ApiKeysService
+from web.domain.receipts.keys import kept_signer
+from web.domain.receipts.services import ReceiptsService
 from web.domain.system.schemas import Readiness
 from web.logging import get_logger
 from web.rate_limit import RateLimiter
@@ -66,6 +68,7 @@ class _Started:
     chat: ChatService
     billing: BillingService
     admin: AdminService
+    receipts: ReceiptsService
 
 
 class Services:
@@ -114,6 +117,8 @@ class Services:
         if self._started is not None:
             return
         settings = self.settings
+        # First: a key file that cannot be trusted stops the start before anything opens.
+        signer = kept_signer(settings.server.data_dir)
         url = settings.database_url
         if url.startswith("sqlite"):
             Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +201,7 @@ class Services:
             ),
             billing=billing,
             admin=AdminService(sessions, ledger, accounts, billing, invites, settings.auth),
+            receipts=ReceiptsService(sessions, ledger, signer),
         )
         if self._start_background_jobs:
             self._jobs += [
@@ -206,6 +212,7 @@ class Services:
                         lambda: sweep_expired_holds(ledger),
                     )
                 ),
+                *self._checkpoint_job(settings.billing.checkpoint_interval_s),
                 asyncio.create_task(
                     run_every(
                         "interaction_retention",
@@ -216,6 +223,15 @@ class Services:
             ]
         self._loop = asyncio.get_running_loop()
         log.info("services_started", database=db.url.render_as_string(hide_password=True))
+
+    def _checkpoint_job(self, interval_s: float) -> list[asyncio.Task[None]]:
+        """The periodic signing of account heads (none when the interval is 0)."""
+        if interval_s <= 0:
+            return []
+        receipts = self._require().receipts
+        return [
+            asyncio.create_task(run_every("ledger_checkpoints", interval_s, receipts.checkpoint))
+        ]
 
     def _prices(self, engine: InferenceRouter, catalog_path: Path | None) -> PriceCatalog:
         """Credit prices (web's billing, not the inference catalog): every model the engine
@@ -348,6 +364,10 @@ class Services:
     @property
     def admin(self) -> AdminService:
         return self._require().admin
+
+    @property
+    def receipts(self) -> ReceiptsService:
+        return self._require().receipts
 
     @property
     def ledger(self) -> Ledger:

@@ -93,6 +93,14 @@ class TestLabels:
         )
         assert "refunded in full (&lt;engine&gt; failed)" in refunded
 
+    def test_footer_links_the_replys_receipt(self) -> None:
+        """A reply with a request id links its receipt under the cost; one without has none."""
+        cost = dict(cost_credits=3, prompt_tokens=10, completion_tokens=5)
+        terms = dict(model_requested="a", model_answered="a", settlement="captured")
+        linked = reply_footer(ReplyCost(**cost, **terms, request_id="0f1e-42"))
+        assert linked.endswith("[receipt](/api/receipts/0f1e-42)")
+        assert "receipt" not in reply_footer(ReplyCost(**cost, **terms))
+
     def test_notice_escapes_its_message_and_rejects_unknown_kinds(self) -> None:
         assert "&lt;b&gt;" in notice_html("error", "<b>")
         assert notice_html("info", "") == ""

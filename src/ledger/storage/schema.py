@@ -8,6 +8,7 @@
 - `ledger_snapshots`: state every N events per account (balances, active holds, head hash).
 - `ledger_hold_expiry`: unresolved holds by expiry time, so the sweeper finds expired holds
   without scanning the log; maintained in the same transaction as the events.
+- `ledger_checkpoints`: signed account heads (see `ledger.checkpoints`); never updated.
 """
 
 from __future__ import annotations
@@ -123,4 +124,18 @@ hold_expiry = Table(
     Column("amount", BigInteger, nullable=False),
     Column("expires_at_us", BigInteger, nullable=False),
     Index("ix_ledger_hold_expiry_expires", "expires_at_us"),
+)
+
+# Signed account heads: the service signs (account_id, sequence, head_hash, signed_at_us) so a
+# receipt can be checked offline against a head nobody can rewrite without the signing key.
+checkpoints = Table(
+    "ledger_checkpoints",
+    metadata,
+    Column("account_id", String(64), ForeignKey("ledger_accounts.account_id"), nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("head_hash", String(64), nullable=False),
+    Column("signed_at_us", BigInteger, nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+    PrimaryKeyConstraint("account_id", "sequence", name="pk_ledger_checkpoints"),
 )

@@ -223,6 +223,9 @@ class BillingSettings(Section):
     Minimum 2; must not exceed LEDGERCHAT_LEDGER_HOLD_TTL_MAX_S."""
     sweep_interval_s: float = Field(default=30.0, gt=0)
     """How often expired holds are released."""
+    checkpoint_interval_s: float = Field(default=300.0, ge=0)
+    """How often the service signs the head of every account that moved (a checkpoint that
+    receipts are verified against); 0 signs only on demand (admin API, CLI, receipts)."""
     partial_capture_on_disconnect: bool = True
     """On disconnect/Stop, capture what was generated (true) or release everything (false)."""
     max_idempotency_key_length: int = Field(default=MAX_KEY_LENGTH, gt=0)

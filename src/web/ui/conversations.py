@@ -43,6 +43,7 @@ def stored_reply(message: MessageView) -> str:
             model_answered=message.model or usage.model_requested,
             settlement=usage.settlement,
             release_reason=usage.release_reason,
+            request_id=usage.request_id,
         )
     )
     return ChatTurn(history=[], reply_text=message.content, footer=footer).render()[-1]["content"]

@@ -120,6 +120,8 @@ class ReplyCost:
     model_answered: str
     settlement: str
     release_reason: str | None = None
+    request_id: str | None = None
+    """Set when the reply has a receipt: the footer links to it."""
 
 
 def reply_footer(cost: ReplyCost) -> str:
@@ -136,7 +138,11 @@ def reply_footer(cost: ReplyCost) -> str:
     elif cost.settlement == "released":
         reason = escape_chat_markdown(cost.release_reason or "the reply failed")
         pieces.append(f"refunded in full ({reason})")
-    return "*" + " · ".join(pieces) + "*"
+    line = "*" + " · ".join(pieces) + "*"
+    if cost.request_id is not None:
+        # A request id is a UUID the service made: nothing in it needs escaping.
+        line += f" · [receipt](/api/receipts/{cost.request_id})"
+    return line
 
 
 def notice_html(kind: str, message: str) -> str:

@@ -36,6 +36,7 @@ from web.domain.openai.schemas import (
     Usage,
     chunk,
 )
+from web.domain.receipts.services import receipt_url
 from web.errors import ValidationFailed
 from web.exception_handlers import error_body
 from web.logging import get_logger
@@ -102,6 +103,7 @@ def _billing(done: ChatCompleted) -> Billing:
         balance_available=done.balance.available,
         request_id=done.request_id,
         fallback_from=None if done.model_answered == done.model_requested else done.model_requested,
+        receipt_url=receipt_url(done.request_id),
     )
 
 

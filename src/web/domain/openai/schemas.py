@@ -76,6 +76,8 @@ class Billing(msgspec.Struct):
     fallback_from: str | None = None
     """The model asked for, when its catalog fallback answered instead (`model` names the
     one that answered); None when the requested model answered."""
+    receipt_url: str | None = None
+    """Where the reply's verifiable receipt is (`GET`, same credentials)."""
 
 
 class ChatCompletion(msgspec.Struct):
