@@ -24,6 +24,7 @@ from inference.router import InferenceRouter
 from ledger import Ledger, LedgerSettings
 from web import probes
 from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
+from web.chat_slots import ChatSlots, redis_client
 from web.database import create_engine, session_factory, upgrade_schema
 from web.domain.accounts.invites import InvitesService
 from web.domain.accounts.registration import RegistrationService
@@ -36,7 +37,7 @@ from web.domain.chat.service import ChatService
 from web.domain.keys.services import ApiKeysService
 from web.domain.system.schemas import Readiness
 from web.logging import get_logger
-from web.rate_limit import RateLimiter
+from web.rate_limit import LimitStores, RateLimiter
 from web.settings import Settings
 
 log = get_logger(__name__)
@@ -93,17 +94,22 @@ class Services:
         self._started: _Started | None = None
         self._jobs: list[asyncio.Task[None]] = []
         self._default_model: asyncio.Task[DefaultModelOutcome] | None = None
-        self.user_limiter = RateLimiter(
-            settings.rate_limit.per_user_per_minute,
-            max_keys=settings.rate_limit.max_tracked_clients,
+        # Counted in Redis when configured (every web process together), else in memory.
+        self.redis = redis_client(settings.redis) if settings.redis.url else None
+        stores = LimitStores(
+            settings.redis, max_memory_keys=settings.rate_limit.max_tracked_clients
         )
+        self.user_limiter = RateLimiter(settings.rate_limit.per_user_per_minute, stores)
+        # A chat never runs unlimited: with Redis unreachable it is refused (503).
         self.chat_limiter = RateLimiter(
-            settings.rate_limit.chat_per_user_per_minute,
-            max_keys=settings.rate_limit.max_tracked_clients,
+            settings.rate_limit.chat_per_user_per_minute, stores, fail_closed=True
         )
-        self.address_limiter = RateLimiter(
-            settings.rate_limit.per_address_per_minute,
-            max_keys=settings.rate_limit.max_tracked_clients,
+        self.address_limiter = RateLimiter(settings.rate_limit.per_address_per_minute, stores)
+        self.chat_slots = ChatSlots(
+            settings.chat.max_concurrent_per_user,
+            settings.redis,
+            self.redis,
+            max_lease_lifetime_s=settings.billing.hold_ttl_s,
         )
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -193,6 +199,7 @@ class Services:
                 settings.billing,
                 prices,
                 rate_limiter=self.chat_limiter,
+                slots=self.chat_slots,
             ),
             billing=billing,
             admin=AdminService(sessions, ledger, accounts, billing, invites, settings.auth),
@@ -204,6 +211,11 @@ class Services:
                         "sweep_expired_holds",
                         settings.billing.sweep_interval_s,
                         lambda: sweep_expired_holds(ledger),
+                    )
+                ),
+                asyncio.create_task(
+                    run_every(
+                        "renew_chat_slots", self.chat_slots.renew_interval_s, self.chat_slots.renew
                     )
                 ),
                 asyncio.create_task(
@@ -305,6 +317,9 @@ class Services:
             await started.engine.close_remote()
         await started.chat.wait_idle(CLOSE_SETTLEMENTS_TIMEOUT_S)
         await started.chat.wait_settlements(CLOSE_SETTLEMENTS_TIMEOUT_S)
+        await self.chat_slots.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         await started.ledger.close()
         await started.db.dispose()
         self._started = None
