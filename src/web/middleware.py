@@ -98,7 +98,7 @@ class RequestContext:
                 await _send_error(send_with_request_id, *refused)
                 return
             if path not in UNLIMITED_PATHS and not path.startswith(UNLIMITED_PREFIXES):
-                retry_after = self.address_limiter.hit(client_address(scope))
+                retry_after = await self.address_limiter.hit(client_address(scope))
                 if retry_after:
                     await _send_429(send_with_request_id, retry_after)
                     return
