@@ -37,6 +37,7 @@ START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
 JWT_SECRET = "multiproc-test-secret-long-enough-for-hs256"
 UPSTREAM_HEADER = "x-ledgerchat-upstream"
+METRICS_TOKEN = "multiproc-test-metrics-token"
 LONG_REPLY_TOKENS = 400
 """A reply long enough (seconds of decoding) that a kill lands mid-stream."""
 
@@ -254,9 +255,18 @@ class Cluster:
 
 
 def web_environ(
-    workdir: Path, engine: Upstream, database_url: str, nginx_port: int, **overrides: str
+    workdir: Path,
+    engine: Upstream,
+    database_url: str,
+    nginx_port: int,
+    redis_url: str,
+    **overrides: str,
 ) -> dict[str, str]:
-    """What every web process shares: database, catalog, signing secret, proxy settings."""
+    """What every web process shares: database, Redis (with a key prefix of its own), catalog,
+    signing secret, proxy settings, and the prometheus-client multiprocess folder (as `serve
+    --workers` sets it for its children)."""
+    metrics = workdir / "metrics"
+    metrics.mkdir(parents=True, exist_ok=True)
     catalog = workdir / "catalog.toml"
     catalog.write_text(
         remote_catalog([engine.base_url], engine.model, max_new_tokens_cap=LONG_REPLY_TOKENS),
@@ -270,6 +280,9 @@ def web_environ(
         **OFFLINE_ENV,
         "PYTHONPATH": pythonpath,
         "LEDGERCHAT_DATABASE_URL": database_url,
+        "LEDGERCHAT_REDIS_URL": redis_url,
+        "LEDGERCHAT_REDIS_KEY_PREFIX": f"ledgerchat-test-{uuid.uuid4().hex[:8]}:",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         "LEDGERCHAT_DATA_DIR": str(workdir / "data"),
         "LEDGERCHAT_CATALOG": str(catalog),
         "LEDGERCHAT_CHAT_DEFAULT_MODEL": REMOTE_MODEL,
@@ -280,6 +293,7 @@ def web_environ(
         "LEDGERCHAT_AUTH_SIGNUPS_PER_ADDRESS_PER_HOUR": "0",
         "LEDGERCHAT_UI_ENABLED": "false",
         "LEDGERCHAT_TRUSTED_PROXIES": "127.0.0.1,::1",
+        "LEDGERCHAT_METRICS_TOKEN": METRICS_TOKEN,
         "LEDGERCHAT_PUBLIC_URL": f"http://127.0.0.1:{nginx_port}",
         KEY_ENV: engine.api_key,
         **FAST_HASHING,
@@ -288,12 +302,17 @@ def web_environ(
 
 
 def start_cluster(
-    workdir: Path, engine: Upstream, database_url: str, workers: int, **overrides: str
+    workdir: Path,
+    engine: Upstream,
+    database_url: str,
+    redis_url: str,
+    workers: int,
+    **overrides: str,
 ) -> Cluster:
     """Migrate with the first process, then start the others, then nginx. The caller stops it."""
     workdir.mkdir(parents=True, exist_ok=True)
     nginx_port = free_port()
-    environ = web_environ(workdir, engine, database_url, nginx_port, **overrides)
+    environ = web_environ(workdir, engine, database_url, nginx_port, redis_url, **overrides)
     cluster = Cluster(workdir, engine, database_url, environ, nginx_port)
     try:
         first = cluster.start_web()
