@@ -20,6 +20,7 @@ from web.cli import main
 from web.errors import TooManyChats
 from web.instances import ServedConfigMismatch
 from web.metrics import render_metrics
+from web.middleware import ROUTE_COOKIE
 from web.services import Services
 
 __all__ = ["private_redis", "redis_env"]  # fixtures, imported to be found by pytest
@@ -224,3 +225,19 @@ class TestServeWorkers:
         """Without Redis each process would count limits alone: refused with the reason."""
         assert main(["serve", "--workers", "2"]) == 2
         assert "needs LEDGERCHAT_REDIS_URL" in capsys.readouterr().err
+
+
+class TestStickyCookie:
+    async def test_ui_paths_get_a_route_cookie_once_and_the_api_none(self, server):
+        """The UI's sticky-session cookie (what the balancer hashes, since Gradio sets none) is
+        given to a browser without one, not again once it has one, and never on the API."""
+        async with server.client() as client:
+            first = await client.get("/", headers={"cookie": ""})
+            cookie = first.headers.get("set-cookie", "")
+            assert cookie.startswith(f"{ROUTE_COOKIE}="), first.headers
+            assert "HttpOnly" in cookie and "Path=/" in cookie
+            value = cookie.split(";", 1)[0]
+            again = await client.get("/", headers={"cookie": value})
+            assert "set-cookie" not in again.headers
+            api = await client.get("/api/models", headers={"cookie": ""})
+            assert ROUTE_COOKIE not in api.headers.get("set-cookie", "")
