@@ -24,7 +24,6 @@ from inference.router import InferenceRouter
 from ledger import Ledger, LedgerSettings
 from web import probes
 from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
-from web.chat_slots import ChatSlots, redis_client
 from web.database import create_engine, session_factory, upgrade_schema
 from web.domain.accounts.invites import InvitesService
 from web.domain.accounts.registration import RegistrationService
@@ -36,10 +35,9 @@ from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.service import ChatService
 from web.domain.keys.services import ApiKeysService
 from web.domain.system.schemas import Readiness
-from web.instances import InstanceRegistry, ServedConfig
 from web.logging import get_logger
-from web.rate_limit import LimitStores, RateLimiter
 from web.settings import Settings
+from web.shared_state import SharedState
 
 log = get_logger(__name__)
 CLOSE_SETTLEMENTS_TIMEOUT_S = 10.0
@@ -98,24 +96,12 @@ class Services:
         self._started: _Started | None = None
         self._jobs: list[asyncio.Task[None]] = []
         self._default_model: asyncio.Task[DefaultModelOutcome] | None = None
-        self.instances: InstanceRegistry | None = None
-        # Counted in Redis when configured (every web process together), else in memory.
-        self.redis = redis_client(settings.redis) if settings.redis.url else None
-        stores = LimitStores(
-            settings.redis, max_memory_keys=settings.rate_limit.max_tracked_clients
-        )
-        self.user_limiter = RateLimiter(settings.rate_limit.per_user_per_minute, stores)
-        # A chat never runs unlimited: with Redis unreachable it is refused (503).
-        self.chat_limiter = RateLimiter(
-            settings.rate_limit.chat_per_user_per_minute, stores, fail_closed=True
-        )
-        self.address_limiter = RateLimiter(settings.rate_limit.per_address_per_minute, stores)
-        self.chat_slots = ChatSlots(
-            settings.chat.max_concurrent_per_user,
-            settings.redis,
-            self.redis,
-            max_lease_lifetime_s=settings.billing.hold_ttl_s,
-        )
+        # Limits, slots and the registration shared by every web process (web.shared_state).
+        self.shared = SharedState(settings)
+        self.user_limiter = self.shared.user_limiter
+        self.address_limiter = self.shared.address_limiter
+        self.chat_limiter = self.shared.chat_limiter
+        self.chat_slots = self.shared.chat_slots
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -164,7 +150,8 @@ class Services:
             # Before any model loads: a model without a price stops the start at once.
             prices = self._prices(engine, catalog_path)
             # Before any model loads too: the same prices, catalog and secret as the others.
-            await self._join_instances(engine, prices)
+            if self._needs_models:
+                await self.shared.join(engine.catalog, prices)
         except BaseException:
             await ledger.close()
             await db.dispose()
@@ -220,26 +207,12 @@ class Services:
                         lambda: sweep_expired_holds(ledger),
                     )
                 ),
-                *(
-                    [
-                        asyncio.create_task(
-                            run_every(
-                                "renew_instance",
-                                self.instances.renew_interval_s,
-                                self.instances.renew,
-                            )
-                        )
-                    ]
-                    if self.instances is not None
-                    else []
-                ),
                 asyncio.create_task(
                     run_every("refresh_gauges", GAUGE_REFRESH_INTERVAL_S, self._refresh_gauges)
                 ),
-                asyncio.create_task(
-                    run_every(
-                        "renew_chat_slots", self.chat_slots.renew_interval_s, self.chat_slots.renew
-                    )
+                *(
+                    asyncio.create_task(run_every(name, interval_s, job))
+                    for name, interval_s, job in self.shared.renewals()
                 ),
                 asyncio.create_task(
                     run_every(
@@ -251,16 +224,6 @@ class Services:
             ]
         self._loop = asyncio.get_running_loop()
         log.info("services_started", database=db.url.render_as_string(hide_password=True))
-
-    async def _join_instances(self, engine: InferenceRouter, prices: PriceCatalog) -> None:
-        """With Redis, register what this process serves; refuse to start when a running
-        process serves other prices, catalog or signing secret (web.instances)."""
-        if self.redis is None or not self._needs_models:
-            return
-        served = ServedConfig.of(engine.catalog, prices, self.settings.auth.jwt_secret)
-        registry = InstanceRegistry(self.redis, self.settings.redis, served)
-        await registry.join()
-        self.instances = registry
 
     def _prices(self, engine: InferenceRouter, catalog_path: Path | None) -> PriceCatalog:
         """Credit prices (web's billing, not the inference catalog): every model the engine
@@ -350,12 +313,7 @@ class Services:
             await started.engine.close_remote()
         await started.chat.wait_idle(CLOSE_SETTLEMENTS_TIMEOUT_S)
         await started.chat.wait_settlements(CLOSE_SETTLEMENTS_TIMEOUT_S)
-        await self.chat_slots.close()
-        if self.instances is not None:
-            await self.instances.leave()
-            self.instances = None
-        if self.redis is not None:
-            await self.redis.aclose()
+        await self.shared.close()
         await started.ledger.close()
         await started.db.dispose()
         self._started = None

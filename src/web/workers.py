@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from inference.catalog import merge_catalog
+from inference import InferenceSettings, merge_catalog
+from inference.router import InferenceRouter
 from web.logging import get_logger
 from web.settings import Settings
 
@@ -42,10 +43,14 @@ class WorkersRefused(Exception):
 
 
 def in_process_models(settings: Settings) -> list[str]:
-    """The catalog models a web process would load itself (not served by a remote engine)."""
+    """The models a web process would load itself: local catalog entries whose weights are
+    there (entries whose weights are not installed are listed but never load)."""
     catalog_path = Path(settings.models.catalog) if settings.models.catalog else None
-    catalog = merge_catalog(catalog_path, settings.environ)
-    return [entry.id for entry in catalog if not entry.source.is_remote]
+    environ = settings.environ
+    router = InferenceRouter(
+        merge_catalog(catalog_path, environ), InferenceSettings.from_env(environ), environ
+    )
+    return [m.id for m in router.models() if not router.is_remote(m.id) and m.available]
 
 
 def check_workers(settings: Settings, workers: int) -> None:
