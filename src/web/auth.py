@@ -88,7 +88,7 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
             identity = await services.api_keys.authenticate(token)
         else:
             identity = await services.accounts.identity_from_access_token(token)
-        retry_after = services.user_limiter.hit(f"user:{identity.user_id}")
+        retry_after = await services.user_limiter.hit(f"user:{identity.user_id}")
         if retry_after:
             raise RateLimited("too many requests for this user", retry_after_s=retry_after)
         return AuthenticationResult(user=identity, auth=token)

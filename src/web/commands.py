@@ -53,6 +53,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         server = server.model_copy(update={"host": args.host})
     if getattr(args, "port", None) is not None:
         server = server.model_copy(update={"port": args.port})
+    if getattr(args, "workers", None) is not None:
+        server = server.model_copy(update={"workers": args.workers})
     models = settings.models
     if getattr(args, "catalog", None) is not None:
         models = models.model_copy(update={"catalog": str(args.catalog)})
@@ -219,6 +221,8 @@ def serve(args: argparse.Namespace) -> int:
     from web.app import create_app
 
     settings = with_kept_signing_secret(settings_from_args(args))
+    if settings.server.workers > 1:
+        return serve_workers(args, settings)
     check_port_free(settings.server.host, settings.server.port)
     app = create_app(settings)
     services: Services = app.state.services
@@ -267,6 +271,29 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """`serve --workers N`: checked here (one line and exit 2 on a refusal), then supervised
+    by `web.workers` (the signing secret is already kept, so every child reads the same)."""
+    from web.workers import (
+        Supervisor,
+        WorkersRefused,
+        check_workers,
+        clear_metrics_dir,
+        metrics_dir,
+    )
+
+    server = settings.server
+    try:
+        check_workers(settings, server.workers)
+    except WorkersRefused as exc:
+        raise CommandError(str(exc)) from exc
+    for port in range(server.port, server.port + server.workers):
+        check_port_free(server.host, port)
+    path = metrics_dir(settings)
+    clear_metrics_dir(path)
+    return Supervisor(args, settings, path).run()
+
+
 def database_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", metavar="URL", help="database URL (default: settings)")
 
@@ -275,6 +302,11 @@ def register(subparsers: Any) -> None:
     serve_parser = subparsers.add_parser("serve", help="run the web service (API, /v1, UI)")
     serve_parser.add_argument("--host", help="interface to bind (LEDGERCHAT_HOST)")
     serve_parser.add_argument("--port", type=int, help="port to bind (LEDGERCHAT_PORT)")
+    serve_parser.add_argument(
+        "--workers",
+        type=int,
+        help="web processes on ports PORT..PORT+N-1 (LEDGERCHAT_WORKERS; N > 1 needs Redis)",
+    )
     database_options(serve_parser)
     serve_parser.add_argument(
         "--catalog", type=Path, help="model catalog file (LEDGERCHAT_CATALOG)"

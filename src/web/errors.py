@@ -109,3 +109,21 @@ class ModelLoading(ServiceError):
     def __init__(self, message: str, *, model_id: str, retry_after_s: int) -> None:
         super().__init__(message, model_id=model_id, retry_after_s=retry_after_s)
         self.retry_after_s = retry_after_s
+
+
+class TooManyChats(RateLimited):
+    """The user already has LEDGERCHAT_CHAT_MAX_CONCURRENT_PER_USER chats streaming (over every
+    web process); refused before anything is claimed or held."""
+
+    code = "too_many_chats"
+
+
+class LimitsUnavailable(ServiceError):
+    """Redis, where the limits are counted across processes, is configured but does not
+    answer: a chat is refused (fail closed) rather than served without a limit."""
+
+    code = "limits_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s

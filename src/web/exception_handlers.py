@@ -51,6 +51,7 @@ SERVICE_STATUS: dict[type[errors.ServiceError], int] = {
     errors.CreditsExhausted: 402,
     errors.ShuttingDown: 503,
     errors.ModelLoading: 503,
+    errors.LimitsUnavailable: 503,
 }
 LEDGER_STATUS: dict[type[LedgerError], int] = {
     InvalidArgument: 422,

@@ -1,7 +1,13 @@
 """Prometheus metrics of the service, registered once per process on the default registry.
 
 Gauges that describe current state (active holds, queue depth, model load state, memory) are
-refreshed by `refresh_state_gauges` just before /metrics renders, from the live services.
+refreshed by `refresh_state_gauges` just before /metrics renders, from the live services (and
+every few seconds in the background, so that each process's values stay current).
+Under `serve --workers N` (PROMETHEUS_MULTIPROC_DIR set for every process) the values live in
+files shared by the processes and /metrics renders them all together (`render_metrics`):
+counters and histograms summed; gauges by their `multiprocess_mode` (holds, streams, queue and
+memory summed over live processes; a model counts as loaded/available only if it is in every
+live process).
 /metrics tells request rates, model names and memory to whoever reads it: with
 LEDGERCHAT_METRICS_TOKEN set it needs that bearer token, without one it answers only clients on
 the loopback interface (after X-Forwarded-For from trusted proxies is applied).
@@ -11,9 +17,18 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Mapping
 
 from litestar.types import Scope
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from web.errors import NotAuthenticated, PermissionDenied
 
@@ -47,16 +62,36 @@ LEDGER_FAILURES = Counter(
     "Ledger commands that raised, by operation and error code.",
     ["operation", "code"],
 )
-ACTIVE_HOLDS = Gauge("ledgerchat_active_holds", "Chat holds placed and not yet resolved.")
-ACTIVE_STREAMS = Gauge("ledgerchat_active_streams", "Chat streams currently generating.")
-QUEUE_DEPTH = Gauge("ledgerchat_inference_queue_depth", "Requests waiting in the engine queue.")
+ACTIVE_HOLDS = Gauge(
+    "ledgerchat_active_holds",
+    "Chat holds placed and not yet resolved.",
+    multiprocess_mode="livesum",
+)
+ACTIVE_STREAMS = Gauge(
+    "ledgerchat_active_streams", "Chat streams currently generating.", multiprocess_mode="livesum"
+)
+QUEUE_DEPTH = Gauge(
+    "ledgerchat_inference_queue_depth",
+    "Requests waiting in the engine queue.",
+    multiprocess_mode="livesum",
+)
 MODEL_LOADED = Gauge(
-    "ledgerchat_model_loaded", "1 when the model is loaded, 0 otherwise.", ["model"]
+    "ledgerchat_model_loaded",
+    "1 when the model is loaded, 0 otherwise.",
+    ["model"],
+    multiprocess_mode="livemin",
 )
 MODEL_AVAILABLE = Gauge(
-    "ledgerchat_model_available", "1 when the model can serve requests.", ["model"]
+    "ledgerchat_model_available",
+    "1 when the model can serve requests.",
+    ["model"],
+    multiprocess_mode="livemin",
 )
-PROCESS_RSS_BYTES = Gauge("ledgerchat_process_resident_memory_bytes", "Resident set size.")
+PROCESS_RSS_BYTES = Gauge(
+    "ledgerchat_process_resident_memory_bytes",
+    "Resident set size (summed over the web processes).",
+    multiprocess_mode="livesum",
+)
 HOLDS_SWEPT = Counter("ledgerchat_holds_swept_total", "Expired holds released by the sweeper.")
 BILLING_OVERHEAD_S = Histogram(
     "ledgerchat_billing_overhead_seconds",
@@ -92,3 +127,14 @@ def check_metrics_access(scope: Scope, token: str) -> None:
             "/metrics answers loopback clients only; set LEDGERCHAT_METRICS_TOKEN to scrape it"
             " from elsewhere"
         )
+
+
+def render_metrics(environ: Mapping[str, str]) -> bytes:
+    """The Prometheus text of the whole service: every web process's values when
+    PROMETHEUS_MULTIPROC_DIR is set (`serve --workers`), else this process's."""
+    folder = environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return bytes(generate_latest(REGISTRY))
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+    return bytes(generate_latest(registry))

@@ -37,6 +37,12 @@ REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # page load fetches ~85 of them; prefixes), so they never use up a client's request budget.
 UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics", "/theme.css", "/favicon.ico"})
 UNLIMITED_PREFIXES = ("/assets/", "/static/", "/svelte/")
+# The sticky-session cookie of the UI: Gradio keeps its queue and page state in the process
+# that served the page and sets no cookie of its own, so a load balancer in front of several
+# processes hashes this one (nginx `hash $cookie_ledgerchat_route consistent`). Random, no
+# meaning to the app; the stateless API and probes neither get nor need it.
+ROUTE_COOKIE = "ledgerchat_route"
+STATELESS_PREFIXES = ("/api/", "/v1/", "/health", "/ready", "/metrics", "/schema")
 
 log = get_logger("web.request")
 
@@ -75,6 +81,7 @@ class RequestContext:
         extra_headers = [
             (REQUEST_ID_HEADER.encode(), request_id.encode()),
             *security_headers(path),
+            *_route_cookie(scope, path),
         ]
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
@@ -88,7 +95,11 @@ class RequestContext:
                 status["code"] = message["status"]
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 headers = list(message.get("headers", []))
-                headers.extend(item for item in extra_headers if item[0] not in present)
+                headers.extend(
+                    item
+                    for item in extra_headers
+                    if item[0] not in present or item[0] == b"set-cookie"
+                )
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -98,7 +109,7 @@ class RequestContext:
                 await _send_error(send_with_request_id, *refused)
                 return
             if path not in UNLIMITED_PATHS and not path.startswith(UNLIMITED_PREFIXES):
-                retry_after = self.address_limiter.hit(client_address(scope))
+                retry_after = await self.address_limiter.hit(client_address(scope))
                 if retry_after:
                     await _send_429(send_with_request_id, retry_after)
                     return
@@ -123,6 +134,17 @@ def request_path(scope: Scope) -> str:
     if raw_path:
         return unquote(raw_path.decode("latin-1"))
     return str(scope.get("path", ""))
+
+
+def _route_cookie(scope: Scope, path: str) -> list[tuple[bytes, bytes]]:
+    """A Set-Cookie of the UI's sticky-session cookie when the browser has none yet."""
+    if path.startswith(STATELESS_PREFIXES):
+        return []
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"cookie" and f"{ROUTE_COOKIE}=".encode() in value:
+            return []
+    cookie = f"{ROUTE_COOKIE}={uuid.uuid4().hex}; Path=/; HttpOnly; SameSite=Lax"
+    return [(b"set-cookie", cookie.encode())]
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

@@ -38,11 +38,14 @@ from web.domain.receipts.keys import kept_signer
 from web.domain.receipts.services import ReceiptsService
 from web.domain.system.schemas import Readiness
 from web.logging import get_logger
-from web.rate_limit import RateLimiter
 from web.settings import Settings
+from web.shared_state import SharedState
 
 log = get_logger(__name__)
 CLOSE_SETTLEMENTS_TIMEOUT_S = 10.0
+# State gauges are refreshed this often in the background too: under `serve --workers` the
+# process that answers /metrics reads the other processes' last values.
+GAUGE_REFRESH_INTERVAL_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,18 +99,12 @@ class Services:
         self._started: _Started | None = None
         self._jobs: list[asyncio.Task[None]] = []
         self._default_model: asyncio.Task[DefaultModelOutcome] | None = None
-        self.user_limiter = RateLimiter(
-            settings.rate_limit.per_user_per_minute,
-            max_keys=settings.rate_limit.max_tracked_clients,
-        )
-        self.chat_limiter = RateLimiter(
-            settings.rate_limit.chat_per_user_per_minute,
-            max_keys=settings.rate_limit.max_tracked_clients,
-        )
-        self.address_limiter = RateLimiter(
-            settings.rate_limit.per_address_per_minute,
-            max_keys=settings.rate_limit.max_tracked_clients,
-        )
+        # Limits, slots and the registration shared by every web process (web.shared_state).
+        self.shared = SharedState(settings)
+        self.user_limiter = self.shared.user_limiter
+        self.address_limiter = self.shared.address_limiter
+        self.chat_limiter = self.shared.chat_limiter
+        self.chat_slots = self.shared.chat_slots
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -157,6 +154,9 @@ class Services:
         try:
             # Before any model loads: a model without a price stops the start at once.
             prices = self._prices(engine, catalog_path)
+            # Before any model loads too: the same prices, catalog and secret as the others.
+            if self._needs_models:
+                await self.shared.join(engine.catalog, prices)
         except BaseException:
             await ledger.close()
             await db.dispose()
@@ -198,6 +198,7 @@ class Services:
                 settings.billing,
                 prices,
                 rate_limiter=self.chat_limiter,
+                slots=self.chat_slots,
             ),
             billing=billing,
             admin=AdminService(sessions, ledger, accounts, billing, invites, settings.auth),
@@ -213,6 +214,13 @@ class Services:
                     )
                 ),
                 *self._checkpoint_job(settings.billing.checkpoint_interval_s),
+                asyncio.create_task(
+                    run_every("refresh_gauges", GAUGE_REFRESH_INTERVAL_S, self._refresh_gauges)
+                ),
+                *(
+                    asyncio.create_task(run_every(name, interval_s, job))
+                    for name, interval_s, job in self.shared.renewals()
+                ),
                 asyncio.create_task(
                     run_every(
                         "interaction_retention",
@@ -321,6 +329,7 @@ class Services:
             await started.engine.close_remote()
         await started.chat.wait_idle(CLOSE_SETTLEMENTS_TIMEOUT_S)
         await started.chat.wait_settlements(CLOSE_SETTLEMENTS_TIMEOUT_S)
+        await self.shared.close()
         await started.ledger.close()
         await started.db.dispose()
         self._started = None
@@ -389,6 +398,9 @@ class Services:
         return await probes.readiness(
             started.db, started.ledger, started.engine, self.settings.chat.default_model
         )
+
+    async def _refresh_gauges(self) -> None:
+        self.refresh_gauges()
 
     def refresh_gauges(self) -> None:
         """Bring state gauges up to date just before /metrics renders them."""

@@ -88,6 +88,15 @@ class ServerSettings(Section):
     """Bearer token /metrics requires; empty means /metrics answers loopback clients only."""
     csv_export_ttl_s: int = Field(default=600, gt=0)
     """How long a CSV export of the UI stays on disk for its download before it is deleted."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Web processes `serve` runs, on consecutive ports from LEDGERCHAT_PORT (1-64); more than
+    one needs LEDGERCHAT_REDIS_URL and a remote model catalog (see docs/deployment.md)."""
+    allow_model_per_worker: bool = False
+    """Let `serve --workers N` (N > 1) start with in-process models: each process then loads
+    its own copy of every model it serves (N times the memory)."""
+    metrics_dir: Path | None = None
+    """Folder of the shared metric files of `serve --workers` (cleared at each start); unset
+    means `<data_dir>/metrics`."""
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -207,7 +216,34 @@ class RateLimitSettings(Section):
     chat_per_user_per_minute: int = Field(default=60, gt=0)
     """Chat requests (/api/chat, /v1/chat/completions) one user may start per minute."""
     max_tracked_clients: int = Field(default=100_000, gt=0)
-    """Bound on rate-limit buckets kept in memory; the oldest are dropped first."""
+    """Bound on rate-limit buckets kept in memory (no Redis, or Redis unreachable); past it the
+    in-memory counts start over (logged as `rate_limit_memory_reset`)."""
+
+
+class RedisSettings(Section):
+    """Redis, where several web processes count their limits together and register the prices
+    they serve. Unset, limits are counted in memory and only one web process may run."""
+
+    model_config = _config("REDIS_")
+
+    url: str = ""
+    """`redis://[:password@]host:port[/db]` (or `rediss://`); empty means limits in memory."""
+    key_prefix: str = "ledgerchat:"
+    """Prefix of every key the service writes, so several services can share one Redis."""
+    timeout_s: float = Field(default=0.5, gt=0, le=30)
+    """Connect and reply timeout of one Redis call; past it Redis counts as unreachable."""
+    unavailable_retry_after_s: int = Field(default=5, gt=0)
+    """Retry-After of the 503 `limits_unavailable` a chat gets while Redis is unreachable."""
+    lease_ttl_s: int = Field(default=30, ge=3)
+    """Lifetime of a chat's concurrency slot and of a process's registration unless renewed
+    (every third of it): what a crashed process holds is free again after this long."""
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
 
 
 class BillingSettings(Section):
@@ -260,6 +296,9 @@ class ChatSettings(Section):
     """Prompt and response text in model_interactions is cleared after this many days."""
     retention_interval_s: float = Field(default=3600.0, gt=0)
     """How often the retention job runs."""
+    max_concurrent_per_user: int = Field(default=32, gt=0)
+    """Chats one user may have streaming at once, over every web process (counted in Redis
+    when LEDGERCHAT_REDIS_URL is set); more get 429 `too_many_chats`."""
 
     @model_validator(mode="after")
     def _default_within_max(self) -> Self:
@@ -285,6 +324,7 @@ SECTIONS: dict[str, type[Section]] = {
     "database": DatabaseSettings,
     "auth": AuthSettings,
     "rate_limit": RateLimitSettings,
+    "redis": RedisSettings,
     "billing": BillingSettings,
     "chat": ChatSettings,
     "models": ModelSettings,
@@ -300,6 +340,7 @@ class Settings(BaseModel):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)

@@ -23,6 +23,7 @@ from inference.requests import ChatMessage, GenerationRequest
 from inference.router import InferenceBackend
 from ledger import Ledger
 from web import metrics
+from web.chat_slots import ChatSlot, ChatSlots
 from web.domain.accounts.schemas import Identity
 from web.domain.billing.prices import PriceCatalog, PricedModel
 from web.domain.chat.claims import SLOW_PREPARE_FRACTION, ChatClaims
@@ -61,8 +62,10 @@ class ChatService:
         billing: BillingSettings,
         prices: PriceCatalog,
         rate_limiter: RateLimiter | None = None,
+        slots: ChatSlots | None = None,
     ) -> None:
         self._rate_limiter = rate_limiter
+        self._slots = slots
         self._sessions = sessions
         self._engine = engine
         self._conversations = conversations
@@ -104,17 +107,36 @@ class ChatService:
     # -- prepare: every refusal happens here ---------------------------------------------
     async def prepare(self, identity: Identity, chat_input: ChatInput) -> PreparedChat:
         """Check, claim, hold and start a chat; raises every refusal before streaming. The
-        per-user chat rate limit is applied here, so /api/chat, /v1 and the UI share it."""
-        self._check_rate(identity)
+        per-user chat rate limit and concurrency limit are applied here, so /api/chat, /v1 and
+        the UI share them; the slot is given back when the turn settles (or is refused)."""
+        await self._check_rate(identity)
         if self._streams.closing:
             raise ShuttingDown("the service is shutting down; retry shortly")
         validate_chat_input(chat_input, self._chat, self._billing)
         model = self.find_model(chat_input.model_id)
         self._refuse_while_loading(model.id)
+        slot = None if self._slots is None else await self._slots.acquire(str(identity.user_id))
+        try:
+            prepared = await self._prepare(identity, chat_input, model, slot)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        return prepared
+
+    async def _prepare(
+        self,
+        identity: Identity,
+        chat_input: ChatInput,
+        model: PricedModel,
+        slot: ChatSlot | None,
+    ) -> PreparedChat:
         key = chat_input.idempotency_key or f"auto-{uuid.uuid4()}"
         claim_started = time.perf_counter()
         claimed = await self._claims.claim(identity, chat_input, key)
         if isinstance(claimed, list):
+            if slot is not None:
+                slot.release()
             return PreparedChat(self._streams, None, replay=claimed)
         claim_s = time.perf_counter() - claim_started
         try:
@@ -122,13 +144,14 @@ class ChatService:
         except BaseException:
             await self._claims.unclaim(claimed)
             raise
+        turn.slot = slot
         turn.billing_s += claim_s
         return PreparedChat(self._streams, turn)
 
-    def _check_rate(self, identity: Identity) -> None:
+    async def _check_rate(self, identity: Identity) -> None:
         if self._rate_limiter is None:
             return
-        retry_after_s = self._rate_limiter.hit(f"chat:{identity.user_id}")
+        retry_after_s = await self._rate_limiter.hit(f"chat:{identity.user_id}")
         if retry_after_s:
             raise RateLimited("too many chat requests for this user", retry_after_s=retry_after_s)
 

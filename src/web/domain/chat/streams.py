@@ -100,6 +100,7 @@ class ChatStreams:
 
         def finished(task: asyncio.Task[ChatCompleted]) -> None:
             self._active.pop(turn.request_id, None)
+            turn.give_back_slot()
             if not self._active:
                 self._idle.set()
             metrics.ACTIVE_STREAMS.dec()
@@ -173,6 +174,7 @@ class ChatStreams:
         """Stop the engine and release the hold of a chat refused in prepare; a ledger failure
         is logged, not raised, so the caller's own error (engine busy...) is what the client
         sees. An unreleased hold expires and the sweeper releases it."""
+        turn.give_back_slot()
         await close_stream(turn.stream)
         try:
             await self._holds.release(turn.identity, turn.request_id, turn.hold_id, reason)

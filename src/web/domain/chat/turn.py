@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
 from inference.events import Finished, ModelStatus, TextDelta
+from web.chat_slots import ChatSlot
 from web.domain.accounts.schemas import Identity
 from web.domain.billing.prices import ModelPrice
 from web.domain.chat.inputs import NUL, ChatInput
@@ -98,6 +99,12 @@ class Turn:
     """What the engine's stream raised, if it failed instead of ending with its final event."""
     settlement: asyncio.Task[ChatCompleted] | None = None
     """The one task that drains this turn's generation and settles it, once streaming began."""
+    slot: ChatSlot | None = None
+    """The user's concurrency slot this turn holds, given back when it settles."""
+
+    def give_back_slot(self) -> None:
+        if self.slot is not None:
+            self.slot.release()
 
 
 class TurnRunner(Protocol):

@@ -7,11 +7,11 @@ from typing import Any
 
 from litestar import MediaType, Request, Response, get
 from litestar.di import NamedDependency
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from web.domain.system.deps import SYSTEM_DEPENDENCIES, Probes
 from web.domain.system.schemas import HealthView, ReadyView
-from web.metrics import check_metrics_access
+from web.metrics import check_metrics_access, render_metrics
 
 
 @get("/health", tags=["system"])
@@ -44,4 +44,4 @@ async def metrics_endpoint(
     """Prometheus text format."""
     check_metrics_access(request.scope, probes.settings.server.metrics_token)
     probes.refresh_gauges()
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(render_metrics(probes.settings.environ), media_type=CONTENT_TYPE_LATEST)

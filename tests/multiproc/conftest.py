@@ -1,0 +1,77 @@
+"""Fixtures of the multi-process tests: the session's tiny-model engine (tests/remote), a fresh
+PostgreSQL database and three `ledgerchat serve` processes behind nginx for this package.
+Everything here starts real processes: marked `live`, `slow` and `postgres`."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.multiproc.cluster import NGINX, Cluster, create_database, drop_database, start_cluster
+from tests.multiproc.redis_server import RedisServer, redis_available, start_redis
+from tests.remote.upstreams import Upstream, engine_upstream, tiny_gemma_dir
+
+__all__ = ["engine_upstream", "tiny_gemma_dir"]
+
+WORKERS = 3
+HOLD_TTL_S = "20"
+"""Short, so the sweeper releases a killed process's holds within the test."""
+CHATS_PER_MINUTE = 8
+"""Every user's chat rate limit (counted in Redis across the processes)."""
+GRANT = 12
+"""Each new user's credits: enough for some of a user's chats, not all."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/multiproc/" in str(item.path).replace("\\", "/"):
+            item.add_marker(pytest.mark.live)
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="package")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """This package's own redis-server (the Redis-down test stops and restarts it)."""
+    if not redis_available():
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="package")
+def cluster(
+    redis_server: RedisServer,
+    engine_upstream: Upstream,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_unavailable_reason: str | None,
+) -> Iterator[Cluster]:
+    if postgres_unavailable_reason is not None:
+        pytest.skip(postgres_unavailable_reason)
+    if shutil.which(NGINX) is None and not Path(NGINX).exists():
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx)")
+    name, url = create_database()
+    try:
+        started = start_cluster(
+            tmp_path_factory.mktemp("multiproc"),
+            engine_upstream,
+            url,
+            redis_server.url,
+            WORKERS,
+            LEDGERCHAT_RATE_LIMIT_CHAT_PER_USER_PER_MINUTE=str(CHATS_PER_MINUTE),
+            LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS=str(GRANT),
+            LEDGERCHAT_BILLING_HOLD_TTL_S=HOLD_TTL_S,
+            LEDGERCHAT_BILLING_SWEEP_INTERVAL_S="1",
+        )
+        try:
+            yield started
+        finally:
+            started.stop()
+    finally:
+        drop_database(name)
