@@ -1,6 +1,6 @@
 """Takes the screenshots in docs/screenshots/ from a running `ledgerchat serve` (ideally with the
 bundled Gemma 3 270M, so the replies are real text): the chat page on a laptop, the account
-page, and the chat on a phone-sized screen.
+page on a laptop and on a phone, and the chat on a phone-sized screen.
 
     python tests/ui/docs_screenshots.py --base-url http://127.0.0.1:8000 --out docs/screenshots
 
@@ -29,6 +29,7 @@ CHROMIUM_FLAGS = [
 ]
 LAPTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
+ACCOUNT = {"width": 1280, "height": 800}
 PASSWORD = "screenshot-pass-42"
 PROMPTS = ("The three most useful facts about the Moon are", "A short poem about bookkeeping:")
 REPLY_TIMEOUT_MS = 600_000
@@ -88,7 +89,13 @@ def main() -> int:
         page.get_by_role("tab", name="Account").click()
         expect(page.locator("#history-table")).to_contain_text("Reply")
         time.sleep(2)  # let the plots draw
-        page.screenshot(path=str(args.out / "account.png"), full_page=True)
+        page.set_viewport_size(ACCOUNT)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(args.out / "account.png"))
+        page.set_viewport_size(PHONE)
+        time.sleep(1)
+        page.locator("#balance-cards").evaluate("(e) => e.scrollIntoView({block: 'start'})")
+        page.screenshot(path=str(args.out / "account-phone.png"))
         page.set_viewport_size(PHONE)
         page.get_by_role("tab", name="Chat").click()
         time.sleep(1)

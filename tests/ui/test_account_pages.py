@@ -25,7 +25,7 @@ from web.ui.account_text import (
 from web.ui.admin import AdminActions
 from web.ui.audit_view import AUDIT_CHECKS, audit_html
 from web.ui.session import UISession
-from web.ui.text import NOT_INSTALLED
+from web.ui.text import NOT_INSTALLED, balance_html
 
 PASSWORD = "correct-horse-42"
 NOW = dt.datetime(2026, 11, 30, 19, 4, tzinfo=dt.UTC)
@@ -74,6 +74,10 @@ class TestHistoryText:
         grant = item(kind="top_up", status="posted", amount=1000, note="signup grant")
         assert history_details(grant) == "Top-up · signup grant"
         assert history_amount(grant) == "+1,000"
+
+    def test_the_balance_badge_says_1_credit(self) -> None:
+        assert "</span> credit</div>" in balance_html(1, 0)
+        assert "</span> credits</div>" in balance_html(2, 0)
 
 
 class TestAccountActions:

@@ -68,9 +68,12 @@ def audit_html(report: Mapping[str, Any]) -> str:
     for violation in violations:
         check = check_of(str(violation.get("kind", "")))
         counts[check] = counts.get(check, 0) + 1
+    # `checked_at` is ISO 8601 in UTC: shown to the second.
+    moment = str(report.get("checked_at") or "")[:19].replace("T", " ")
     checked = (
         f"{report.get('accounts_checked', 0):,} accounts and "
-        f"{report.get('events_checked', 0):,} events checked at {report.get('checked_at', '')}"
+        f"{report.get('events_checked', 0):,} events checked"
+        + (f" at {moment} UTC" if moment else "")
     )
     if violations:
         summary = (

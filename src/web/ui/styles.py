@@ -96,6 +96,8 @@ tr.lc-violation td { font-family: var(--font-mono); font-weight: 400; }
 .lc-audit-table td { border-left: none !important; border-right: none !important; }
 .lc-prices, .lc-audit-table { border-top: none !important; }
 @media (max-width: 720px) {
+  .lc-cards { gap: 6px; flex-wrap: nowrap; }
+  .lc-card { flex: 1 1 0; min-width: 0; padding: 8px 10px; }
   #history-controls { display: grid !important; grid-template-columns: 1fr 1fr; gap: 6px; }
   #history-controls > * { min-width: 0 !important; }
   .lc-prices thead { display: none; }
