@@ -177,3 +177,36 @@ class TestRefundCli:
             (await server.services.accounts.find_user("clipayer")).account_id
         )
         assert balance.posted == done["balance"]["posted"] + cost
+
+
+class TestAdminPageRefund:
+    async def test_the_form_refunds_once_and_refuses_bad_input(self, server):
+        """The admin page's form refunds through the admin service (its key makes a double
+        click refund once); an empty reason is refused before any ledger call; the usage table
+        ends with the totals."""
+        from web.ui.admin_billing import AdminBilling
+        from web.ui.session import UISession
+
+        services = server.services
+        async with server.client() as client:
+            done = await _reply(client, await signed_in(client, "formuser"))
+        await services.accounts.register("root", "root@example.com", PASSWORD, role="admin")
+        tokens = await services.accounts.login("root", PASSWORD, "127.0.0.1")
+        session = UISession()
+        session.start(
+            tokens, await services.accounts.identity_from_access_token(tokens.access_token)
+        )
+        page = AdminBilling(services)
+        notice, key = await page.refund(session, done["request_id"], None, "  ", "form-1")
+        assert "reason" in notice and key == "form-1"
+        notice, new_key = await page.refund(session, done["request_id"], 1, "page", "form-1")
+        assert "Refunded 1 credit" in notice and new_key != "form-1"
+        notice, _ = await page.refund(session, done["request_id"], 1, "page", "form-1")
+        account = (await services.accounts.find_user("formuser")).account_id
+        refunds = await services.ledger.history(account, types=["refunded"])
+        assert [entry.amount for entry in refunds.entries] == [1]
+        too_much = done["cost_credits"]
+        notice, _ = await page.refund(session, done["request_id"], too_much, "x", "form-2")
+        assert "exceeds" in notice
+        rows, _ = await page.usage(session, "")
+        assert rows[-1][0] == "total" and rows[-1][6] == done["cost_credits"]
