@@ -29,6 +29,8 @@ from web.domain.accounts.invites import InvitesService
 from web.domain.accounts.registration import RegistrationService
 from web.domain.accounts.services import AccountsService
 from web.domain.admin.services import AdminService
+from web.domain.alerts.service import AlertsService
+from web.domain.alerts.webhook import WebhookNotifier
 from web.domain.billing.prices import PriceCatalog, load_prices
 from web.domain.billing.services import BillingService
 from web.domain.chat.conversations import ConversationsService
@@ -66,6 +68,8 @@ class _Started:
     chat: ChatService
     billing: BillingService
     admin: AdminService
+    alerts: AlertsService
+    webhook: WebhookNotifier | None
 
 
 class Services:
@@ -175,6 +179,7 @@ class Services:
         conversations = ConversationsService(sessions, settings.chat.conversations_page_size)
         billing = BillingService(sessions, ledger)
         invites = InvitesService(sessions)
+        webhook = self._webhook()
         self._started = _Started(
             db=db,
             sessions=sessions,
@@ -196,7 +201,10 @@ class Services:
             ),
             billing=billing,
             admin=AdminService(sessions, ledger, accounts, billing, invites, settings.auth),
+            alerts=AlertsService(sessions, webhook),
+            webhook=webhook,
         )
+        self._started.chat.add_settled_listener(self._started.alerts.settled)
         if self._start_background_jobs:
             self._jobs += [
                 asyncio.create_task(
@@ -305,6 +313,9 @@ class Services:
             await started.engine.close_remote()
         await started.chat.wait_idle(CLOSE_SETTLEMENTS_TIMEOUT_S)
         await started.chat.wait_settlements(CLOSE_SETTLEMENTS_TIMEOUT_S)
+        await started.alerts.drained()
+        if started.webhook is not None:
+            await started.webhook.close()
         await started.ledger.close()
         await started.db.dispose()
         self._started = None
@@ -340,6 +351,27 @@ class Services:
     @property
     def chat(self) -> ChatService:
         return self._require().chat
+
+    def _webhook(self) -> WebhookNotifier | None:
+        """The alert webhook's sender (a background task), where a URL is configured."""
+        billing = self.settings.billing
+        if not billing.alerts_webhook_url:
+            return None
+        webhook = WebhookNotifier(
+            billing.alerts_webhook_url,
+            attempts=billing.alerts_webhook_attempts,
+            queue_size=billing.alerts_webhook_queue_size,
+        )
+        webhook.start()
+        return webhook
+
+    @property
+    def alerts(self) -> AlertsService:
+        return self._require().alerts
+
+    @property
+    def webhook(self) -> WebhookNotifier | None:
+        return self._require().webhook
 
     @property
     def billing(self) -> BillingService:

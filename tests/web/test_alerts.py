@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from tests.web.web_testing import free_port
+from tests.web.web_testing import chat, free_port, signed_in
 from web.domain.alerts.rules import balance_crossed, budget_crossed, budget_use_percent
 from web.domain.alerts.webhook import WebhookNotifier
 
 DELIVERY_TIMEOUT_S = 30.0
+GREEDY = {"max_tokens": 4, "temperature": 0}
 
 
 class Receiver:
@@ -114,3 +115,52 @@ class TestWebhook:
         assert notifier.post({"n": 1}) and notifier.post({"n": 2})
         assert not notifier.post({"n": 3})
         assert notifier.dropped == 1
+
+
+class TestAlertsThroughTheApp:
+    async def test_low_balance_crossing_notices_and_posts_once(
+        self, make_server, make_settings, database_url, receiver: Receiver
+    ):
+        """A chat that takes the available balance to or below the user's threshold leaves a
+        notice and posts one `low_balance` event (delivered after two failures); the next chat,
+        already below, posts nothing more. SQLite and PostgreSQL."""
+        settings = make_settings(database_url, LEDGERCHAT_BILLING_ALERTS_WEBHOOK_URL=receiver.url)
+        server = await make_server(settings)
+        server.services.webhook._backoff_s = 0.05
+        async with server.client() as client:
+            headers = await signed_in(client, "watcher")
+            available = (await client.get("/api/balance", headers=headers)).json()["available"]
+            threshold = available - 1
+            put = await client.put(
+                "/api/alerts", json={"low_balance_credits": threshold}, headers=headers
+            )
+            assert put.status_code == 200, put.text
+            assert (await client.get("/api/alerts", headers=headers)).json()["notice"] is None
+            for _ in range(2):
+                status, _, error = await chat(client, headers, "Hi", sampling=GREEDY)
+                assert status == 200, error
+                await server.services.alerts.drained()
+            await asyncio.wait_for(server.services.webhook.drained(), DELIVERY_TIMEOUT_S)
+            shown = (await client.get("/api/alerts", headers=headers)).json()
+            assert shown["low_balance_credits"] == threshold
+            assert str(threshold) in shown["notice"]
+        assert [event["type"] for event in receiver.received] == ["low_balance"]
+        assert receiver.received[0]["username"] == "watcher"
+        assert receiver.received[0]["threshold"] == threshold
+
+    async def test_a_dead_webhook_does_not_touch_the_chat(self, make_server, make_settings):
+        """With nothing listening at the webhook URL, a crossing chat still answers 200 at
+        once and bills as usual."""
+        dead = f"http://127.0.0.1:{free_port()}/hook"
+        server = await make_server(make_settings(LEDGERCHAT_BILLING_ALERTS_WEBHOOK_URL=dead))
+        async with server.client() as client:
+            headers = await signed_in(client, "deadhook")
+            available = (await client.get("/api/balance", headers=headers)).json()["available"]
+            await client.put(
+                "/api/alerts", json={"low_balance_credits": available - 1}, headers=headers
+            )
+            status, events, error = await chat(client, headers, "Hi", sampling=GREEDY)
+            assert status == 200, error
+            assert events[-1].data["balance"]["available"] < available
+            await server.services.alerts.drained()
+            assert "fell to" in (await client.get("/api/alerts", headers=headers)).json()["notice"]
