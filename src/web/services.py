@@ -30,7 +30,7 @@ from web.domain.accounts.registration import RegistrationService
 from web.domain.accounts.services import AccountsService
 from web.domain.admin.services import AdminService
 from web.domain.alerts.service import AlertsService
-from web.domain.alerts.webhook import WebhookNotifier
+from web.domain.alerts.webhook import WebhookNotifier, started_webhook
 from web.domain.billing.prices import PriceCatalog, load_prices
 from web.domain.billing.services import BillingService
 from web.domain.chat.conversations import ConversationsService
@@ -179,7 +179,7 @@ class Services:
         conversations = ConversationsService(sessions, settings.chat.conversations_page_size)
         billing = BillingService(sessions, ledger)
         invites = InvitesService(sessions)
-        webhook = self._webhook()
+        webhook = started_webhook(settings.billing)
         self._started = _Started(
             db=db,
             sessions=sessions,
@@ -351,19 +351,6 @@ class Services:
     @property
     def chat(self) -> ChatService:
         return self._require().chat
-
-    def _webhook(self) -> WebhookNotifier | None:
-        """The alert webhook's sender (a background task), where a URL is configured."""
-        billing = self.settings.billing
-        if not billing.alerts_webhook_url:
-            return None
-        webhook = WebhookNotifier(
-            billing.alerts_webhook_url,
-            attempts=billing.alerts_webhook_attempts,
-            queue_size=billing.alerts_webhook_queue_size,
-        )
-        webhook.start()
-        return webhook
 
     @property
     def alerts(self) -> AlertsService:

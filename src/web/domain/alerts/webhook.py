@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from web.logging import get_logger
+from web.settings import BillingSettings
 
 log = get_logger(__name__)
 
@@ -92,3 +93,16 @@ class WebhookNotifier:
             await asyncio.sleep(min(self._backoff_max_s, self._backoff_s * 2 ** (attempt - 1)))
         self.failed += 1
         log.warning("alert_webhook_failed", attempts=self._attempts, error=problem[:200])
+
+
+def started_webhook(billing: BillingSettings) -> WebhookNotifier | None:
+    """The alert webhook's sender, started, where LEDGERCHAT_BILLING_ALERTS_WEBHOOK_URL is set."""
+    if not billing.alerts_webhook_url:
+        return None
+    webhook = WebhookNotifier(
+        billing.alerts_webhook_url,
+        attempts=billing.alerts_webhook_attempts,
+        queue_size=billing.alerts_webhook_queue_size,
+    )
+    webhook.start()
+    return webhook
