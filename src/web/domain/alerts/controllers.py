@@ -5,22 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get, put
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from web.auth import IDENTITY_DEPENDENCY, SECURITY
 from web.bodies import strict_json
 from web.domain.accounts.schemas import Identity
+from web.domain.alerts.deps import ALERTS_DEPENDENCIES
 from web.domain.alerts.service import AlertSettingsUpdate, AlertsService, AlertsView
 
-
-def provide_alerts(state: State) -> AlertsService:
-    alerts: AlertsService = state.services.alerts
-    return alerts
-
-
-DEPENDENCIES = {**IDENTITY_DEPENDENCY, "alerts": Provide(provide_alerts, sync_to_thread=False)}
+DEPENDENCIES = {**IDENTITY_DEPENDENCY, **ALERTS_DEPENDENCIES}
 
 
 class AlertsController(Controller):
