@@ -25,6 +25,7 @@ from inference import Engine
 from web.auth import AUTH_MIDDLEWARE, SECURITY_COMPONENTS, key_scopes
 from web.domain.accounts.controllers import AuthController, MeController
 from web.domain.admin.controllers import AdminController
+from web.domain.alerts.controllers import AlertsController
 from web.domain.billing.controllers import BillingController
 from web.domain.chat.controllers import ChatController, ConversationsController
 from web.domain.keys.controllers import ApiKeysController
@@ -113,6 +114,7 @@ def create_app(
             ChatController,
             ConversationsController,
             AdminController,
+            AlertsController,
             OpenAIController,
             ReceiptsController,
         ],

@@ -25,6 +25,7 @@ from web.settings import SettingsError, load_settings
 # skipped so that the command keeps working while the packages grow.
 _COMMAND_MODULES = (
     "web.commands",
+    "web.billing_commands",
     "ledger.cli",
     "inference.cli",
     "web.engine_cli",

@@ -29,6 +29,8 @@ from web.domain.accounts.invites import InvitesService
 from web.domain.accounts.registration import RegistrationService
 from web.domain.accounts.services import AccountsService
 from web.domain.admin.services import AdminService
+from web.domain.alerts.service import AlertsService
+from web.domain.alerts.webhook import WebhookNotifier, started_webhook
 from web.domain.billing.prices import PriceCatalog, load_prices
 from web.domain.billing.services import BillingService
 from web.domain.chat.conversations import ConversationsService
@@ -72,6 +74,8 @@ class _Started:
     billing: BillingService
     admin: AdminService
     receipts: ReceiptsService
+    alerts: AlertsService
+    webhook: WebhookNotifier | None
 
 
 class Services:
@@ -180,6 +184,7 @@ class Services:
         conversations = ConversationsService(sessions, settings.chat.conversations_page_size)
         billing = BillingService(sessions, ledger)
         invites = InvitesService(sessions)
+        webhook = started_webhook(settings.billing)
         self._started = _Started(
             db=db,
             sessions=sessions,
@@ -203,7 +208,10 @@ class Services:
             billing=billing,
             admin=AdminService(sessions, ledger, accounts, billing, invites, settings.auth),
             receipts=ReceiptsService(sessions, ledger, signer),
+            alerts=AlertsService(sessions, webhook),
+            webhook=webhook,
         )
+        self._started.chat.add_settled_listener(self._started.alerts.settled)
         if self._start_background_jobs:
             self._jobs += [
                 asyncio.create_task(
@@ -330,6 +338,9 @@ class Services:
         await started.chat.wait_idle(CLOSE_SETTLEMENTS_TIMEOUT_S)
         await started.chat.wait_settlements(CLOSE_SETTLEMENTS_TIMEOUT_S)
         await self.shared.close()
+        await started.alerts.drained()
+        if started.webhook is not None:
+            await started.webhook.close()
         await started.ledger.close()
         await started.db.dispose()
         self._started = None
@@ -365,6 +376,14 @@ class Services:
     @property
     def chat(self) -> ChatService:
         return self._require().chat
+
+    @property
+    def alerts(self) -> AlertsService:
+        return self._require().alerts
+
+    @property
+    def webhook(self) -> WebhookNotifier | None:
+        return self._require().webhook
 
     @property
     def billing(self) -> BillingService:

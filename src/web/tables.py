@@ -235,3 +235,18 @@ class ModelInteractionRow(Base):
     finish_reason: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now, index=True)
     text_cleared_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class AlertSettingsRow(Base):
+    """A user's alert thresholds and the last notice an alert left for the page."""
+
+    __tablename__ = "alert_settings"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    low_balance_credits: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    budget_use_percent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    notice: Mapped[str | None] = mapped_column(Text, nullable=True)
+    notice_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)

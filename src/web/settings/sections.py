@@ -274,6 +274,13 @@ class BillingSettings(Section):
             raise ValueError(f"must be at most {MAX_KEY_LENGTH} (the header and column limit)")
         return value
 
+    alerts_webhook_url: str = ""
+    """Where balance and budget alerts are posted as JSON (empty: no webhook; notices only)."""
+    alerts_webhook_attempts: int = Field(default=5, ge=1, le=20)
+    """Tries per alert event before it is given up (exponential back-off between them)."""
+    alerts_webhook_queue_size: int = Field(default=1000, ge=1, le=100_000)
+    """Alert events waiting for the webhook at most; more are dropped and logged."""
+
 
 class ChatSettings(Section):
     """Limits on chat requests and stored conversations."""

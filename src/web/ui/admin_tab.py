@@ -12,6 +12,7 @@ import gradio as gr
 
 from web.services import Services
 from web.ui.admin import USER_COLUMNS, AdminActions, new_request_key
+from web.ui.admin_billing import AdminBilling
 from web.ui.frame import PageFrame
 
 
@@ -30,6 +31,8 @@ class AdminTab:
             self.users_notice = gr.HTML("", elem_id="users-notice")
             self._build_users()
             self._build_invites()
+            self._billing = AdminBilling(services)
+            self._billing.build()
             gr.Markdown("### Models")
             self.models = gr.HTML("", elem_id="admin-models")
             gr.Markdown("### Ledger audit")
@@ -97,4 +100,5 @@ class AdminTab:
             [self.invite_code, self.invite_notice],
         )
         audited = self.audit_button.click(admin.audit, [session], [self.audit_report])
-        return [users_listed, topped_up, disabled, enabled, invited, audited]
+        money = self._billing.wire(session)
+        return [users_listed, topped_up, disabled, enabled, invited, audited, *money]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import datetime as dt
+from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import HeaderParameter, JSONBody
+from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from web.auth import IDENTITY_DEPENDENCY, SECURITY, requires_admin
@@ -14,6 +15,7 @@ from web.bodies import strict_json
 from web.domain.accounts.invites import CreatedInvite, InviteView
 from web.domain.accounts.schemas import Identity, UserView
 from web.domain.admin.deps import ADMIN_DEPENDENCIES
+from web.domain.admin.refunds import MAX_REFUND_KEY_CHARS, RefundRequest, RefundResult
 from web.domain.admin.schemas import (
     MAX_TOPUP_KEY_CHARS,
     AuditResult,
@@ -23,6 +25,7 @@ from web.domain.admin.schemas import (
     UserWithBalance,
 )
 from web.domain.admin.services import AdminService
+from web.domain.admin.usage import AdminUsageReport, usage_csv
 from web.params import RowId
 
 DEPENDENCIES = {**IDENTITY_DEPENDENCY, **ADMIN_DEPENDENCIES}
@@ -54,6 +57,45 @@ class AdminController(Controller):
         return await admin_service.top_up(
             identity, user_id, data.amount, idempotency_key=idempotency_key, note=data.note
         )
+
+    @post("/refunds", status_code=HTTP_200_OK)
+    async def refund(
+        self,
+        identity: NamedDependency[Identity],
+        admin_service: NamedDependency[AdminService],
+        data: JSONBody[RefundRequest],
+        request: Request[Any, Any, Any],
+        idempotency_key: Annotated[
+            str,
+            HeaderParameter(name="Idempotency-Key", min_length=1, max_length=MAX_REFUND_KEY_CHARS),
+        ],
+    ) -> RefundResult:
+        """Refund all (no `credits`) or part of one reply by its request id, with a reason;
+        never more than its capture took minus earlier refunds (409 `refund_exceeds_taken`).
+        A retry with the same Idempotency-Key refunds once."""
+        data = await strict_json(request, RefundRequest)
+        return await admin_service.refund(identity, data, idempotency_key=idempotency_key)
+
+    @get("/usage", responses=None)
+    async def usage(
+        self,
+        identity: NamedDependency[Identity],
+        admin_service: NamedDependency[AdminService],
+        user: Annotated[str | None, QueryParameter(min_length=1, max_length=50)] = None,
+        since: FromQuery[dt.date | None] = None,
+        until: FromQuery[dt.date | None] = None,
+        output_format: Annotated[Literal["json", "csv"], QueryParameter(name="format")] = "json",
+    ) -> Response[AdminUsageReport | str]:
+        """Requests, tokens and credits per UTC day, user and model with totals (every user,
+        or `user`; default the last 30 days); `format=csv` for a spreadsheet."""
+        report = await admin_service.usage(identity, username=user, since=since, until=until)
+        if output_format == "csv":
+            return Response(
+                usage_csv(report),
+                media_type="text/csv",
+                headers={"Content-Disposition": 'attachment; filename="usage.csv"'},
+            )
+        return Response(report)
 
     @get("/users")
     async def users(

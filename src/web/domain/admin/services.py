@@ -4,6 +4,8 @@ alike, and an admin's leaked API key cannot top up credits or disable anyone."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger import Ledger
@@ -11,6 +13,7 @@ from web.domain.accounts.disabling import disable_user, enable_user
 from web.domain.accounts.invites import CreatedInvite, InvitesService, InviteView
 from web.domain.accounts.schemas import Identity, UserView
 from web.domain.accounts.services import AccountsService
+from web.domain.admin.refunds import RefundRequest, RefundResult, refund_reply
 from web.domain.admin.schemas import (
     MAX_TOPUP_CREDITS,
     TOPUP_KEY_PREFIX,
@@ -18,6 +21,7 @@ from web.domain.admin.schemas import (
     TopUpResult,
     UserWithBalance,
 )
+from web.domain.admin.usage import AdminUsageReport, admin_usage
 from web.domain.billing.services import BillingService
 from web.errors import PermissionDenied, ValidationFailed
 from web.ledger_calls import counted
@@ -79,6 +83,37 @@ class AdminService:
             event_id=receipt.event_id,
             balance=await self._billing.balance_of(user.account_id),
         )
+
+    async def refund(
+        self, identity: Identity, data: RefundRequest, *, idempotency_key: str
+    ) -> RefundResult:
+        """Give back all or part of one reply's capture (web.domain.admin.refunds)."""
+        check_admin(identity)
+        if not idempotency_key:
+            raise ValidationFailed("an Idempotency-Key is required for refunds")
+        result = await refund_reply(
+            self._sessions, self._ledger, identity, data, idempotency_key=idempotency_key
+        )
+        log.info(
+            "reply_refunded",
+            by=identity.username,
+            request_id=data.request_id,
+            credits=result.credits,
+            replayed=result.replayed,
+        )
+        return result
+
+    async def usage(
+        self,
+        identity: Identity,
+        *,
+        username: str | None = None,
+        since: dt.date | None = None,
+        until: dt.date | None = None,
+    ) -> AdminUsageReport:
+        """Usage per UTC day, user and model, with totals (web.domain.admin.usage)."""
+        check_admin(identity)
+        return await admin_usage(self._sessions, username=username, since=since, until=until)
 
     async def users(self, identity: Identity) -> list[UserWithBalance]:
         check_admin(identity)

@@ -122,6 +122,8 @@ def group_entry(
     item = _base(entry, _POSTED_KIND.get(kind, "charge"), "posted")
     item.amount = _POSTED_SIGN.get(kind, 0) * entry.amount
     item.model = _str(entry.metadata.get("model"))
+    # A refund of a reply names it (web.domain.admin.refunds writes the request id).
+    item.request_id = _str(entry.metadata.get("request_id"))
     return item
 
 

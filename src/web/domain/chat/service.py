@@ -36,6 +36,7 @@ from web.domain.chat.inputs import (
     validate_chat_input,
 )
 from web.domain.chat.pricing import cost_credits
+from web.domain.chat.settler import SettledListener
 from web.domain.chat.streams import ChatStreams, NoStream
 from web.domain.chat.turn import PreparedChat, Turn
 from web.errors import ModelLoading, NotFound, RateLimited, ShuttingDown
@@ -83,6 +84,10 @@ class ChatService:
             conversations,
             billing.partial_capture_on_disconnect,
         )
+
+    def add_settled_listener(self, listener: SettledListener) -> None:
+        """Call `listener(identity, done)` after each chat turn settles."""
+        self._streams.add_settled_listener(listener)
 
     @property
     def active_streams(self) -> int:

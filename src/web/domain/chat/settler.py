@@ -9,11 +9,12 @@ import collections
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from inference.events import Finished, TextDelta
 from ledger.errors import HoldAlreadyResolved, HoldExpired
 from web import metrics
+from web.domain.accounts.schemas import Identity
 from web.domain.chat.claims import ChatClaims
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.holds import ChatHolds
@@ -25,6 +26,7 @@ from web.tables import ModelInteractionRow
 
 log = get_logger(__name__)
 BILLING_SAMPLES_KEPT = 10_000
+SettledListener = Callable[[Identity, ChatCompleted], None]
 
 
 class TurnSettler:
@@ -45,6 +47,9 @@ class TurnSettler:
             maxlen=BILLING_SAMPLES_KEPT
         )
         """Billing time of recent requests (for `ledgerchat bench service`)."""
+        self.listeners: list[SettledListener] = []
+        """Told of each settled turn, synchronously: each must only schedule its work (alerts
+        start a background task), so that no listener delays or fails a chat."""
 
     async def settle(self, turn: Turn, end: StreamEnd) -> ChatCompleted:
         """Resolve the hold once, then record the interaction, the messages and the outcome."""
@@ -96,6 +101,11 @@ class TurnSettler:
             finish_reason=decision.finish_reason,
             completion_tokens=decision.completion_tokens,
         )
+        for listener in self.listeners:
+            try:
+                listener(turn.identity, done)
+            except Exception as exc:
+                log.error("settled_listener_failed", request_id=turn.request_id, error=str(exc))
         return done
 
     async def _resolve_hold(

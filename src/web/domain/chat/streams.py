@@ -20,7 +20,7 @@ from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.holds import ChatHolds
 from web.domain.chat.schemas import ChatCompleted, ChatDelta, ChatEvent, ChatStarted
 from web.domain.chat.settlement import StopReason, StreamEnd
-from web.domain.chat.settler import TurnSettler, close_stream
+from web.domain.chat.settler import SettledListener, TurnSettler, close_stream
 from web.domain.chat.turn import Turn
 from web.errors import ShuttingDown
 from web.logging import get_logger
@@ -52,6 +52,10 @@ class ChatStreams:
     @property
     def active_count(self) -> int:
         return len(self._active)
+
+    def add_settled_listener(self, listener: SettledListener) -> None:
+        """Call `listener(identity, done)` after each turn settles (web.domain.alerts)."""
+        self._settler.listeners.append(listener)
 
     @property
     def billing_overhead_ms(self) -> collections.deque[float]:

@@ -1,0 +1,1 @@
+"""Alerts: balance and budget-use thresholds, their crossings, and the webhook."""
