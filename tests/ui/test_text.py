@@ -93,13 +93,14 @@ class TestLabels:
         )
         assert "refunded in full (&lt;engine&gt; failed)" in refunded
 
-    def test_footer_links_the_replys_receipt(self) -> None:
-        """A reply with a request id links its receipt under the cost; one without has none."""
+    def test_footer_offers_no_receipt_link_the_page_cannot_open(self) -> None:
+        """`/api/receipts/...` needs the bearer token the page keeps in script: a plain link
+        from the footer would answer 401, so the footer has none."""
         cost = dict(cost_credits=3, prompt_tokens=10, completion_tokens=5)
         terms = dict(model_requested="a", model_answered="a", settlement="captured")
-        linked = reply_footer(ReplyCost(**cost, **terms, request_id="0f1e-42"))
-        assert linked.endswith("[receipt](/api/receipts/0f1e-42)")
-        assert "receipt" not in reply_footer(ReplyCost(**cost, **terms))
+        footer = reply_footer(ReplyCost(**cost, **terms, request_id="0f1e-42"))
+        assert "/api/receipts" not in footer
+        assert footer.startswith("*") and "3 credits" in footer
 
     def test_notice_escapes_its_message_and_rejects_unknown_kinds(self) -> None:
         assert "&lt;b&gt;" in notice_html("error", "<b>")

@@ -121,7 +121,9 @@ class ReplyCost:
     settlement: str
     release_reason: str | None = None
     request_id: str | None = None
-    """Set when the reply has a receipt: the footer links to it."""
+    """The reply's request id (its receipt is `GET /api/receipts/{request_id}`). Not linked
+    from the footer: a plain link cannot carry the page's bearer token, so it would open a
+    401; a receipt view inside the page is still to be built (docs/billing.md)."""
 
 
 def reply_footer(cost: ReplyCost) -> str:
@@ -138,11 +140,7 @@ def reply_footer(cost: ReplyCost) -> str:
     elif cost.settlement == "released":
         reason = escape_chat_markdown(cost.release_reason or "the reply failed")
         pieces.append(f"refunded in full ({reason})")
-    line = "*" + " · ".join(pieces) + "*"
-    if cost.request_id is not None:
-        # A request id is a UUID the service made: nothing in it needs escaping.
-        line += f" · [receipt](/api/receipts/{cost.request_id})"
-    return line
+    return "*" + " · ".join(pieces) + "*"
 
 
 def notice_html(kind: str, message: str) -> str:
