@@ -26,6 +26,7 @@ from web.auth import AUTH_MIDDLEWARE, SECURITY_COMPONENTS, key_scopes
 from web.domain.accounts.controllers import AuthController, MeController
 from web.domain.admin.controllers import AdminController
 from web.domain.billing.controllers import BillingController
+from web.domain.budgets.controllers import AdminCapsController, MyBudgetsController
 from web.domain.chat.controllers import ChatController, ConversationsController
 from web.domain.keys.controllers import ApiKeysController
 from web.domain.openai.controllers import OpenAIController
@@ -112,6 +113,8 @@ def create_app(
             ChatController,
             ConversationsController,
             AdminController,
+            MyBudgetsController,
+            AdminCapsController,
             OpenAIController,
         ],
         middleware=[AUTH_MIDDLEWARE],

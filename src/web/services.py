@@ -31,6 +31,7 @@ from web.domain.accounts.services import AccountsService
 from web.domain.admin.services import AdminService
 from web.domain.billing.prices import PriceCatalog, load_prices
 from web.domain.billing.services import BillingService
+from web.domain.budgets.services import BudgetsService
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.service import ChatService
 from web.domain.keys.services import ApiKeysService
@@ -66,6 +67,7 @@ class _Started:
     chat: ChatService
     billing: BillingService
     admin: AdminService
+    budgets: BudgetsService
 
 
 class Services:
@@ -196,6 +198,7 @@ class Services:
             ),
             billing=billing,
             admin=AdminService(sessions, ledger, accounts, billing, invites, settings.auth),
+            budgets=BudgetsService(sessions, ledger),
         )
         if self._start_background_jobs:
             self._jobs += [
@@ -348,6 +351,10 @@ class Services:
     @property
     def admin(self) -> AdminService:
         return self._require().admin
+
+    @property
+    def budgets(self) -> BudgetsService:
+        return self._require().budgets
 
     @property
     def ledger(self) -> Ledger:

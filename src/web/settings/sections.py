@@ -227,6 +227,11 @@ class BillingSettings(Section):
     """On disconnect/Stop, capture what was generated (true) or release everything (false)."""
     max_idempotency_key_length: int = Field(default=MAX_KEY_LENGTH, gt=0)
     """Longest accepted Idempotency-Key header (at most the ledger's key length, 200)."""
+    shrink_to_affordable: bool = True
+    """When the balance or a budget cannot cover the requested max_tokens but covers a shorter
+    reply, lower max_tokens to what is affordable instead of answering 402: the default of the
+    page and /api/chat (a request may say otherwise); /v1 only when the request opts in
+    (`x_ledgerchat.shrink_to_affordable`)."""
 
     @field_validator("max_idempotency_key_length")
     @classmethod

@@ -283,6 +283,7 @@ class ChatActions:
                 model_answered=completed.model_answered,
                 settlement=completed.settlement,
                 release_reason=completed.release_reason,
+                max_tokens_shrunk_to=completed.max_tokens_shrunk_to,
             )
         )
         yield (

@@ -120,6 +120,7 @@ class ReplyCost:
     model_answered: str
     settlement: str
     release_reason: str | None = None
+    max_tokens_shrunk_to: int | None = None
 
 
 def reply_footer(cost: ReplyCost) -> str:
@@ -131,6 +132,8 @@ def reply_footer(cost: ReplyCost) -> str:
     ]
     if cost.model_answered != cost.model_requested:
         pieces.append(f"fallback: `{cost.model_requested}` was unavailable")
+    if cost.max_tokens_shrunk_to is not None:
+        pieces.append(f"shortened to {cost.max_tokens_shrunk_to} tokens to fit your credits")
     if cost.settlement == "partially_captured":
         pieces.append("stopped: billed for the tokens generated")
     elif cost.settlement == "released":
