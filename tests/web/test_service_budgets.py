@@ -21,8 +21,10 @@ CONCURRENT_CHATS = 50
 def next_month_start() -> str:
     now = datetime.now(UTC)
     start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
-        month=start.month + 1
+    nxt = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
     )
     return nxt.isoformat()
 
@@ -41,9 +43,10 @@ async def budget_trace(server: Any, account_id: str, scope: str) -> list[int]:
     scoped: set[str] = set()
     running, trace = 0, []
     for entry in entries:
-        if entry.event_type == "hold_placed" and scope in str(
-            entry.metadata.get("budgets", "")
-        ).split():
+        if (
+            entry.event_type == "hold_placed"
+            and scope in str(entry.metadata.get("budgets", "")).split()
+        ):
             scoped.add(entry.event_id)
             running += entry.amount
         elif entry.hold_id in scoped and entry.event_type == "hold_captured":
@@ -72,9 +75,7 @@ class TestKeyBudget:
         await server.services.engine.load("tiny")
         async with server.client() as client:
             headers = await signed_in(client, "kim")
-            created = (
-                await client.post("/api/keys", json={"name": "ci"}, headers=headers)
-            ).json()
+            created = (await client.post("/api/keys", json={"name": "ci"}, headers=headers)).json()
             key_id = created["key"]["id"]
             key_headers = {"Authorization": f"Bearer {created['secret']}"}
             status, events, _ = await chat(
@@ -139,7 +140,10 @@ class TestKeyBudget:
             assert created.status_code == 201, created.text
             key_headers = {"Authorization": f"Bearer {created.json()['secret']}"}
             status, _, body = await chat(
-                client, key_headers, "hello", sampling={"max_tokens": 30},
+                client,
+                key_headers,
+                "hello",
+                sampling={"max_tokens": 30},
                 shrink_to_affordable=False,
             )
             assert status == 402
@@ -152,8 +156,11 @@ class TestKeyBudget:
             assert details["resets_at"] == next_month_start()
             v1 = await client.post(
                 "/v1/chat/completions",
-                json={"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
-                      "max_tokens": 30},
+                json={
+                    "model": "tiny",
+                    "messages": [{"role": "user", "content": "hello"}],
+                    "max_tokens": 30,
+                },
                 headers=key_headers,
             )
             assert v1.status_code == 402

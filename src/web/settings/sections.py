@@ -228,10 +228,10 @@ class BillingSettings(Section):
     max_idempotency_key_length: int = Field(default=MAX_KEY_LENGTH, gt=0)
     """Longest accepted Idempotency-Key header (at most the ledger's key length, 200)."""
     shrink_to_affordable: bool = True
-    """When the balance or a budget cannot cover the requested max_tokens but covers a shorter
-    reply, lower max_tokens to what is affordable instead of answering 402: the default of the
-    page and /api/chat (a request may say otherwise); /v1 only when the request opts in
-    (`x_ledgerchat.shrink_to_affordable`)."""
+    """In the page: when the balance or a budget cannot cover the requested max_tokens but
+    covers a shorter reply, lower max_tokens to what is affordable (the reply says so) instead
+    of refusing. The APIs do it when a request asks (`shrink_to_affordable` on /api/chat,
+    `x_ledgerchat.shrink_to_affordable` on /v1)."""
 
     @field_validator("max_idempotency_key_length")
     @classmethod

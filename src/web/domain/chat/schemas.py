@@ -33,9 +33,9 @@ class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
     conversation_id: Annotated[str, msgspec.Meta(max_length=36)] | None = None
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
     sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
-    shrink_to_affordable: bool | None = None
-    """Lower max_tokens to what the balance and budgets can pay for instead of answering 402;
-    null: LEDGERCHAT_BILLING_SHRINK_TO_AFFORDABLE (on by default)."""
+    shrink_to_affordable: bool = False
+    """Lower max_tokens to what the balance and budgets can pay for instead of answering 402
+    (`done` then says `max_tokens_shrunk_to`)."""
 
 
 class BalanceView(msgspec.Struct):

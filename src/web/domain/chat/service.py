@@ -204,7 +204,7 @@ class ChatService:
         hold_started = time.perf_counter()
         budgets = await self._budgets.for_chat(identity)
         shrunk_to = None
-        if self._shrinks(chat_input):
+        if chat_input.shrink_to_affordable:
             prepared, shrunk_to = await self._fit_to_affordable(identity, budgets, price, prepared)
         hold_credits = cost_credits(price, prepared.prompt_tokens, prepared.max_completion_tokens)
         hold_id = await self._holds.place(
@@ -250,11 +250,6 @@ class ChatService:
             await asyncio.shield(self._streams.release_quietly(turn, "cancelled"))
             raise
         return turn
-
-    def _shrinks(self, chat_input: ChatInput) -> bool:
-        if chat_input.shrink_to_affordable is None:
-            return self._billing.shrink_to_affordable
-        return chat_input.shrink_to_affordable
 
     async def _fit_to_affordable(
         self, identity: Identity, budgets: ChatBudgets, price: ModelPrice, prepared: PreparedRequest
