@@ -6,8 +6,10 @@ This package never imports `web` or `inference`.
 
 from ledger.application import Ledger
 from ledger.audit import AuditReport, Violation
+from ledger.domain.budgets import PERIODS, Budget, Period
 from ledger.errors import (
     AccountNotFound,
+    BudgetExceeded,
     CaptureExceedsHold,
     HoldAlreadyResolved,
     HoldExpired,
@@ -26,13 +28,25 @@ from ledger.errors import (
     StorageError,
     TooManyActiveHolds,
 )
-from ledger.models import Balance, HistoryEntry, HistoryPage, HoldReceipt, Receipt, Totals
+from ledger.models import (
+    Balance,
+    BudgetUse,
+    HistoryEntry,
+    HistoryPage,
+    HoldReceipt,
+    Receipt,
+    Totals,
+)
 from ledger.settings import LedgerSettings, default_database_url
 
 __all__ = [
+    "PERIODS",
     "AccountNotFound",
     "AuditReport",
     "Balance",
+    "Budget",
+    "BudgetExceeded",
+    "BudgetUse",
     "CaptureExceedsHold",
     "HistoryEntry",
     "HistoryPage",
@@ -51,6 +65,7 @@ __all__ = [
     "LedgerClosed",
     "LedgerError",
     "LedgerSettings",
+    "Period",
     "Receipt",
     "RefundExceedsTaken",
     "RefundTargetInvalid",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 
@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from ledger.clock import Clock, system_clock
 from ledger.domain import (
     AddCredits,
+    Budget,
     CaptureHold,
     Charge,
     Command,
@@ -30,6 +31,7 @@ from ledger.domain import (
     ReleaseHold,
     ReleaseReason,
     check_amount,
+    check_budgets,
     check_key,
     check_metadata,
     check_text,
@@ -209,8 +211,13 @@ class Ledger(LedgerQueries, LedgerProofs):
         reference: str,
         idempotency_key: str,
         metadata: Mapping[str, str | int] | None = None,
+        budgets: Sequence[Budget] | None = None,
     ) -> HoldReceipt:
-        """Reserve credits until captured, released or expired (ttl_s or expires_at, not both)."""
+        """Reserve credits until captured, released or expired (ttl_s or expires_at, not both).
+
+        Each of `budgets` is checked in the same transaction as the balance: the hold is
+        refused with BudgetExceeded when what the budget's holds hold and took in its current
+        period, plus this amount, would pass its limit."""
         if ttl_s is not None and expires_at is not None:
             raise InvalidArgument("give ttl_s or expires_at, not both")
         if ttl_s is not None and (
@@ -232,6 +239,7 @@ class Ledger(LedgerQueries, LedgerProofs):
             ttl_s=None if ttl_s is None else float(ttl_s),
             expires_at_us=None if expires_at is None else to_us(expires_at),
             metadata=check_metadata(metadata),
+            budgets=check_budgets(budgets, max_amount=self._settings.max_amount),
         )
         outcome = await self._writer.submit(command)
         return HoldReceipt.from_event(outcome.event, replayed=outcome.replayed)

@@ -26,9 +26,11 @@ from ledger.domain import (
     EventDraft,
     EventType,
     Limits,
+    PlaceHold,
     Refund,
     RefundTarget,
     ReleaseHold,
+    budget_ids,
     complete,
     decide,
     hold_id_of,
@@ -37,7 +39,15 @@ from ledger.domain import (
     to_us,
 )
 from ledger.errors import AccountNotFound, IdempotencyConflict, LedgerError, StorageError
-from ledger.storage.persistence import AccountHead, BatchWrite, EventStore, Refusal, Snapshot
+from ledger.storage.budget_usage import budget_used
+from ledger.storage.persistence import (
+    AccountHead,
+    BatchWrite,
+    BudgetHold,
+    EventStore,
+    Refusal,
+    Snapshot,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,8 @@ class _BatchContext:
     resolved_holds: set[str] = field(default_factory=set)
     refunded: dict[str, int] = field(default_factory=dict)
     written: dict[str, Event] = field(default_factory=dict)
+    # Credits this batch placed under each (account, budget): not yet in the table.
+    budget_placed: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class BatchPlanner:
@@ -185,6 +197,7 @@ class BatchPlanner:
             recorded_at_us=context.now_us,
         )
         self._record(event, state, owner_id, context)
+        self._record_budget_use(command, event, context)
         outcome = Outcome(event, False, owner_id)
         context.decided[key] = (fingerprint, outcome)
         return outcome
@@ -205,6 +218,9 @@ class BatchPlanner:
             )
         if isinstance(command, Refund):
             refund_target = self._refund_target(connection, state, command, context)
+        budget_used = None
+        if isinstance(command, PlaceHold) and command.budgets:
+            budget_used = self._budget_used(connection, state.account_id, command, context)
         return decide(
             state,
             command,
@@ -212,7 +228,24 @@ class BatchPlanner:
             limits=self._limits,
             hold_was_placed=hold_was_placed,
             refund_target=refund_target,
+            budget_used=budget_used,
         )
+
+    def _budget_used(
+        self, connection: Connection, account_id: str, command: PlaceHold, context: _BatchContext
+    ) -> dict[tuple[str, str], int]:
+        """Each limited budget's use in its current period: stored rows plus this batch's
+        holds (all placed at the batch's time, so inside every current period)."""
+        used: dict[tuple[str, str], int] = {}
+        for budget in command.budgets:
+            if budget.limit is None:
+                continue
+            start_us, end_us = budget.window_us(context.now_us)
+            stored = budget_used(connection, account_id, budget.budget_id, start_us, end_us)
+            used[(budget.budget_id, budget.period)] = stored + context.budget_placed.get(
+                (account_id, budget.budget_id), 0
+            )
+        return used
 
     def _record(
         self, event: Event, state: AccountState, owner_id: str, context: _BatchContext
@@ -246,6 +279,24 @@ class BatchPlanner:
         write.heads[state.account_id] = AccountHead(
             state.account_id, owner_id, state.sequence, state.head_hash
         )
+
+    def _record_budget_use(self, command: Command, event: Event, context: _BatchContext) -> None:
+        """What the event changes in the budget table (every capture and release is written:
+        the table, not the state, knows which holds had budgets)."""
+        write = context.write
+        if isinstance(command, PlaceHold):
+            for budget_id in budget_ids(command.budgets):
+                key = (event.account_id, budget_id)
+                context.budget_placed[key] = context.budget_placed.get(key, 0) + event.amount
+                write.budget_holds.append(
+                    BudgetHold(
+                        event.event_id, budget_id, event.account_id, context.now_us, event.amount
+                    )
+                )
+        elif event.event_type is EventType.HOLD_CAPTURED:
+            write.budget_captures.append((hold_id_of(event), event.amount))
+        elif event.event_type is EventType.HOLD_RELEASED:
+            write.budget_releases.append(hold_id_of(event))
 
     def _was_placed(self, connection: Connection, state: AccountState, hold_id: str) -> bool:
         """Whether a hold id that is not active names a hold once placed on this account."""

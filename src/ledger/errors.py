@@ -80,6 +80,44 @@ class TooManyActiveHolds(LedgerError):
         )
 
 
+class BudgetExceeded(LedgerError):
+    """A hold would take a budget past its limit within the budget's current period."""
+
+    code = "budget_exceeded"
+    recorded = True
+
+    def __init__(
+        self,
+        budget_id: str,
+        period: str,
+        limit: int,
+        used: int,
+        amount: int,
+        resets_at: str | None,
+    ) -> None:
+        super().__init__(
+            f"{period} budget {budget_id!r} of {limit} credits has {max(limit - used, 0)} "
+            f"left (requested {amount}); "
+            + (f"it resets at {resets_at}" if resets_at else "it never resets"),
+            budget_id=budget_id,
+            period=period,
+            limit=limit,
+            used=used,
+            amount=amount,
+            resets_at=resets_at,
+        )
+        self.budget_id = budget_id
+        self.period = period
+        self.limit = limit
+        self.used = used
+        self.amount = amount
+        self.resets_at = resets_at
+
+    @property
+    def left(self) -> int:
+        return max(self.limit - self.used, 0)
+
+
 class HoldExpiryOutOfRange(InvalidArgument):
     """A hold's `expires_at` is not in the future or lies beyond `hold_ttl_max_s` from now.
 
@@ -216,6 +254,7 @@ _RECORDED: dict[str, type[LedgerError]] = {
     for cls in (
         InvalidAmount,
         InsufficientCredits,
+        BudgetExceeded,
         TooManyActiveHolds,
         HoldExpiryOutOfRange,
         HoldNotFound,

@@ -160,3 +160,17 @@ class Totals:
             released=released,
             outstanding_holds=placed - captured - released,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUse:
+    """A budget's use in its current period; `resets_at` is None for a lifetime budget,
+    `limit` and `left` None for a scope that is only recorded."""
+
+    budget_id: str
+    limit: int | None
+    period: str
+    used: int
+    left: int | None
+    period_start: datetime
+    resets_at: datetime | None

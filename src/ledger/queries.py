@@ -15,12 +15,21 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ledger.audit import AuditReport, Violation, run_audit
 from ledger.clock import Clock, system_clock
-from ledger.domain import EventType, check_storable, parse_sequence, to_us
+from ledger.domain import (
+    Budget,
+    EventType,
+    check_budgets,
+    check_storable,
+    from_us,
+    parse_sequence,
+    to_us,
+)
 from ledger.errors import AccountNotFound, InvalidArgument, StorageError
-from ledger.models import Balance, HistoryEntry, HistoryPage, Totals
+from ledger.models import Balance, BudgetUse, HistoryEntry, HistoryPage, Totals
 from ledger.proofs import check_stored_checkpoints
 from ledger.settings import LedgerSettings
 from ledger.storage import EventStore, store_for
+from ledger.storage.budget_usage import budget_used_now
 from ledger.storage.database import create_audit_engines, schema_problem
 
 
@@ -55,6 +64,25 @@ class LedgerQueries:
         if state is None:
             raise AccountNotFound(account_id)
         return {hold_id: hold.amount for hold_id, hold in state.holds.items()}
+
+    async def budget_use(self, account_id: str, budget: Budget) -> BudgetUse:
+        """How much of `budget` the account's holds hold or took in its current period (a
+        read for display and planning; the hold itself is checked by the writer)."""
+        (budget,) = check_budgets([budget], max_amount=self._settings.max_amount)
+        now_us = to_us(self._clock())
+        start_us, end_us = budget.window_us(now_us)
+        used = await budget_used_now(
+            self._store.engines.read, lookup_id(account_id), budget.budget_id, start_us, end_us
+        )
+        return BudgetUse(
+            budget_id=budget.budget_id,
+            limit=budget.limit,
+            period=budget.period,
+            used=used,
+            left=None if budget.limit is None else max(budget.limit - used, 0),
+            period_start=from_us(start_us),
+            resets_at=None if end_us is None else from_us(end_us),
+        )
 
     async def history(
         self,

@@ -27,6 +27,7 @@ from web.domain.accounts.controllers import AuthController, MeController
 from web.domain.admin.controllers import AdminController
 from web.domain.alerts.controllers import AlertsController
 from web.domain.billing.controllers import BillingController
+from web.domain.budgets.controllers import AdminCapsController, MyBudgetsController
 from web.domain.chat.controllers import ChatController, ConversationsController
 from web.domain.keys.controllers import ApiKeysController
 from web.domain.openai.controllers import OpenAIController
@@ -115,6 +116,8 @@ def create_app(
             ConversationsController,
             AdminController,
             AlertsController,
+            MyBudgetsController,
+            AdminCapsController,
             OpenAIController,
             ReceiptsController,
         ],

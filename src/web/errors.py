@@ -96,6 +96,15 @@ class CreditsExhausted(ServiceError):
         super().__init__(message, available=available, required=required, price=price)
 
 
+class BudgetExhausted(ServiceError):
+    """The hold for the worst-case cost would take a budget (an API key's limit, a user's
+    cap) past its limit in its current period. Details: `limit` (which one: key_period,
+    key_lifetime, self_cap, admin_cap), `period`, `limit_credits`, `left_credits`,
+    `required`, `resets_at` (ISO time, null for a lifetime limit)."""
+
+    code = "budget_exceeded"
+
+
 class ShuttingDown(ServiceError):
     code = "shutting_down"
 

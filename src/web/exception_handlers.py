@@ -49,6 +49,7 @@ SERVICE_STATUS: dict[type[errors.ServiceError], int] = {
     errors.IdempotencyKeyReused: 422,
     errors.RequestInProgress: 409,
     errors.CreditsExhausted: 402,
+    errors.BudgetExhausted: 402,
     errors.ShuttingDown: 503,
     errors.ModelLoading: 503,
     errors.LimitsUnavailable: 503,

@@ -72,7 +72,9 @@ AUTHENTICATED_ERRORS = {
     "409": "Conflict (already exists, request still running)",
 }
 CHAT_ERRORS = {
-    "402": "The worst-case cost is not covered by the available credits",
+    "402": "The worst-case cost is not covered by the available credits "
+    "(insufficient_credits) or would pass a budget (budget_exceeded: which limit, what is "
+    "left, when it resets)",
     "503": "Shutting down, model unavailable, engine or ledger busy; see Retry-After",
 }
 # Public operations answer a few statuses of their own.

@@ -33,6 +33,7 @@ from web.domain.alerts.service import AlertsService
 from web.domain.alerts.webhook import WebhookNotifier, started_webhook
 from web.domain.billing.prices import PriceCatalog, load_prices
 from web.domain.billing.services import BillingService
+from web.domain.budgets.services import BudgetsService
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.service import ChatService
 from web.domain.keys.services import ApiKeysService
@@ -76,6 +77,7 @@ class _Started:
     receipts: ReceiptsService
     alerts: AlertsService
     webhook: WebhookNotifier | None
+    budgets: BudgetsService
 
 
 class Services:
@@ -210,6 +212,7 @@ class Services:
             receipts=ReceiptsService(sessions, ledger, signer),
             alerts=AlertsService(sessions, webhook),
             webhook=webhook,
+            budgets=BudgetsService(sessions, ledger),
         )
         self._started.chat.add_settled_listener(self._started.alerts.settled)
         if self._start_background_jobs:
@@ -396,6 +399,10 @@ class Services:
     @property
     def receipts(self) -> ReceiptsService:
         return self._require().receipts
+
+    @property
+    def budgets(self) -> BudgetsService:
+        return self._require().budgets
 
     @property
     def ledger(self) -> Ledger:

@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -249,4 +250,23 @@ class AlertSettingsRow(Base):
     budget_use_percent: Mapped[int | None] = mapped_column(Integer, nullable=True)
     notice: Mapped[str | None] = mapped_column(Text, nullable=True)
     notice_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class BudgetLimitRow(Base):
+    """A spending limit: of an API key (`key_period`, `key_lifetime`) or of a user
+    (`self_cap`, set by the user; `admin_cap`, set by an admin). The ledger enforces it when a
+    hold is placed; this row only says what the limit is."""
+
+    __tablename__ = "budget_limits"
+    __table_args__ = (UniqueConstraint("subject", "subject_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(8))
+    """`key` (subject_id is an api_keys id) or `user` (a users id)."""
+    subject_id: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    period: Mapped[str] = mapped_column(String(16))
+    credits: Mapped[int] = mapped_column(BigInteger)
+    set_by_user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)

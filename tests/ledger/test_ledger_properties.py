@@ -1,11 +1,13 @@
 """Property-based test: the ledger against an in-memory model, checked after every step.
 
 Hypothesis drives random sequences of add, hold, capture (full, partial, too much), release,
-charge, refund, clock advances, sweeps, retries with the same key, key reuse with other
+charge, refund, holds under budgets (day, week, lifetime), clock advances (also to the next
+day), sweeps, retries with the same key, key reuse with other
 parameters, and close/reopen, on SQLite. Snapshots are taken by the ledger every 3 events, so
 most steps cross one. After every step: balances equal the model, available >= 0, the audit
 (replay vs stored balances, snapshots, hash chain, one event per key) is clean, every
-command's retry gives its first answer, and conservation holds.
+command's retry gives its first answer, conservation holds, and every budget's use (captured
+plus held by holds placed within its current period) equals the model's and is within its limit.
 
 LEDGERCHAT_PROPS_EXAMPLES sets the number of examples (`nox -s props` raises it).
 """
@@ -31,9 +33,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from ledger import IdempotencyConflict, Ledger, LedgerError, LedgerSettings, Receipt
+from ledger import Budget, IdempotencyConflict, Ledger, LedgerError, LedgerSettings, Receipt
 from ledger.clock import ManualClock
-from ledger.domain import to_us
+from ledger.domain import period_window_us, to_us
 
 T = TypeVar("T")
 EXAMPLES = int(os.environ.get("LEDGERCHAT_PROPS_EXAMPLES", "15"))
@@ -41,8 +43,25 @@ LEDGER_SETTINGS = LedgerSettings(
     snapshot_every=3,
     sweep_interval_s=0,
     max_active_holds_per_account=4,
-    audit_expired_hold_grace_s=10**6,  # the model lets holds wait for the sweeper
+    # The model lets holds wait for the sweeper, across up to 40 jumps to the next day.
+    audit_expired_hold_grace_s=10**8,
 )
+
+BUDGETS = (
+    Budget("day", 120, "day"),
+    Budget("week", 260, "week"),
+    Budget("life", 500, "lifetime"),
+)
+DAY_US = 86_400 * 1_000_000
+
+
+@dataclass
+class BudgetEntry:
+    """A hold placed under budgets, as the model sees it."""
+
+    budget_ids: tuple[str, ...]
+    placed_at_us: int
+    amount: int
 
 
 @dataclass
@@ -50,6 +69,17 @@ class ModelAccount:
     posted: int = 0
     holds: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> amount, expiry
     events: int = 0
+    budget_entries: dict[str, BudgetEntry] = field(default_factory=dict)  # by hold id
+
+    def budget_used(self, budget: Budget, now_us: int) -> int:
+        start_us, end_us = period_window_us(budget.period, now_us)
+        return sum(
+            entry.amount
+            for entry in self.budget_entries.values()
+            if budget.budget_id in entry.budget_ids
+            and start_us <= entry.placed_at_us
+            and (end_us is None or entry.placed_at_us < end_us)
+        )
 
     @property
     def held(self) -> int:
@@ -141,8 +171,23 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(target=holds, which=st.integers(0, 1), amount=st.integers(1, 150), ttl=st.integers(1, 20))
     def hold(self, which: int, amount: int, ttl: int) -> Any:
+        return self.place(which, amount, ttl, ())
+
+    @rule(
+        target=holds,
+        which=st.integers(0, 1),
+        amount=st.integers(1, 150),
+        ttl=st.integers(1, 20),
+        chosen=st.lists(st.sampled_from(BUDGETS), min_size=1, max_size=3, unique=True),
+    )
+    def budget_hold(self, which: int, amount: int, ttl: int, chosen: list[Budget]) -> Any:
+        """A hold under one to three budgets: refused when any would pass its limit."""
+        return self.place(which, amount, ttl, tuple(chosen))
+
+    def place(self, which: int, amount: int, ttl: int, budgets: tuple[Budget, ...]) -> Any:
         account = self.accounts[which]
         model = self.model[account]
+        extra: dict[str, Any] = {"budgets": list(budgets)} if budgets else {}
         answer = self.send(
             "place_hold",
             account,
@@ -151,6 +196,7 @@ class LedgerMachine(RuleBasedStateMachine):
             purpose="chat",
             reference="r",
             idempotency_key=self.new_key(),
+            **extra,
         )
         if len(model.holds) >= LEDGER_SETTINGS.max_active_holds_per_account:
             assert answer == "too_many_active_holds"
@@ -158,8 +204,16 @@ class LedgerMachine(RuleBasedStateMachine):
         if model.available < amount:
             assert answer == "insufficient_credits"
             return multiple()
+        now_us = self.now_us()
+        if any(model.budget_used(b, now_us) + amount > b.limit for b in budgets):
+            assert answer == "budget_exceeded"
+            return multiple()
         assert isinstance(answer, Receipt) and answer.hold_id is not None
-        model.holds[answer.hold_id] = (amount, self.now_us() + ttl * 1_000_000)
+        model.holds[answer.hold_id] = (amount, now_us + ttl * 1_000_000)
+        if budgets:
+            model.budget_entries[answer.hold_id] = BudgetEntry(
+                tuple(b.budget_id for b in budgets), now_us, amount
+            )
         assert self.applied(account, answer)
         return answer.hold_id
 
@@ -179,6 +233,8 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             del model.holds[hold_id]
             self.resolved.add(hold_id)
+            if hold_id in model.budget_entries:
+                model.budget_entries[hold_id].amount = amount
             model.posted -= amount
             self.totals["captured"] += amount
             assert self.applied(account, answer) and isinstance(answer, Receipt)
@@ -194,6 +250,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert answer == "hold_already_resolved"
         else:
             del self.model[account].holds[hold_id]
+            self.model[account].budget_entries.pop(hold_id, None)
             self.resolved.add(hold_id)
             assert self.applied(account, answer)
 
@@ -254,6 +311,12 @@ class LedgerMachine(RuleBasedStateMachine):
         self.clock.advance(seconds)
 
     @rule()
+    def advance_to_next_day(self) -> None:
+        """Cross a calendar boundary: day budgets (and on Mondays week budgets) reset."""
+        now_us = self.now_us()
+        self.clock.advance((DAY_US - now_us % DAY_US) / 1_000_000)
+
+    @rule()
     def sweep(self) -> None:
         now_us = self.now_us()
         expired = [
@@ -265,6 +328,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.run(self.ledger.sweep_expired_holds()) == len(expired)
         for account, hold_id in expired:
             del self.model[account].holds[hold_id]
+            self.model[account].budget_entries.pop(hold_id, None)
             self.resolved.add(hold_id)
             self.model[account].events += 1
 
@@ -317,6 +381,17 @@ class LedgerMachine(RuleBasedStateMachine):
         assert report.clean, report.violations
         for row in report.accounts:
             assert row.events == self.model[row.account_id].events
+
+    @invariant()
+    def budgets_within_limits(self) -> None:
+        """Captured + held within each budget's current period equals the model's and never
+        passes the limit."""
+        now_us = self.now_us()
+        for account in self.accounts:
+            for budget in BUDGETS:
+                use = self.run(self.ledger.budget_use(account, budget))
+                assert use.used == self.model[account].budget_used(budget, now_us)
+                assert use.used <= budget.limit
 
     @invariant()
     def conservation(self) -> None:

@@ -25,6 +25,7 @@ from web.ui.account_text import (
 from web.ui.admin import AdminActions
 from web.ui.audit_view import AUDIT_CHECKS, audit_html
 from web.ui.session import UISession
+from web.ui.session import identity as session_identity
 from web.ui.text import NOT_INSTALLED, balance_html
 
 PASSWORD = "correct-horse-42"
@@ -126,6 +127,24 @@ class TestAccountActions:
         cleared = await actions.revoke_key(session, shown_id, shown_id)
         assert cleared[0] == {"__type__": "update", "value": "", "visible": False}
         assert cleared[1] is None
+
+    async def test_key_budget_at_creation_and_own_cap(self, services: Services) -> None:
+        """The account page creates a key with a monthly budget and sets (then clears) the
+        person's own monthly cap; both show in their budgets."""
+        session = await signed_in(services, "lou")
+        actions = AccountActions(services)
+        created = await actions.create_key(session, "capped", 25)
+        assert "created" in created[-1]
+        assert "30 credits a month" in await actions.set_cap(session, 30)
+        caller = await session_identity(session, services.accounts)
+        views = (await services.budgets.views(caller, with_keys=True)).budgets
+        assert {(v.limit, v.limit_credits, v.period) for v in views} == {
+            ("key_period", 25, "month"),
+            ("self_cap", 30, "month"),
+        }
+        assert "cleared" in await actions.set_cap(session, None)
+        views = (await services.budgets.views(caller, with_keys=True)).budgets
+        assert [v.limit for v in views] == ["key_period"]
 
 
 class TestPrices:

@@ -8,6 +8,14 @@ recomputes balances. Amounts are integers; available = posted - held is never ne
 The names below are the domain's public surface, importable from `ledger.domain`.
 """
 
+from ledger.domain.budgets import (
+    PERIODS,
+    Budget,
+    Period,
+    budget_ids,
+    check_budgets,
+    period_window_us,
+)
 from ledger.domain.commands import (
     MAX_KEY_LENGTH,
     MAX_METADATA_ENTRIES,
@@ -55,8 +63,10 @@ __all__ = [
     "MAX_METADATA_ENTRIES",
     "MAX_METADATA_KEY_LENGTH",
     "MAX_TEXT_LENGTH",
+    "PERIODS",
     "AccountState",
     "AddCredits",
+    "Budget",
     "CaptureHold",
     "Charge",
     "Command",
@@ -66,6 +76,7 @@ __all__ = [
     "Hold",
     "Limits",
     "Metadata",
+    "Period",
     "PlaceHold",
     "Refund",
     "RefundTarget",
@@ -73,8 +84,10 @@ __all__ = [
     "ReleaseReason",
     "ReplayError",
     "apply",
+    "budget_ids",
     "canonical_json",
     "check_amount",
+    "check_budgets",
     "check_event",
     "check_key",
     "check_metadata",
@@ -91,6 +104,7 @@ __all__ = [
     "holds_from_record",
     "parse_event_id",
     "parse_sequence",
+    "period_window_us",
     "refers_to_of",
     "to_us",
 ]

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.domain.budgets import Budget
 from ledger.domain.events import Metadata, ReleaseReason, compact_json
 from ledger.errors import InvalidAmount, InvalidArgument
 
@@ -119,7 +120,11 @@ class Command:
         row: list[Any] = [type(self).__name__]
         for name in _fingerprinted_fields(self):
             value = getattr(self, name)
-            row.append(sorted(value.items()) if isinstance(value, dict) else value)
+            if isinstance(value, dict):
+                value = sorted(value.items())
+            elif isinstance(value, tuple) and value and isinstance(value[0], Budget):
+                value = [[b.budget_id, b.limit, b.period] for b in value]
+            row.append(value)
         return hashlib.sha256(compact_json(row).encode()).hexdigest()
 
 
@@ -153,6 +158,8 @@ class PlaceHold(Command):
     ttl_s: float | None
     expires_at_us: int | None
     metadata: Metadata = field(default_factory=dict)
+    # Checked in the same transaction as the balance; fingerprinted as (id, limit, period).
+    budgets: tuple[Budget, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,11 @@ per command, each a list of named checks. Pure code, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ledger.domain.budgets import budget_ids
 from ledger.domain.commands import (
     AddCredits,
     CaptureHold,
@@ -23,6 +24,7 @@ from ledger.domain.commands import (
 )
 from ledger.domain.events import AccountState, EventDraft, EventType, Hold, from_us
 from ledger.errors import (
+    BudgetExceeded,
     CaptureExceedsHold,
     HoldAlreadyResolved,
     HoldExpired,
@@ -63,11 +65,26 @@ class _Context:
     limits: Limits
     hold_was_placed: bool
     refund_target: RefundTarget | None
+    # Use of each budget of a PlaceHold within its current period, before this hold.
+    budget_used: Mapping[tuple[str, str], int]
 
 
 def _require_available(state: AccountState, amount: int) -> None:
     if state.available < amount:
         raise InsufficientCredits(state.posted, state.available, amount)
+
+
+def _require_budgets(command: PlaceHold, context: _Context) -> None:
+    for budget in command.budgets:
+        if budget.limit is None:
+            continue
+        used = context.budget_used.get((budget.budget_id, budget.period), 0)
+        if used + command.amount > budget.limit:
+            _, end_us = budget.window_us(context.now_us)
+            resets_at = None if end_us is None else from_us(end_us).isoformat()
+            raise BudgetExceeded(
+                budget.budget_id, budget.period, budget.limit, used, command.amount, resets_at
+            )
 
 
 def _require_balance_room(state: AccountState, amount: int, limits: Limits) -> None:
@@ -100,6 +117,7 @@ def _place_hold(state: AccountState, command: PlaceHold, context: _Context) -> E
     if len(state.holds) >= limits.max_active_holds:
         raise TooManyActiveHolds(state.account_id, limits.max_active_holds)
     _require_available(state, command.amount)
+    _require_budgets(command, context)
     if command.expires_at_us is not None:
         expires_at_us = command.expires_at_us
     else:
@@ -114,8 +132,16 @@ def _place_hold(state: AccountState, command: PlaceHold, context: _Context) -> E
         expires_at_us=expires_at_us,
         purpose=command.purpose,
         reference=command.reference,
-        metadata=command.metadata,
+        metadata=_with_budget_ids(command),
     )
+
+
+def _with_budget_ids(command: PlaceHold) -> dict[str, str | int]:
+    """The hold's metadata plus the ids of its budgets (hashed with the event, so an audit can
+    rebuild every budget's use from the log)."""
+    if not command.budgets:
+        return command.metadata
+    return {**command.metadata, "budgets": " ".join(budget_ids(command.budgets))}
 
 
 def _capture_hold(state: AccountState, command: CaptureHold, context: _Context) -> EventDraft:
@@ -181,15 +207,18 @@ def decide(
     limits: Limits,
     hold_was_placed: bool = False,
     refund_target: RefundTarget | None = None,
+    budget_used: Mapping[tuple[str, str], int] | None = None,
 ) -> EventDraft:
     """Check the command's rules against the state; return the event to write or raise.
 
     `hold_was_placed` tells whether a hold id that is not active was ever placed on this
     account (then it was resolved); `refund_target` describes the refunded event, None if it
-    does not exist in this account.
+    does not exist in this account; `budget_used` is the use of each limited budget (by id and
+    period) in its current period.
     """
     rule = _RULES.get(type(command))
     if rule is None:
         # Only a new Command subclass without a rule gets here: a programming error.
         raise TypeError(f"no rule decides {type(command).__name__}")
-    return rule(state, command, _Context(now_us, limits, hold_was_placed, refund_target))
+    context = _Context(now_us, limits, hold_was_placed, refund_target, budget_used or {})
+    return rule(state, command, context)

@@ -66,6 +66,23 @@ class BatchWrite:
     # Net effect on the hold-expiry index: a hold opened and closed in one batch is in neither.
     holds_opened: dict[str, Event] = field(default_factory=dict)
     holds_closed: list[str] = field(default_factory=list)
+    # Budget use: rows of holds placed under budgets, captures (hold id, amount taken) and
+    # releases (hold id); written in that order, so a hold placed and resolved in one batch
+    # ends as it should.
+    budget_holds: list[BudgetHold] = field(default_factory=list)
+    budget_captures: list[tuple[str, int]] = field(default_factory=list)
+    budget_releases: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetHold:
+    """One (hold, budget) pair: the hold's amount counts against the budget while open."""
+
+    hold_id: str
+    budget_id: str
+    account_id: str
+    placed_at_us: int
+    amount: int
 
 
 @dataclass(frozen=True, slots=True)

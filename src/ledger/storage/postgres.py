@@ -16,6 +16,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.storage.budget_usage import write_budget_usage
 from ledger.storage.persistence import AccountHead, BatchWrite
 from ledger.storage.rows import EVENT_COLUMN_NAMES, EVENT_COLUMN_TYPES, event_tuple
 from ledger.storage.sql import SqlEventStore, check_batch
@@ -104,6 +105,7 @@ class PostgresEventStore(SqlEventStore):
         if batch.events:
             connection.execute(_WRITE_BATCH, _write_parameters(batch))
         self._write_refusals_and_snapshots(connection, batch)
+        write_budget_usage(connection, batch)
 
     def outcome_rows(self, connection: Connection, pairs: list[tuple[str, str]]) -> Sequence[Any]:
         """A join with the pairs unnested from two arrays: one index lookup per pair."""

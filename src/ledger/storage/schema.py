@@ -9,6 +9,9 @@
 - `ledger_hold_expiry`: unresolved holds by expiry time, so the sweeper finds expired holds
   without scanning the log; maintained in the same transaction as the events.
 - `ledger_checkpoints`: signed account heads (see `ledger.checkpoints`); never updated.
+- `ledger_budget_usage`: one row per (hold, budget) of holds placed under budgets: what the
+  hold still holds, or what its capture took; a release deletes it. Written in the same
+  transaction as the events, read under the account's lock when a hold names budgets.
 """
 
 from __future__ import annotations
@@ -138,4 +141,17 @@ checkpoints = Table(
     Column("key_id", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
     PrimaryKeyConstraint("account_id", "sequence", name="pk_ledger_checkpoints"),
+)
+
+budget_usage = Table(
+    "ledger_budget_usage",
+    metadata,
+    Column("hold_id", String(128), nullable=False),
+    Column("budget_id", String(128), nullable=False),
+    Column("account_id", String(64), nullable=False),
+    Column("placed_at_us", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("is_open", Boolean, nullable=False),
+    PrimaryKeyConstraint("hold_id", "budget_id", name="pk_ledger_budget_usage"),
+    Index("ix_ledger_budget_usage_window", "account_id", "budget_id", "placed_at_us"),
 )

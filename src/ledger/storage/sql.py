@@ -33,6 +33,7 @@ from ledger.domain import (
 )
 from ledger.errors import InvariantViolation, error_from_record
 from ledger.storage.audit_reads import SqlAuditReads, events_query
+from ledger.storage.budget_usage import write_budget_usage
 from ledger.storage.database import Engines
 from ledger.storage.persistence import AuditReads, BatchWrite, EventStore, Refusal
 from ledger.storage.rows import EVENT_COLUMN_NAMES, EVENT_COLUMNS, event_from_row, event_tuple
@@ -246,6 +247,7 @@ class SqlEventStore(EventStore):
                 self._insert_events_sql, [event_tuple(e) for e in batch.events]
             )
         self._write_refusals_and_snapshots(connection, batch)
+        write_budget_usage(connection, batch)
         if batch.holds_opened:
             connection.exec_driver_sql(
                 self._insert_hold_sql,

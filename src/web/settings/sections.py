@@ -266,6 +266,11 @@ class BillingSettings(Section):
     """On disconnect/Stop, capture what was generated (true) or release everything (false)."""
     max_idempotency_key_length: int = Field(default=MAX_KEY_LENGTH, gt=0)
     """Longest accepted Idempotency-Key header (at most the ledger's key length, 200)."""
+    shrink_to_affordable: bool = True
+    """In the page: when the balance or a budget cannot cover the requested max_tokens but
+    covers a shorter reply, lower max_tokens to what is affordable (the reply says so) instead
+    of refusing. The APIs do it when a request asks (`shrink_to_affordable` on /api/chat,
+    `x_ledgerchat.shrink_to_affordable` on /v1)."""
 
     @field_validator("max_idempotency_key_length")
     @classmethod

@@ -15,7 +15,8 @@ import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the en
 
 from web.domain.accounts.schemas import Identity
 from web.domain.billing.schemas import UsageReport
-from web.errors import ServiceError
+from web.domain.budgets.schemas import MAX_BUDGET_CREDITS, CapRequest, KeyBudget
+from web.errors import ServiceError, ValidationFailed
 from web.services import Services
 from web.ui.account_text import (
     EVENTS_VIEW,
@@ -188,12 +189,17 @@ class AccountActions:
         ]
         return rows, gr.update(choices=choices, value=None)
 
-    async def create_key(self, session: UISession, name: str) -> tuple[Any, ...]:
+    async def create_key(
+        self, session: UISession, name: str, budget_credits: float | None = None
+    ) -> tuple[Any, ...]:
         """Returns (secret box, id of the key shown, key table, revoke choices, notice); the
-        secret is shown once."""
+        secret is shown once. A budget given is the key's monthly limit."""
         try:
             caller = await self._identity(session)
             created = await self._services.api_keys.create(caller, name.strip() or "default")
+            if budget_credits is not None:
+                budget = KeyBudget(period="month", period_credits=int(budget_credits))
+                await self._services.budgets.set_key_budget(caller, created.key.id, budget)
         except SessionEnded as ended:
             return (*([gr.skip()] * 4), notice_html("error", ended.message))
         except ServiceError as error:
@@ -206,6 +212,26 @@ class AccountActions:
                 "success",
                 f"Key {created.key.name!r} created. Copy it now: it is shown only this once.",
             ),
+        )
+
+    async def set_cap(self, session: UISession, credits: float | None) -> str:
+        """Set (or, empty, clear) the caller's own monthly spending cap; returns a notice."""
+        try:
+            caller = await self._identity(session)
+            cap = None if credits is None else CapRequest(credits=int(credits), period="month")
+            if cap is not None and not 0 <= cap.credits <= MAX_BUDGET_CREDITS:
+                raise ValidationFailed("the cap must be a whole number of credits, 0 or more")
+            await self._services.budgets.set_cap(caller, caller.user_id, "self_cap", cap)
+        except SessionEnded as ended:
+            return notice_html("error", ended.message)
+        except ServiceError as error:
+            return notice_html("error", error.message)
+        if cap is None:
+            return notice_html("success", "Your spending cap is cleared.")
+        return notice_html(
+            "success",
+            f"Chats stop at {cap.credits} credits a month (calendar month, UTC) until you "
+            "change the cap.",
         )
 
     async def revoke_key(

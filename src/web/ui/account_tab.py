@@ -90,6 +90,14 @@ class AccountTab:
             self.key_name = gr.Textbox(
                 label="New key name", value="default", max_length=100, elem_id="key-name", scale=3
             )
+            self.key_budget = gr.Number(
+                label="Monthly budget of the new key (credits; empty: none)",
+                value=None,
+                minimum=0,
+                precision=0,
+                elem_id="key-budget",
+                scale=2,
+            )
             self.create_key_button = gr.Button("Create key", elem_id="create-key", scale=1)
         self.key_create_notice = gr.HTML("", elem_id="key-create-notice")
         self.key_secret = gr.Textbox(
@@ -110,6 +118,18 @@ class AccountTab:
             )
             self.revoke_button = gr.Button("Revoke", variant="stop", elem_id="revoke-key", scale=1)
         self.key_revoke_notice = gr.HTML("", elem_id="key-revoke-notice")
+        gr.Markdown("### Spending cap")
+        with gr.Row(equal_height=True):
+            self.cap_credits = gr.Number(
+                label="My monthly spending cap (credits; empty: none)",
+                value=None,
+                minimum=0,
+                precision=0,
+                elem_id="cap-credits",
+                scale=3,
+            )
+            self.cap_button = gr.Button("Set cap", elem_id="set-cap", scale=1)
+        self.cap_notice = gr.HTML("", elem_id="cap-notice")
 
     def wire(self, frame: PageFrame) -> list[Any]:
         """Connect the tab's controls. Returns the events after which the page refreshes
@@ -154,7 +174,7 @@ class AccountTab:
         )
         key_created = self.create_key_button.click(
             account.create_key,
-            [session, self.key_name],
+            [session, self.key_name, self.key_budget],
             [
                 self.key_secret,
                 self.shown_key_id,
@@ -174,4 +194,5 @@ class AccountTab:
                 self.key_revoke_notice,
             ],
         ).then(lambda: "", None, self.key_create_notice)
+        self.cap_button.click(account.set_cap, [session, self.cap_credits], [self.cap_notice])
         return [newer, older, switched, exported, key_created, key_revoked]

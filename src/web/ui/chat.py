@@ -224,6 +224,8 @@ class ChatActions:
                 temperature=sampling.temperature, max_tokens=sampling.max_tokens
             ),
             idempotency_key=f"ui-{uuid.uuid4()}",
+            # The page shortens a reply to fit the credits unless the operator switched it off.
+            shrink_to_affordable=self._services.settings.billing.shrink_to_affordable,
         )
         turn = ChatTurn(
             history=[*history, {"role": "user", "content": escape_chat_markdown(message)}]
@@ -284,6 +286,7 @@ class ChatActions:
                 settlement=completed.settlement,
                 release_reason=completed.release_reason,
                 request_id=completed.request_id,
+                max_tokens_shrunk_to=completed.max_tokens_shrunk_to,
             )
         )
         yield (

@@ -124,6 +124,7 @@ class ReplyCost:
     """The reply's request id (its receipt is `GET /api/receipts/{request_id}`). Not linked
     from the footer: a plain link cannot carry the page's bearer token, so it would open a
     401; a receipt view inside the page is still to be built (docs/billing.md)."""
+    max_tokens_shrunk_to: int | None = None
 
 
 def reply_footer(cost: ReplyCost) -> str:
@@ -135,6 +136,8 @@ def reply_footer(cost: ReplyCost) -> str:
     ]
     if cost.model_answered != cost.model_requested:
         pieces.append(f"fallback: `{cost.model_requested}` was unavailable")
+    if cost.max_tokens_shrunk_to is not None:
+        pieces.append(f"shortened to {cost.max_tokens_shrunk_to} tokens to fit your credits")
     if cost.settlement == "partially_captured":
         pieces.append("stopped: billed for the tokens generated")
     elif cost.settlement == "released":

@@ -66,7 +66,9 @@ def user_view(row: UserRow) -> UserView:
     )
 
 
-def identity_of(row: UserRow, via: Any, scopes: tuple[str, ...] = ()) -> Identity:
+def identity_of(
+    row: UserRow, via: Any, scopes: tuple[str, ...] = (), api_key_id: int | None = None
+) -> Identity:
     assert row.account_id is not None
     return Identity(
         user_id=row.id,
@@ -75,4 +77,5 @@ def identity_of(row: UserRow, via: Any, scopes: tuple[str, ...] = ()) -> Identit
         account_id=row.account_id,
         via=via,
         scopes=scopes,
+        api_key_id=api_key_id,
     )

@@ -56,6 +56,8 @@ class Identity(msgspec.Struct, frozen=True):
     via: Literal["access_token", "api_key", "internal"]
     scopes: tuple[str, ...] = ()
     """What an API key may do (`chat`, `read`, `write`); a signed-in session may do all."""
+    api_key_id: int | None = None
+    """The key a request came with (its budgets apply); None for a session."""
 
     @property
     def is_admin(self) -> bool:

@@ -76,6 +76,7 @@ class ChatController(Controller):
                 conversation_id=data.conversation_id,
                 sampling=data.sampling,
                 idempotency_key=idempotency_key,
+                shrink_to_affordable=data.shrink_to_affordable,
             ),
         )
         return ServerSentEvent(

@@ -8,11 +8,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from ledger import Ledger
-from ledger.errors import InsufficientCredits, LedgerBusy
+from ledger.errors import BudgetExceeded, InsufficientCredits, LedgerBusy
 from ledger.models import Receipt
 from web import metrics
 from web.domain.accounts.schemas import Identity
 from web.domain.billing.prices import ModelPrice
+from web.domain.budgets.services import ChatBudgets
 from web.domain.chat.pricing import price_as_dict
 from web.domain.chat.schemas import BalanceView
 from web.errors import CreditsExhausted
@@ -30,11 +31,18 @@ class ChatHolds:
         self._hold_ttl_s = hold_ttl_s
 
     async def place(
-        self, identity: Identity, request_id: str, credits: int, model_id: str, price: ModelPrice
+        self,
+        identity: Identity,
+        request_id: str,
+        credits: int,
+        model_id: str,
+        price: ModelPrice,
+        budgets: ChatBudgets | None = None,
     ) -> str:
-        """Hold `credits` for the request; CreditsExhausted (402) when they are not available.
-        The hold records the model and the price version it was placed under (receipts and
-        audits can tell which price a hold, and its capture, belong to)."""
+        """Hold `credits` for the request; CreditsExhausted (402) when they are not available,
+        BudgetExhausted (402) when a budget would pass its limit (checked by the ledger in the
+        same transaction). The hold records the model and the price version it was placed
+        under (receipts and audits can tell which price a hold, and its capture, belong to)."""
         try:
             async with counted("place_hold"):
                 receipt = await self._ledger.place_hold(
@@ -45,6 +53,7 @@ class ChatHolds:
                     reference=request_id,
                     idempotency_key=f"chat:{request_id}:hold",
                     metadata={"model": model_id, "price_version": price.version},
+                    budgets=None if budgets is None else budgets.budgets,
                 )
         except InsufficientCredits as exc:
             metrics.CHAT_REQUESTS.labels("insufficient_credits").inc()
@@ -54,6 +63,10 @@ class ChatHolds:
                 required=credits,
                 price=price_as_dict(price),
             ) from exc
+        except BudgetExceeded as exc:
+            metrics.CHAT_REQUESTS.labels("budget_exceeded").inc()
+            assert budgets is not None  # the ledger only checks budgets it was given
+            raise budgets.refusal(exc, credits) from exc
         metrics.ACTIVE_HOLDS.inc()
         return str(receipt.hold_id)
 

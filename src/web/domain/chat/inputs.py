@@ -35,6 +35,9 @@ class ChatInput:
     serve_fallback: bool = True
     """False (/v1): a model that cannot answer is an error unless its catalog entry sets
     `fallback_on_v1`; True: its fallback answers and the reply says so."""
+    shrink_to_affordable: bool = False
+    """Lower max_tokens to what is affordable instead of a 402 (the page: the billing setting
+    `shrink_to_affordable`; the APIs: when the request asks)."""
 
     def fingerprint(self) -> str:
         payload = {
@@ -44,6 +47,9 @@ class ChatInput:
             "conversation_id": self.conversation_id,
             "sampling": msgspec.to_builtins(self.sampling),
         }
+        if self.shrink_to_affordable:
+            # Only when asked, so the keys of requests without it fingerprint as before.
+            payload["shrink_to_affordable"] = self.shrink_to_affordable
         return hashlib.sha256(msgspec.json.encode(payload)).hexdigest()
 
 

@@ -33,6 +33,9 @@ class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
     conversation_id: Annotated[str, msgspec.Meta(max_length=36)] | None = None
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
     sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
+    shrink_to_affordable: bool = False
+    """Lower max_tokens to what the balance and budgets can pay for instead of answering 402
+    (`done` then says `max_tokens_shrunk_to`)."""
 
 
 class BalanceView(msgspec.Struct):
@@ -72,6 +75,8 @@ class ChatCompleted(msgspec.Struct, tag="done"):
     error: str | None = None
     release_reason: str | None = None
     replayed: bool = False
+    max_tokens_shrunk_to: int | None = None
+    """Set when max_tokens was lowered to what the balance or a budget could pay for."""
 
 
 ChatEvent = ChatStarted | ChatDelta | ChatCompleted

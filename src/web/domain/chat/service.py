@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,13 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inference.errors import InferenceError, ModelUnavailable, UpstreamError
 from inference.events import Finished, TextDelta
-from inference.requests import ChatMessage, GenerationRequest
+from inference.requests import ChatMessage, GenerationRequest, PreparedRequest
 from inference.router import InferenceBackend
 from ledger import Ledger
 from web import metrics
 from web.chat_slots import ChatSlot, ChatSlots
 from web.domain.accounts.schemas import Identity
-from web.domain.billing.prices import PriceCatalog, PricedModel
+from web.domain.billing.prices import ModelPrice, PriceCatalog, PricedModel
+from web.domain.budgets.services import BudgetsService, ChatBudgets
+from web.domain.chat.affordable import largest_affordable_completion
 from web.domain.chat.claims import SLOW_PREPARE_FRACTION, ChatClaims
 from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.holds import ChatHolds
@@ -74,6 +77,7 @@ class ChatService:
         self._billing = billing
         self._prices = prices
         self._holds = ChatHolds(ledger, billing.hold_ttl_s)
+        self._budgets = BudgetsService(sessions, ledger)
         self._claims = ChatClaims(
             sessions, ledger, self._holds, billing.hold_ttl_s, chat.default_model
         )
@@ -225,9 +229,15 @@ class ChatService:
                 raise ModelUnavailable(model.id, "not installed on this server")
             model = self.find_model(prepared.model_id)
         price = model.price
-        hold_credits = cost_credits(price, prepared.prompt_tokens, prepared.max_completion_tokens)
         hold_started = time.perf_counter()
-        hold_id = await self._holds.place(identity, request_id, hold_credits, model.id, price)
+        budgets = await self._budgets.for_chat(identity)
+        shrunk_to = None
+        if chat_input.shrink_to_affordable:
+            prepared, shrunk_to = await self._fit_to_affordable(identity, budgets, price, prepared)
+        hold_credits = cost_credits(price, prepared.prompt_tokens, prepared.max_completion_tokens)
+        hold_id = await self._holds.place(
+            identity, request_id, hold_credits, model.id, price, budgets
+        )
         stream: AsyncIterator[TextDelta | Finished] = NoStream()
         turn = Turn(
             identity=identity,
@@ -245,6 +255,7 @@ class ChatService:
             first_event=TextDelta(text=""),
             started_at=time.monotonic(),
             billing_s=time.perf_counter() - hold_started,
+            max_tokens_shrunk_to=shrunk_to,
         )
         try:
             if time.perf_counter() - claimed_at > self._billing.hold_ttl_s * SLOW_PREPARE_FRACTION:
@@ -267,6 +278,26 @@ class ChatService:
             await asyncio.shield(self._streams.release_quietly(turn, "cancelled"))
             raise
         return turn
+
+    async def _fit_to_affordable(
+        self, identity: Identity, budgets: ChatBudgets, price: ModelPrice, prepared: PreparedRequest
+    ) -> tuple[PreparedRequest, int | None]:
+        """`prepared` with max_completion_tokens lowered to what the available balance and
+        every budget can pay for, and that count; unchanged (None) when the worst case is
+        affordable, or when not even one token is (the hold then answers 402 as it would)."""
+        worst = cost_credits(price, prepared.prompt_tokens, prepared.max_completion_tokens)
+        affordable = (await self._holds.balance(identity)).available
+        budget_left = await self._budgets.left_credits(identity, budgets)
+        if budget_left is not None:
+            affordable = min(affordable, budget_left)
+        if worst <= affordable:
+            return prepared, None
+        fits = largest_affordable_completion(
+            price, prepared.prompt_tokens, prepared.max_completion_tokens, affordable
+        )
+        if fits < 1:
+            return prepared, None
+        return dataclasses.replace(prepared, max_completion_tokens=fits), fits
 
     # -- shutdown --------------------------------------------------------------------------
     def begin_shutdown(self) -> None:

@@ -86,6 +86,7 @@ class TurnSettler:
             balance=balance,
             error=decision.error,
             release_reason=release_reason if cost == 0 else None,
+            max_tokens_shrunk_to=turn.max_tokens_shrunk_to,
         )
         await self._record(turn, turn.reply.text, done, int(elapsed_s * 1000))
         billing_s = turn.billing_s + time.perf_counter() - settle_started

@@ -91,6 +91,8 @@ class Turn:
     started_at: float
     billing_s: float = 0.0
     """Time spent on billing (claim, hold, capture or release, records)."""
+    max_tokens_shrunk_to: int | None = None
+    """The completion limit was lowered to this to fit the balance or a budget."""
     reply: Reply = dataclasses.field(default_factory=Reply)
     stopped: StopReason | None = None
     """Why the generation was asked to end early: the consumer left (`aborted`) or shutdown

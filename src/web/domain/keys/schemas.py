@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from web.domain.budgets.schemas import KeyBudget
+
 Scope = Literal["chat", "read", "write"]
 
 
@@ -16,6 +18,9 @@ class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     """`chat` (start chats), `read` (GET routes), `write` (other changes such as renaming a
     conversation); none given means LEDGERCHAT_AUTH_API_KEY_DEFAULT_SCOPES. Key management,
     logout and admin routes take no key at all: they need a signed-in session."""
+    budget: KeyBudget | None = None
+    """Spending limits of the key (a per-period and a lifetime limit), enforced by the ledger
+    with each chat's hold; none: the key spends up to its user's balance and caps."""
 
 
 class ApiKeyView(msgspec.Struct):

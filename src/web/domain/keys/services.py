@@ -124,4 +124,4 @@ class ApiKeysService:
                 update(ApiKeyRow).where(ApiKeyRow.id == row.id).values(last_used_at=utc_now())
             )
             await session.commit()
-        return identity_of(user, "api_key", tuple(row.scopes.split()))
+        return identity_of(user, "api_key", tuple(row.scopes.split()), api_key_id=row.id)

@@ -85,6 +85,9 @@ def chat_input(data: JSONBody[ChatCompletionRequest], idempotency_key: str | Non
         idempotency_key=idempotency_key,
         # OpenAI clients name a model and expect that model: no silent swap.
         serve_fallback=False,
+        # OpenAI clients expect max_tokens honoured or an error: shrinking is opt-in.
+        shrink_to_affordable=data.x_ledgerchat is not None
+        and data.x_ledgerchat.shrink_to_affordable,
     )
 
 
@@ -104,6 +107,7 @@ def _billing(done: ChatCompleted) -> Billing:
         request_id=done.request_id,
         fallback_from=None if done.model_answered == done.model_requested else done.model_requested,
         receipt_url=receipt_url(done.request_id),
+        max_tokens_shrunk_to=done.max_tokens_shrunk_to,
     )
 
 

@@ -27,6 +27,14 @@ class StreamOptions(msgspec.Struct):
     include_usage: bool = True
 
 
+class LedgerchatOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """ledgerchat's request extension (`x_ledgerchat` in the body)."""
+
+    shrink_to_affordable: bool = False
+    """Lower max_tokens to what the balance and budgets can pay for instead of a 402; the
+    answer's `x_ledgerchat.max_tokens_shrunk_to` then says to what."""
+
+
 class ChatCompletionRequest(msgspec.Struct):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     messages: Annotated[list[OpenAIMessage], msgspec.Meta(min_length=1, max_length=MAX_MESSAGES)]
@@ -47,6 +55,7 @@ class ChatCompletionRequest(msgspec.Struct):
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
+    x_ledgerchat: LedgerchatOptions | None = None
 
 
 class Usage(msgspec.Struct):
@@ -78,6 +87,8 @@ class Billing(msgspec.Struct):
     one that answered); None when the requested model answered."""
     receipt_url: str | None = None
     """Where the reply's verifiable receipt is (`GET`, same credentials)."""
+    max_tokens_shrunk_to: int | None = None
+    """Set when the request opted into `shrink_to_affordable` and max_tokens was lowered."""
 
 
 class ChatCompletion(msgspec.Struct):
