@@ -161,7 +161,7 @@ def ledgerchat(session: nox.Session) -> None:
         )
         current = [ENVS_DIR / "serve"]
     command = str(current[0] / "bin" / "ledgerchat")
-    session.log(f"{command} {' '.join(session.posargs)}")
+    session.log(f"running {command}")  # not its arguments: they may hold a password
     sys.stdout.flush()
     sys.stderr.flush()
     # Replaced by the command itself, not run under nox: its exit code (audit: 1 findings, 2

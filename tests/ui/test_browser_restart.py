@@ -101,8 +101,9 @@ def restart_page(browser: Any, restartable: RestartableServer) -> Iterator[Page]
 
 
 def expect_signed_in(page: Page) -> None:
-    expect(page.locator("#chat-input")).to_be_visible()
-    expect(page.locator("#lc-balance [data-available]")).to_be_visible()
+    # A reloaded page restores its session from browser storage: generous on a busy machine.
+    expect(page.locator("#chat-input")).to_be_visible(timeout=STEP_TIMEOUT_MS)
+    expect(page.locator("#lc-balance [data-available]")).to_be_visible(timeout=STEP_TIMEOUT_MS)
     expect(page.locator("#login-button")).not_to_be_visible()
 
 
@@ -130,7 +131,7 @@ class TestRestart:
         restartable.secret_file.unlink()
         restartable.start()
         page.reload()
-        expect(page.locator("#login-button")).to_be_visible()
+        expect(page.locator("#login-button")).to_be_visible(timeout=STEP_TIMEOUT_MS)
         expect(page.locator("#chat-input")).to_have_count(0)
         assert restartable.secret_file.read_bytes() != secret
         shots(page, "signed-out-after-the-secret-was-deleted")
