@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf
+import pytest
 import torch
+from safetensors.torch import load_file
 from structlog.testing import capture_logs
 
 from inference import Engine, InferenceSettings, load_catalog
@@ -52,6 +55,56 @@ class TestConversionCache:
         assert second != first
         assert "gguf_conversion_started" in _events(logs)
         assert is_converted(first) and is_converted(second)
+
+
+def _two_pass_reference(gguf_path: Path, target: Path) -> None:
+    """The conversion as it was first written: transformers' own GGUF loading, each call
+    parsing the file for itself."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent,
+        gguf_file=gguf_path.name,
+        quantization_config=GgufConfig(dequantize=True),
+        dtype=torch.float32,
+    )
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+class TestSingleParse:
+    def test_reads_the_gguf_once_with_the_same_output(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Parsing the GGUF's metadata (its vocabulary arrays) is most of a conversion, and
+        transformers parses it once per call; the conversion parses it once, and writes the
+        same files, tensor for tensor, as the calls that parse it each time."""
+        gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf")
+        reference = tmp_path / "reference"
+        _two_pass_reference(gguf_path, reference)
+        parses: list[object] = []
+        original_init = gguf.GGUFReader.__init__
+
+        def counting_init(self: gguf.GGUFReader, *args: object, **kwargs: object) -> None:
+            parses.append(args[0] if args else kwargs.get("path"))
+            original_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(gguf.GGUFReader, "__init__", counting_init)
+        converted = ensure_converted(
+            gguf_path, tmp_path / "cache", torch.float32, show_progress=False
+        )
+        assert len(parses) == 1, parses
+        tensors, expected_tensors = (
+            load_file(d / "model.safetensors") for d in (converted, reference)
+        )
+        assert tensors.keys() == expected_tensors.keys()
+        for name, expected in expected_tensors.items():
+            assert tensors[name].dtype == expected.dtype, name
+            assert torch.equal(tensors[name].view(torch.uint8), expected.view(torch.uint8)), name
+        for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+            assert (converted / name).read_bytes() == (reference / name).read_bytes(), name
+        assert gguf.GGUFReader.__init__ is counting_init, "the conversion puts gguf back"
 
 
 class TestGgufThroughEngine:
