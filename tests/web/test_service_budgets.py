@@ -70,7 +70,13 @@ class TestKeyBudget:
         rest answer 402 budget_exceeded, and at no ledger event did the key's holds plus
         captures exceed the budget; nothing stays held and the audit is clean."""
         server = await make_server(
-            make_settings(database_url, LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS="10000")
+            make_settings(
+                database_url,
+                LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS="10000",
+                # All 50 at once: only the budget may refuse them, not the per-user cap on
+                # simultaneous chats (32 by default).
+                LEDGERCHAT_CHAT_MAX_CONCURRENT_PER_USER="64",
+            )
         )
         await server.services.engine.load("tiny")
         async with server.client() as client:
