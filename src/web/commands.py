@@ -18,10 +18,11 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from inference.catalog import CatalogError
 from ledger.errors import LedgerError
+from web.default_model import DefaultModelOutcome
 from web.domain.accounts.tokens import SecretFileError, kept_signing_secret
 from web.errors import ServiceError
 from web.logging import configure_logging
-from web.services import DefaultModelOutcome, Services
+from web.services import Services
 from web.settings import (
     Settings,
     SettingsError,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from inference import Engine, InferenceSettings, merge_catalog
 from inference.catalog import Catalog
-from inference.loading import prepare_weights
 from inference.router import InferenceRouter
 from ledger import Ledger, LedgerSettings
 from web import probes
 from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
 from web.database import create_engine, session_factory, upgrade_schema
+from web.default_model import (
+    DefaultModelOutcome,
+    load_default_model,
+    prepare_default_weights,
+)
 from web.domain.accounts.invites import InvitesService
 from web.domain.accounts.registration import RegistrationService
 from web.domain.accounts.services import AccountsService
@@ -49,16 +52,6 @@ CLOSE_SETTLEMENTS_TIMEOUT_S = 10.0
 # State gauges are refreshed this often in the background too: under `serve --workers` the
 # process that answers /metrics reads the other processes' last values.
 GAUGE_REFRESH_INTERVAL_S = 5.0
-
-
-@dataclasses.dataclass(frozen=True)
-class DefaultModelOutcome:
-    """How the default model's load at start ended: `load_s` counts from the start of its
-    preparation (a GGUF conversion included) to loaded; `error` is None when it loaded."""
-
-    model_id: str
-    load_s: float
-    error: str | None = None
 
 
 @dataclasses.dataclass
@@ -172,14 +165,14 @@ class Services:
             try:
                 # The slow part of a first start (a GGUF conversion, minutes) runs before the
                 # port opens, with its progress on the terminal: no chat waits silently on it.
-                await self._prepare_default_weights(engine)
+                await prepare_default_weights(engine, self.settings.chat.default_model)
                 await engine.start()
             except BaseException:
                 await ledger.close()
                 await db.dispose()
                 raise
             self._default_model = asyncio.create_task(
-                self._load_default_model(engine, preparing_since)
+                load_default_model(engine, self.settings.chat.default_model, preparing_since)
             )
         sessions = session_factory(db)
         accounts = AccountsService(sessions, ledger, settings.auth, settings.billing)
@@ -260,35 +253,6 @@ class Services:
         prices = load_prices(catalog_path)
         prices.check_covers(engine.catalog.ids(), catalog_path)
         return prices
-
-    async def _prepare_default_weights(self, engine: InferenceRouter) -> None:
-        """Resolve (and convert, once) the default model's weights off the event loop, with a
-        progress bar when stderr is a terminal. A failure is left for the load to report."""
-        model_id = self.settings.chat.default_model
-        if model_id not in engine.catalog or engine.is_remote(model_id):
-            return
-        entry = engine.catalog.get(model_id)
-        try:
-            await asyncio.to_thread(
-                prepare_weights, entry, engine.settings, show_progress=sys.stderr.isatty()
-            )
-        except Exception as exc:  # reported by the load that follows, /ready and /api/models
-            log.warning("default_model_not_prepared", model=model_id, error=str(exc))
-
-    async def _load_default_model(
-        self, engine: InferenceRouter, preparing_since: float
-    ) -> DefaultModelOutcome:
-        """Load the default model in the background (a remote one: check that its upstream
-        answers); /ready reports ready once it is."""
-        model_id = self.settings.chat.default_model
-        try:
-            await engine.load(model_id)
-        except Exception as exc:  # reported by /ready and /api/models; the service still runs
-            log.error("default_model_not_loaded", model=model_id, error=str(exc))
-            return DefaultModelOutcome(model_id, time.perf_counter() - preparing_since, str(exc))
-        load_s = time.perf_counter() - preparing_since
-        log.info("default_model_loaded", model=model_id, load_s=round(load_s, 2))
-        return DefaultModelOutcome(model_id, load_s)
 
     async def default_model_outcome(self) -> DefaultModelOutcome | None:
         """Wait for the default model's load at start; None when this start loads none (an
