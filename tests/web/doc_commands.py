@@ -45,6 +45,12 @@ NOT_RUN: dict[tuple[str, ...], str] = {
     "docs/benchmarks.md has their figures",
     ("python", "-m", "web.config_docs"): "rewrites docs/configuration.md; "
     "tests/test_settings.py checks the file is what it writes",
+    ("python", "-m", "tests.remote.with_upstream"): "a benchmark through a remote engine it "
+    "starts: minutes; docs/benchmarks.md has its figures",
+    ("python3", "dev.py", "vllm"): "installs vLLM (~18 min, 3.5 GB) and starts it (minutes): an "
+    "optional session of its own; docs/benchmarks.md has its figures",
+    ("nox", "-s", "vllm"): "installs vLLM (~18 min, 3.5 GB) and starts it (minutes): an "
+    "optional session of its own; docs/benchmarks.md has its figures",
     ("ledgerchat", "engine", "serve"): "serves until stopped and needs a bearer secret; "
     "tests/remote starts it as a real process with one (test_engine_server.py)",
     ("pip", "install"): "installs the project into an environment of one's own: minutes",

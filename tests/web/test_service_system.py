@@ -103,6 +103,9 @@ class TestRequestIds:
         server = await make_server(settings, configure_logs=True)
         async with server.client() as client:
             await start_capturing_logs(server, capfd)
+            # The registry is the process's: other tests' requests are in it. Count only what
+            # these requests add.
+            before = (await client.get("/metrics")).text
             sent = {"/api/me": 401, "/api/no-such-thing": 404, "/no-such-page": 404}
             for number, (path, expected) in enumerate(sent.items()):
                 response = await client.get(path, headers={"X-Request-ID": f"probe-{number}"})
@@ -114,11 +117,29 @@ class TestRequestIds:
             line["path"]: line["status"] for line in lines if line["event"] == "request_finished"
         }
         assert {path: finished.get(path) for path in sent} == sent
-        assert 'route="unmatched",status="404"' in metrics
-        assert 'route="/api/me",status="401"' in metrics
-        # The registry is the process's: other tests' real 500s may be in it, never these.
-        for route in ("/api/me", "unmatched"):
-            assert f'route="{route}",status="500"' not in metrics
+        added = {
+            (route, status): _requests_counted(metrics, route, status)
+            - _requests_counted(before, route, status)
+            for route in ("/api/me", "unmatched")
+            for status in ("401", "404", "500")
+        }
+        assert added[("unmatched", "404")] == 2
+        assert added[("/api/me", "401")] == 1
+        assert added[("unmatched", "500")] == 0
+        assert added[("/api/me", "500")] == 0
+
+
+def _requests_counted(metrics: str, route: str, status: str) -> float:
+    """Requests the exposition counts for this route and status (all methods)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if (
+            line.startswith("ledgerchat_http_request_duration_seconds_count{")
+            and f'route="{route}"' in line
+            and f'status="{status}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 class TestSettings:
