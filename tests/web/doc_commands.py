@@ -64,6 +64,10 @@ NOT_RUN_ENV = {"LEDGERCHAT_REINSTALL": "reinstalls the project into .nox/serve: 
 # Paths the docs name that are made at run time, not kept in the repository.
 RUNTIME_PATHS = {
     "failure.png": "written by a failing browser test under artifacts/ui/",
+    "tokenizer.json": "a converted model's file in the model cache",
+    "config.json": "a converted model's file in the model cache",
+    "generation_config.json": "a converted model's file in the model cache",
+    "tokenizer_config.json": "a converted model's file in the model cache",
 }
 PATH_SUFFIXES = (".py", ".md", ".toml", ".txt", ".png", ".jinja", ".json", ".sh", ".mako")
 SKIPPED_DIRS = frozenset({".git", ".nox", ".nox-bootstrap", ".venv", "artifacts", "__pycache__"})

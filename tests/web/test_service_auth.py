@@ -276,6 +276,9 @@ PUBLIC_ROUTES = {
     "/api/auth/register",
     "/api/auth/login",
     "/api/auth/refresh",
+    # The key that signs ledger checkpoints: public by design, so anyone can verify a receipt.
+    "/api/ledger/public-key",
+    "/api/ledger/public-key.pem",
 }
 
 
