@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 import gradio as gr
-from litestar.types import Message, Receive, Send
+from litestar.types import HTTPRequestEvent, Receive, ReceiveMessage, Send
 
 from web.middleware import send_error
 
@@ -89,8 +89,8 @@ async def _read_body(receive: Receive) -> bytes | None:
     size = 0
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
+        if message["type"] != "http.request":
+            return None  # http.disconnect: the client left
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_EVENT_CALL_BODY_BYTES:
@@ -108,11 +108,11 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     """`body` as one message, then `receive` itself (Gradio listens for the disconnect)."""
     sent = False
 
-    async def replay() -> Message:
+    async def replay() -> ReceiveMessage:
         nonlocal sent
         if sent:
             return await receive()
         sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        return HTTPRequestEvent(type="http.request", body=body, more_body=False)
 
     return replay
