@@ -12,12 +12,18 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from inference.catalog import CatalogError, load_catalog
+from inference.server.settings import EngineServerSettings
 from inference.settings import InferenceSettings
 from ledger.settings import LedgerSettings, default_database_url
 from web import config_docs
 from web.settings import SECTIONS, SettingsError, load_settings
 
-ALL_MODELS: list[type[BaseSettings]] = [*SECTIONS.values(), InferenceSettings, LedgerSettings]
+ALL_MODELS: list[type[BaseSettings]] = [
+    *SECTIONS.values(),
+    InferenceSettings,
+    EngineServerSettings,
+    LedgerSettings,
+]
 BOOLEAN_SPELLINGS = [
     ("on", True),
     ("off", False),
@@ -49,6 +55,8 @@ def load(cls: type[BaseSettings], environ: dict[str, str]) -> Any:
         return LedgerSettings.from_env(environ)
     if cls is InferenceSettings:
         return InferenceSettings.from_env(environ)
+    if cls is EngineServerSettings:
+        return EngineServerSettings.from_env(environ)
     concern = next(name for name, section in SECTIONS.items() if section is cls)
     return getattr(load_settings(environ=environ, env_file=None), concern)
 
@@ -131,6 +139,12 @@ ENV_FILE_CASES: list[tuple[str, Callable[[], Any], str, str]] = [
         lambda: InferenceSettings.from_env(),
         "queue_limit",
         "LEDGERCHAT_INFERENCE_MAX_BATCH_SIZE",
+    ),
+    (
+        "LEDGERCHAT_ENGINE_PORT",
+        lambda: EngineServerSettings.from_env(),
+        "port",
+        "LEDGERCHAT_ENGINE_HOST",
     ),
     (
         "LEDGERCHAT_RATE_LIMIT_PER_USER_PER_MINUTE",

@@ -16,7 +16,6 @@ import structlog
 from inference.catalog import Catalog, CatalogEntry
 from inference.errors import (
     InferenceError,
-    InvalidRequest,
     ModelLoadFailed,
     ModelUnavailable,
     OutOfMemory,
@@ -24,7 +23,7 @@ from inference.errors import (
 )
 from inference.events import ModelStatus
 from inference.loading import LoadedModel, free_memory, load_model
-from inference.requests import GenerationRequest, PreparedRequest
+from inference.requests import GenerationRequest, PreparedRequest, check_request_limits
 from inference.scheduler import ModelScheduler
 from inference.settings import InferenceSettings
 from inference.sources import check_availability
@@ -156,17 +155,7 @@ class Engine:
         model that would answer, falling back as stream() would). The result carries the exact
         prompt token count and the worst-case completion; pass it to stream(). Raises
         InvalidRequest, PromptTooLong, ModelUnavailable."""
-        if not isinstance(request, GenerationRequest):
-            raise InvalidRequest("expected a GenerationRequest")
-        limits = self.settings
-        if len(request.messages) > limits.max_prompt_messages:
-            raise InvalidRequest(f"at most {limits.max_prompt_messages} messages per request")
-        for message in request.messages:
-            if len(message.content) > limits.max_message_chars:
-                raise InvalidRequest(
-                    f"a message has {len(message.content)} characters; at most "
-                    f"{limits.max_message_chars} are allowed"
-                )
+        check_request_limits(request, self.settings)
         state, fell_back_from = await self._resolve(request.model_id)
         loaded = state.loaded
         assert loaded is not None

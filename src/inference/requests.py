@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from inference.errors import InvalidRequest
+from inference.settings import InferenceSettings
 
 Role = Literal["user", "assistant", "system"]
 ROLES: tuple[Role, ...] = ("user", "assistant", "system")
@@ -140,6 +141,22 @@ class PreparedRequest:
         if self.prompt_token_count is not None:
             return self.prompt_token_count
         return len(self.prompt_ids)
+
+
+def check_request_limits(request: GenerationRequest, settings: InferenceSettings) -> None:
+    """The engine's own limits on a request, checked before it is tokenized (by every backend's
+    `prepare`): LEDGERCHAT_INFERENCE_MAX_PROMPT_MESSAGES and _MAX_MESSAGE_CHARS. Raises
+    InvalidRequest."""
+    if not isinstance(request, GenerationRequest):
+        raise InvalidRequest("expected a GenerationRequest")
+    if len(request.messages) > settings.max_prompt_messages:
+        raise InvalidRequest(f"at most {settings.max_prompt_messages} messages per request")
+    for message in request.messages:
+        if len(message.content) > settings.max_message_chars:
+            raise InvalidRequest(
+                f"a message has {len(message.content)} characters; at most "
+                f"{settings.max_message_chars} are allowed"
+            )
 
 
 def _is_number(value: object) -> bool:

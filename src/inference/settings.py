@@ -1,13 +1,14 @@
 """Inference settings: one pydantic-settings model, every field with a default, a docstring and a
 LEDGERCHAT_INFERENCE_* variable, read once by `InferenceSettings.from_env()` (the process
-environment over a `.env` file in the working directory). No other module reads os.environ.
+environment over a `.env` file in the working directory). Its loader, `EnvSettings`, is also
+the base of `inference.server`'s settings. No other module reads os.environ.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import (
@@ -27,11 +28,11 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ledgerchat" / "models"
 UserPath = Annotated[Path, AfterValidator(Path.expanduser)]
 
 
-class InferenceSettings(BaseSettings):
-    """How the engine loads models and bounds its work."""
+class EnvSettings(BaseSettings):
+    """A settings model of this package (`inference.server`'s too): constructing one takes only
+    the given values (and defaults); `from_env` reads its `<env_prefix><FIELD>` variables."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
         env_file=".env",
         env_ignore_empty=True,
         extra="ignore",
@@ -39,6 +40,51 @@ class InferenceSettings(BaseSettings):
         allow_inf_nan=False,  # NaN compares false with everything: it would disable deadlines
         use_attribute_docstrings=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment is read by `from_env` only, so a test or a benchmark that builds
+        settings is not changed by the shell's."""
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Defaults overridden by the model's variables (e.g. LEDGERCHAT_INFERENCE_QUEUE_LIMIT):
+        those of the process over those of `.env` (read by pydantic-settings), or only those
+        of `environ`. A bad value raises `settings_error`'s one-line error."""
+        try:
+            return cls(**cls._env_values(environ))
+        except ValidationError as exc:
+            raise cls.settings_error(exc) from None
+
+    @classmethod
+    def settings_error(cls, exc: ValidationError) -> ValueError:
+        """The error `from_env` raises for `exc`: one line naming each variable and field."""
+        return ValueError(_one_line(exc, cls.model_config.get("env_prefix", "")))
+
+    @classmethod
+    def _env_values(cls, environ: Mapping[str, str] | None) -> dict[str, Any]:
+        if environ is None:
+            return {**DotEnvSettingsSource(cls)(), **EnvSettingsSource(cls)()}
+        prefix = cls.model_config.get("env_prefix", "")
+        return {
+            name: environ[prefix + name.upper()]
+            for name in cls.model_fields
+            if environ.get(prefix + name.upper(), "") != ""
+        }
+
+
+class InferenceSettings(EnvSettings):
+    """How the engine loads models and bounds its work."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
 
     cache_dir: UserPath = DEFAULT_CACHE_DIR
     """Where converted models (GGUF dequantized to safetensors) are kept, keyed by source hash."""
@@ -70,42 +116,11 @@ class InferenceSettings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads; None leaves torch's default (one per core)."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """`InferenceSettings(...)` takes only the given values (and defaults); the
-        environment is read by `from_env`."""
-        return (init_settings,)
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> InferenceSettings:
-        """Defaults overridden by LEDGERCHAT_INFERENCE_* variables (e.g. ..._QUEUE_LIMIT=64):
-        those of the process over those of `.env` (read by pydantic-settings), or only those
-        of `environ`. A bad value is a one-line ValueError naming the variable and field."""
-        if environ is None:
-            values = {**DotEnvSettingsSource(cls)(), **EnvSettingsSource(cls)()}
-        else:
-            values = {
-                name: environ[ENV_PREFIX + name.upper()]
-                for name in cls.model_fields
-                if environ.get(ENV_PREFIX + name.upper(), "") != ""
-            }
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise ValueError(_one_line(exc)) from None
-
-
-def _one_line(exc: ValidationError) -> str:
+def _one_line(exc: ValidationError, prefix: str) -> str:
     parts = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else ""
-        name = f"{ENV_PREFIX}{field.upper()} ({field})" if field else "inference settings"
+        name = f"{prefix}{field.upper()} ({field})" if field else "inference settings"
         parts.append(f"{name}: {error['msg']}, got {error['input']!r}")
     return "; ".join(parts)

@@ -106,7 +106,7 @@ class RequestContext:
         try:
             refused = refusal(scope, path, self.public_url)
             if refused is not None:
-                await _send_error(send_with_request_id, *refused)
+                await send_error(send_with_request_id, *refused)
                 return
             if path not in UNLIMITED_PATHS and not path.startswith(UNLIMITED_PREFIXES):
                 retry_after = await self.address_limiter.hit(client_address(scope))
@@ -116,7 +116,7 @@ class RequestContext:
             await self.app(scope, receive, send_with_request_id)
         finally:
             elapsed_s = time.perf_counter() - started
-            route = str(scope.get("path_template") or "unmatched")
+            route = route_label(scope, path)
             REQUEST_LATENCY_S.labels(scope.get("method", ""), route, str(status["code"])).observe(
                 elapsed_s
             )
@@ -124,6 +124,23 @@ class RequestContext:
                 "request_finished", status=status["code"], duration_ms=round(elapsed_s * 1000, 2)
             )
             structlog.contextvars.clear_contextvars()
+
+
+def route_label(scope: Scope, path: str) -> str:
+    """The `route` of the request metrics: the matched route's template; for a mounted ASGI
+    app (the UI), which Litestar gives no template, its mount path (with `/*` below it); else
+    `unmatched`."""
+    template = scope.get("path_template")
+    if template:
+        return str(template)
+    handler = scope.get("route_handler")
+    if handler is not None and getattr(handler, "is_mount", False):
+        for mount in sorted(handler.paths, key=len, reverse=True):
+            if path == mount:
+                return mount
+            if path.startswith(f"{mount}/"):
+                return f"{mount}/*"
+    return "unmatched"
 
 
 def request_path(scope: Scope) -> str:
@@ -156,7 +173,7 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 
 async def _send_429(send: Any, retry_after_s: int) -> None:
-    await _send_error(
+    await send_error(
         send,
         429,
         "rate_limited",
@@ -166,7 +183,7 @@ async def _send_429(send: Any, retry_after_s: int) -> None:
     )
 
 
-async def _send_error(
+async def send_error(
     send: Any,
     status: int,
     code: str,
@@ -174,6 +191,8 @@ async def _send_error(
     details: dict[str, Any] | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
+    """An error answer in the service's shape, sent straight to ASGI `send` (for what answers
+    outside Litestar's exception handlers: this layer and the UI's mount)."""
     body = json.dumps(error_body(code, message, details)).encode()
     await send(
         {

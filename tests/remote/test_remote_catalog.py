@@ -1,6 +1,7 @@
 """The `remote` source kind of the catalog (validated with errors that name the field), the URL
 pool's choice (least outstanding, failed URLs skipped with a bounded back-off), the wire format's
-parsing, and `ledgerchat models list` reporting each remote URL's reachability."""
+parsing, the engine's request limits applied before any upstream is asked, and `ledgerchat
+models list` reporting each remote URL's reachability."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from inference import ChatMessage, GenerationRequest, InferenceSettings, InvalidRequest
 from inference.catalog import CatalogError, merge_catalog
+from inference.remote.backend import RemoteBackend
 from inference.remote.urls import BACKOFF_MAX_S, UrlPool
 from inference.remote.wire import WireError, model_context_limit, parse_chunk
 from tests.remote.upstreams import Upstream
@@ -137,6 +140,32 @@ class TestWire:
         assert model_context_limit(answer, "other") is None
         with pytest.raises(WireError, match="does not serve 'x'"):
             model_context_limit(answer, "x")
+
+
+class TestPrepareLimits:
+    @pytest.mark.parametrize(
+        ("messages", "message"),
+        [
+            (("a", "b", "c"), "at most 2 messages"),
+            (("x" * 11,), "at most 10 are allowed"),
+        ],
+    )
+    async def test_requests_over_the_engine_limits_are_refused_before_any_upstream(
+        self, tmp_path: Path, messages: tuple[str, ...], message: str
+    ) -> None:
+        """LEDGERCHAT_INFERENCE_MAX_PROMPT_MESSAGES and _MAX_MESSAGE_CHARS bind a remote model
+        as the in-process engine: InvalidRequest, though its only URL has no listener."""
+        dead = f"http://127.0.0.1:{free_port()}"
+        path = catalog_with(tmp_path, f'kind = "remote", base_urls = ["{dead}"], model = "m"')
+        settings = InferenceSettings(max_prompt_messages=2, max_message_chars=10)
+        backend = RemoteBackend([merge_catalog(path, {}).get("far")], settings, {})
+        roles = ("user", "assistant")
+        turns = [ChatMessage(roles[n % 2], text) for n, text in enumerate(messages)]
+        try:
+            with pytest.raises(InvalidRequest, match=message):
+                await backend.prepare(GenerationRequest("far", tuple(turns)))
+        finally:
+            await backend.close()
 
 
 @pytest.mark.slow

@@ -174,6 +174,18 @@ def free_port() -> int:
         return port
 
 
+def _launch(
+    upstream: Upstream, command: list[str], environ: dict[str, str], timeout_s: float
+) -> Upstream:
+    """`command` as `upstream`'s process, in its own process group (so that `stop` and `kill`
+    reach its children), its output in `upstream.log_path`; returned once healthy."""
+    with upstream.log_path.open("wb") as log_file:
+        upstream.process = subprocess.Popen(
+            command, env=environ, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return _wait_healthy(upstream, timeout_s)
+
+
 def _wait_healthy(upstream: Upstream, timeout_s: float) -> Upstream:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -239,10 +251,6 @@ def start_engine_upstream(
     )
     command = [sys.executable, "-m", "web.cli", "engine", "serve", "--port", str(port)]
     command += ["--catalog", str(catalog), "--model", ENGINE_MODEL, *extra_args]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, env=environ, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
     upstream = Upstream(
         kind="engine",
         base_url=f"http://127.0.0.1:{port}",
@@ -250,12 +258,12 @@ def start_engine_upstream(
         model=ENGINE_MODEL,
         context_limit_tokens=ENGINE_CONTEXT_LIMIT,
         tokenizer_dir=model_dir,
-        process=process,
+        process=None,
         log_path=log_path,
         aborted_metric="ledgerchat_engine_requests_aborted_total",
         running_metric="ledgerchat_engine_scheduler_running",
     )
-    return _wait_healthy(upstream, ENGINE_START_TIMEOUT_S)
+    return _launch(upstream, command, environ, ENGINE_START_TIMEOUT_S)
 
 
 def vllm_configured() -> bool:
@@ -300,23 +308,8 @@ def start_vllm_upstream(workdir: Path, python: str, model_dir: Path) -> Upstream
         # Logs each abort ("Aborted request(s) <id>."): vLLM's metrics count none.
         "--enable-log-requests",
     ]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, env=environ, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    upstream = Upstream(
-        kind="vllm",
-        base_url=f"http://127.0.0.1:{port}",
-        api_key=api_key,
-        model=VLLM_MODEL,
-        context_limit_tokens=VLLM_MAX_MODEL_LEN,
-        tokenizer_dir=model_dir,
-        process=process,
-        log_path=log_path,
-        running_metric="vllm:num_requests_running",
-        abort_log_marker="Aborted request(s)",
-    )
-    return _wait_healthy(upstream, VLLM_START_TIMEOUT_S)
+    upstream = vllm_upstream_at(f"http://127.0.0.1:{port}", api_key, model_dir, log_path)
+    return _launch(upstream, command, environ, VLLM_START_TIMEOUT_S)
 
 
 def upstream_kinds() -> list[object]:
@@ -351,15 +344,21 @@ def attached_vllm_upstream() -> Upstream | None:
     url, key, log = (os.environ.get(f"{VLLM_ATTACH_PREFIX}{name}") for name in VLLM_ATTACH_NAMES)
     if not (url and key and log):
         return None
+    return vllm_upstream_at(url, key, Path(os.environ.get(VLLM_MODEL_DIR_ENV, "")), Path(log))
+
+
+def vllm_upstream_at(base_url: str, api_key: str, model_dir: Path, log_path: Path) -> Upstream:
+    """A vLLM server of the 270M at `base_url` (its process, if this session starts it, is set
+    by `_launch`)."""
     return Upstream(
         kind="vllm",
-        base_url=url,
-        api_key=key,
+        base_url=base_url,
+        api_key=api_key,
         model=VLLM_MODEL,
         context_limit_tokens=VLLM_MAX_MODEL_LEN,
-        tokenizer_dir=Path(os.environ.get(VLLM_MODEL_DIR_ENV, "")),
+        tokenizer_dir=model_dir,
         process=None,
-        log_path=Path(log),
+        log_path=log_path,
         running_metric="vllm:num_requests_running",
         abort_log_marker="Aborted request(s)",
     )

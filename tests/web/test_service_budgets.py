@@ -57,6 +57,12 @@ async def budget_trace(server: Any, account_id: str, scope: str) -> list[int]:
     return trace
 
 
+def limits(response: httpx.Response) -> dict[str, int]:
+    """The limits a budgets answer lists: {limit name: credits}."""
+    assert response.status_code == 200, response.text
+    return {view["limit"]: view["limit_credits"] for view in response.json()["budgets"]}
+
+
 async def make_admin(server: Any, client: httpx.AsyncClient) -> dict[str, str]:
     await server.services.accounts.register("root", "root@example.com", PASSWORD, role="admin")
     return {"Authorization": f"Bearer {(await login(client, 'root'))['access_token']}"}
@@ -189,10 +195,12 @@ class TestUserCaps:
             ask = {"sampling": {"max_tokens": 30}, "shrink_to_affordable": False}
             own = await client.put("/api/me/cap", json={"credits": 4}, headers=headers)
             assert own.status_code == 200, own.text
+            assert limits(own) == {"self_cap": 4}
             capped = await client.put(
                 f"/api/admin/users/{me['id']}/cap", json={"credits": 3}, headers=admin
             )
             assert capped.status_code == 200, capped.text
+            assert limits(capped) == {"self_cap": 4, "admin_cap": 3}
             status, _, body = await chat(client, headers, "hi", **ask)
             assert status == 402 and body["error"]["details"]["limit"] == "admin_cap"
             await client.put(
@@ -201,10 +209,12 @@ class TestUserCaps:
             status, _, body = await chat(client, headers, "hi", **ask)
             assert status == 402 and body["error"]["details"]["limit"] == "self_cap"
             assert body["error"]["details"]["left_credits"] == 4
-            await client.delete("/api/me/cap", headers=headers)
+            assert limits(await client.delete("/api/me/cap", headers=headers)) == {"admin_cap": 50}
             status, _, _ = await chat(client, headers, "hi", **ask)
             assert status == 200
             refused = await client.put(
                 f"/api/admin/users/{me['id']}/cap", json={"credits": 3}, headers=headers
             )
             assert refused.status_code == 403
+            cleared = await client.delete(f"/api/admin/users/{me['id']}/cap", headers=admin)
+            assert limits(cleared) == {}

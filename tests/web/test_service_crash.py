@@ -29,6 +29,17 @@ RETRIED_KEY = "crash-retry-1"
 # retry under the same Idempotency-Key must send the same body.
 LONG_GREEDY_CHAT = {"message": "go on", "sampling": {"max_tokens": TINY_CAP, "temperature": 0}}
 READY_TIMEOUT_S = 120.0
+# The SIGTERM test's hold: long, so that the generation deadline it implies (minus its
+# margin, and capped by the engine's default deadline) is minutes away and only the
+# shutdown's grace can end the stream early. With HOLD_TTL_S the deadline is 9 s after the
+# request: a first delta late on a loaded machine let it end the stream before the grace did
+# (released as `timeout`, not `cancelled`; a grace over 9 s shows it every time).
+SIGTERM_HOLD_TTL_S = 600
+SHUTDOWN_GRACE_S = 1
+# Waiting for the process to exit after SIGTERM: the grace, uvicorn's settle margin (10 s),
+# then closing the services (up to 10 s for streams, 10 s for settlements, 30 s for the
+# engine's scheduler), with room for a loaded machine.
+EXIT_TIMEOUT_S = 180
 
 
 class ServerProcess:
@@ -195,31 +206,34 @@ class TestGracefulShutdown:
         is charged exactly what the client was shown, or is cut when the grace ends and its
         hold is released in full with reason `cancelled`; either way nothing stays held, the
         process shuts down cleanly and the audit is clean."""
-        environ = {**server_environ, "LEDGERCHAT_SHUTDOWN_GRACE_S": "1"}
+        environ = {
+            **server_environ,
+            "LEDGERCHAT_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
+            "LEDGERCHAT_BILLING_HOLD_TTL_S": str(SIGTERM_HOLD_TTL_S),
+        }
         server = ServerProcess(environ, free_port(), tmp_path / "server.log")
         processes.append(server)
         await server.wait_ready()
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        signalled = False
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=EXIT_TIMEOUT_S) as client:
             headers = await signed_in(client, "graceful")
             async with client.stream(
-                "POST",
-                "/api/chat",
-                json={"message": "go on", "sampling": {"max_tokens": TINY_CAP}},
-                headers=headers,
+                "POST", "/api/chat", json=LONG_GREEDY_CHAT, headers=headers
             ) as response:
                 # Keep reading after the signal: the stream must end by the shutdown, not by
                 # this client going away, which is a disconnect and billed as one.
                 done = None
                 with contextlib.suppress(httpx.HTTPError):
-                    signalled = False
                     async for event in sse_events(response):
                         if event.event == "delta" and not signalled:
                             server.process.send_signal(signal.SIGTERM)
                             signalled = True
                         if event.event == "done":
                             done = event
+        assert signalled, "the stream ended before its first delta: no SIGTERM was sent"
         # uvicorn re-raises the signal after its graceful shutdown, so the status is -SIGTERM.
-        assert await asyncio.to_thread(server.process.wait, 60) in (0, -signal.SIGTERM)
+        exit_code = await asyncio.to_thread(server.process.wait, EXIT_TIMEOUT_S)
+        assert exit_code in (0, -signal.SIGTERM)
         assert b"services_closed" in (tmp_path / "server.log").read_bytes()
 
         ledger = await Ledger.open(sqlite_url, run_sweeper=False)

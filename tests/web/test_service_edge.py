@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sqlite3
 
 import pytest
 
-from tests.web.web_testing import PASSWORD, LiveServer, chat, register, signed_in, start_server
+from tests.web.web_testing import (
+    PASSWORD,
+    LiveServer,
+    chat,
+    register,
+    requests_counted,
+    signed_in,
+    start_server,
+)
 from web.app import create_app
 from web.commands import uvicorn_config
 
@@ -236,6 +245,42 @@ class TestNoServerErrors:
                 )
                 assert response.status_code == 400, (path, response.status_code)
                 assert response.json()["error"]["code"] == "validation_failed"
+
+    async def test_a_bad_call_of_the_pages_events_is_a_4xx(self, make_server, settings):
+        """An event call of the page (queue/join, run/predict) that names no server-side
+        handler, gives a direct call fewer inputs than its handler takes, or is no call at all
+        is the caller's error in the service's shape (Gradio answered 500), and the metrics
+        count it under the UI's mount, not `unmatched`."""
+        server = await make_server(settings, mount_ui=True)
+        async with server.client(headers={"Origin": server.base_url}) as client:
+            config = (await client.get("/config")).json()
+            takes_inputs = next(
+                dep["id"] for dep in config["dependencies"] if dep["backend_fn"] and dep["inputs"]
+            )
+            before = (await client.get("/metrics")).text
+            calls = [
+                ("run/predict", {"fn_index": takes_inputs, "data": []}, 422),
+                ("run/predict", {"fn_index": 100_000, "data": []}, 404),
+                ("queue/join", {"fn_index": 100_000, "data": []}, 404),
+                ("queue/join", {"fn_index": "first", "data": []}, 422),
+                ("queue/join", "[" * 100_000 + "]" * 100_000, 422),
+            ]
+            for route, call, status in calls:
+                body = call if isinstance(call, str) else json.dumps({**call, "session_hash": "s"})
+                answer = await client.post(
+                    f"/gradio_api/{route}",
+                    content=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                assert answer.status_code == status, (route, call, answer.text)
+                assert set(answer.json()["error"]) == {"code", "message", "details"}
+            after = (await client.get("/metrics")).text
+        counted = {
+            status: requests_counted(after, "/gradio_api/*", status)
+            - requests_counted(before, "/gradio_api/*", status)
+            for status in ("404", "422", "500")
+        }
+        assert counted == {"404": 2, "422": 3, "500": 0}
 
     async def test_usage_at_the_calendar_limits(self, server):
         """/api/usage with the first and last representable dates answers 200 or 422."""

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.web.conftest import TINY
-from tests.web.web_testing import chat, signed_in
+from tests.web.web_testing import chat, requests_counted, signed_in
 from web.background import clear_old_interaction_text
 from web.settings import SettingsError, load_settings
 from web.tables import ModelInteractionRow
@@ -118,8 +118,8 @@ class TestRequestIds:
         }
         assert {path: finished.get(path) for path in sent} == sent
         added = {
-            (route, status): _requests_counted(metrics, route, status)
-            - _requests_counted(before, route, status)
+            (route, status): requests_counted(metrics, route, status)
+            - requests_counted(before, route, status)
             for route in ("/api/me", "unmatched")
             for status in ("401", "404", "500")
         }
@@ -127,19 +127,6 @@ class TestRequestIds:
         assert added[("/api/me", "401")] == 1
         assert added[("unmatched", "500")] == 0
         assert added[("/api/me", "500")] == 0
-
-
-def _requests_counted(metrics: str, route: str, status: str) -> float:
-    """Requests the exposition counts for this route and status (all methods)."""
-    total = 0.0
-    for line in metrics.splitlines():
-        if (
-            line.startswith("ledgerchat_http_request_duration_seconds_count{")
-            and f'route="{route}"' in line
-            and f'status="{status}"' in line
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 class TestSettings:

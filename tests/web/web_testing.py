@@ -158,3 +158,16 @@ def hold_streams_open(server: Any) -> tuple[asyncio.Event, list[str]]:
 
     engine.stream, engine.cancel = stream, cancel
     return resume, cancelled
+
+
+def requests_counted(metrics: str, route: str, status: str) -> float:
+    """Requests a /metrics exposition counts for this route and status (all methods)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if (
+            line.startswith("ledgerchat_http_request_duration_seconds_count{")
+            and f'route="{route}"' in line
+            and f'status="{status}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

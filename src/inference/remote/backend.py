@@ -26,7 +26,7 @@ from inference.remote.upstream import (
     auth_headers,
 )
 from inference.remote.urls import UrlPool
-from inference.requests import GenerationRequest, PreparedRequest
+from inference.requests import GenerationRequest, PreparedRequest, check_request_limits
 from inference.settings import InferenceSettings
 from inference.text import TokenizerAdapter, encode_prompt
 
@@ -118,17 +118,7 @@ class RemoteBackend:
         """The exact prompt count (upstream /tokenize, else the entry's tokenizer) and the
         worst-case completion, as the local engine's prepare. Contacts the upstream, so an
         upstream that is down is refused here (UpstreamUnavailable), before any hold."""
-        if not isinstance(request, GenerationRequest):
-            raise InvalidRequest("expected a GenerationRequest")
-        limits = self.settings
-        if len(request.messages) > limits.max_prompt_messages:
-            raise InvalidRequest(f"at most {limits.max_prompt_messages} messages per request")
-        for message in request.messages:
-            if len(message.content) > limits.max_message_chars:
-                raise InvalidRequest(
-                    f"a message has {len(message.content)} characters; at most "
-                    f"{limits.max_message_chars} are allowed"
-                )
+        check_request_limits(request, self.settings)
         model = self._model(request.model_id)
         prompt_ids: tuple[int, ...] = ()
         prompt_count = await self.client.prompt_count(model, request)

@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import ipaddress
 import stat
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    DotEnvSettingsSource,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import SettingsConfigDict
+
+from inference.settings import EnvSettings
 
 ENV_PREFIX = "LEDGERCHAT_ENGINE_"
 MIN_API_KEY_CHARS = 16
@@ -30,19 +25,11 @@ class EngineServerError(ValueError):
     """The server cannot start with these settings (no secret, unreadable key file, ...)."""
 
 
-class EngineServerSettings(BaseSettings):
+class EngineServerSettings(EnvSettings):
     """`ledgerchat engine serve`: the local engine alone behind an OpenAI-compatible API, for
     `ledgerchat serve` processes (or anything else) on other hosts or in other processes."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_file=".env",
-        env_ignore_empty=True,
-        extra="ignore",
-        frozen=True,
-        allow_inf_nan=False,
-        use_attribute_docstrings=True,
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
 
     host: str = "127.0.0.1"
     """Address to bind; loopback by default. `--host` wins."""
@@ -62,38 +49,13 @@ class EngineServerSettings(BaseSettings):
     """Largest request body accepted; larger ones are answered 413."""
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """`EngineServerSettings(...)` takes only the given values; `from_env` reads the rest."""
-        return (init_settings,)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> EngineServerSettings:
-        """Defaults overridden by LEDGERCHAT_ENGINE_* variables (process over `.env`), or only
-        by those of `environ`. A bad value is a one-line EngineServerError."""
-        if environ is None:
-            values = {**DotEnvSettingsSource(cls)(), **EnvSettingsSource(cls)()}
-        else:
-            values = {
-                name: environ[ENV_PREFIX + name.upper()]
-                for name in cls.model_fields
-                if environ.get(ENV_PREFIX + name.upper(), "") != ""
-            }
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            parts = [
-                f"{ENV_PREFIX}{str(error['loc'][0]).upper() if error['loc'] else ''}: "
-                f"{error['msg']}"
-                for error in exc.errors()
-            ]
-            raise EngineServerError("; ".join(parts)) from None
+    def settings_error(cls, exc: ValidationError) -> EngineServerError:
+        """`from_env`'s error: one line naming each bad variable (its value is not repeated)."""
+        parts = [
+            f"{ENV_PREFIX}{str(error['loc'][0]).upper() if error['loc'] else ''}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        return EngineServerError("; ".join(parts))
 
 
 def is_loopback(host: str) -> bool:

@@ -9,9 +9,10 @@ first request, so the mount needs no hook in the app's lifespan.
 
 Gradio answers far more than the page needs (uploads, run history, MCP, its own API docs), none
 of it behind the service's sign-in: only the routes the page was seen to call in a browser
-(tests/ui/test_browser_security.py) are let through, everything else is a 404. Gradio's root URL
-is pinned (LEDGERCHAT_PUBLIC_URL, else the address the connection arrived at), never taken from
-X-Forwarded-Host or X-Gradio-Server, which any client can send.
+(tests/ui/test_browser_security.py) are let through, everything else is a 404; the page's event
+calls are checked first (`event_calls.py`), so a bad one is the caller's 4xx, not Gradio's
+500. Gradio's root URL is pinned (LEDGERCHAT_PUBLIC_URL, else the address the connection
+arrived at), never taken from X-Forwarded-Host or X-Gradio-Server, which any client can send.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from gradio.routes import App
 from litestar.enums import ScopeType
 from litestar.handlers import ASGIRouteHandler, asgi
 from litestar.types import Receive, Scope, Send
+
+from web.middleware import send_error
+from web.ui.event_calls import checked_event_call
 
 # Top-level paths Gradio 6 answers on. Everything else stays with Litestar (`/api`, `/v1`,
 # `/schema`, `/health`, ...). Gradio's own `/openapi.json` and `/monitoring` are left out
@@ -56,7 +60,6 @@ READ_PREFIXES = ("/assets/", "/static/", "/svelte/", "/gradio_api/heartbeat/", "
 WRITE_PATHS = frozenset({"/gradio_api/queue/join", "/gradio_api/run/predict"})
 # Headers from which Gradio would build the page's root URL; a client may send any of them.
 ROOT_URL_HEADERS = frozenset({b"x-forwarded-host", b"x-forwarded-proto", b"x-gradio-server"})
-NOT_FOUND_BODY = b'{"error":{"code":"not_found","message":"no such page","details":{}}}'
 
 
 def gradio_route_allowed(method: str, path: str) -> bool:
@@ -131,8 +134,13 @@ class GradioASGI:
             await send({"type": "websocket.close", "code": 1008, "reason": ""})
             return
         if not gradio_route_allowed(str(scope.get("method", "")), forwarded["path"]):
-            await _send_not_found(send)
+            await send_error(send, 404, "not_found", "no such page")
             return
+        if forwarded["path"] in WRITE_PATHS:
+            checked = await checked_event_call(self._blocks, forwarded["path"], receive, send)
+            if checked is None:
+                return  # refused (and answered), or the client left
+            receive = checked
         await self._ensure_started()
         forwarded["headers"] = [
             (name, value)
@@ -145,20 +153,6 @@ class GradioASGI:
         forwarded.pop("router", None)
         forwarded.pop("route_handler", None)
         await self._app(forwarded, receive, send)  # type: ignore[arg-type]
-
-
-async def _send_not_found(send: Send) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 404,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(NOT_FOUND_BODY)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": NOT_FOUND_BODY, "more_body": False})
 
 
 def _create_gradio_app(blocks: gr.Blocks, *, css: str, head: str) -> App:

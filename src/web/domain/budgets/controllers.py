@@ -43,15 +43,13 @@ class MyBudgetsController(Controller):
     ) -> BudgetsView:
         """Cap your own spending per day, week or month (below your balance); chats past it
         answer 402 `budget_exceeded` until the period resets."""
-        await budgets.set_cap(identity, identity.user_id, "self_cap", data)
-        return await budgets.views(identity, with_keys=True)
+        return await budgets.set_own_cap(identity, data)
 
     @delete("/cap", status_code=HTTP_200_OK)
     async def clear_my_cap(
         self, identity: NamedDependency[Identity], budgets: NamedDependency[BudgetsService]
     ) -> BudgetsView:
-        await budgets.set_cap(identity, identity.user_id, "self_cap", None)
-        return await budgets.views(identity, with_keys=True)
+        return await budgets.set_own_cap(identity, None)
 
 
 class AdminCapsController(Controller):
@@ -70,8 +68,7 @@ class AdminCapsController(Controller):
         data: JSONBody[CapRequest],
     ) -> BudgetsView:
         """Cap a user's spending per period; with the user's own cap, the lower one binds."""
-        await budgets.set_cap(identity, user_id, "admin_cap", data)
-        return await budgets.caps_of(user_id)
+        return await budgets.set_admin_cap(identity, user_id, data)
 
     @delete("/{user_id:int}/cap", status_code=HTTP_200_OK)
     async def clear_user_cap(
@@ -80,5 +77,4 @@ class AdminCapsController(Controller):
         budgets: NamedDependency[BudgetsService],
         user_id: RowId,
     ) -> BudgetsView:
-        await budgets.set_cap(identity, user_id, "admin_cap", None)
-        return await budgets.caps_of(user_id)
+        return await budgets.set_admin_cap(identity, user_id, None)

@@ -194,6 +194,18 @@ class BudgetsService:
             cleared=cap is None,
         )
 
+    async def set_own_cap(self, identity: Identity, cap: CapRequest | None) -> BudgetsView:
+        """Set or clear (None) the caller's own cap; the caller's budgets after."""
+        await self.set_cap(identity, identity.user_id, "self_cap", cap)
+        return await self.views(identity, with_keys=True)
+
+    async def set_admin_cap(
+        self, admin: Identity, user_id: int, cap: CapRequest | None
+    ) -> BudgetsView:
+        """Set or clear (None) an admin's cap on a user; that user's caps after."""
+        await self.set_cap(admin, user_id, "admin_cap", cap)
+        return await self.caps_of(user_id)
+
     # -- reading -------------------------------------------------------------------------
 
     async def views(self, identity: Identity, *, with_keys: bool = False) -> BudgetsView:
