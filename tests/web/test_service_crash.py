@@ -22,8 +22,8 @@ from tests.web.web_testing import free_port, signed_in, sse_events
 pytestmark = [pytest.mark.slow, pytest.mark.live]
 
 # Long enough that the first delta arrives before the generation deadline (3/4 of it) on a busy
-# machine, short enough to wait for its expiry.
-HOLD_TTL_S = 12
+# machine (its deadline is 15 s after the request), short enough to wait for its expiry.
+HOLD_TTL_S = 20
 RETRIED_KEY = "crash-retry-1"
 # Greedy, so its first delta comes at once and no sampled <eos> ends it before the kill; the
 # retry under the same Idempotency-Key must send the same body.
