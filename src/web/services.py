@@ -201,7 +201,9 @@ class Services:
                 slots=self.chat_slots,
             ),
             billing=billing,
-            admin=AdminService(sessions, ledger, accounts, billing, invites, settings.auth),
+            admin=AdminService(
+                sessions, ledger, accounts, billing, invites, settings.auth, signer.public_key
+            ),
             receipts=ReceiptsService(sessions, ledger, signer),
             alerts=AlertsService(sessions, webhook),
             webhook=webhook,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger import Ledger
@@ -48,6 +49,7 @@ class AdminService:
         billing: BillingService,
         invites: InvitesService,
         auth: AuthSettings,
+        checkpoint_key: Ed25519PublicKey,
     ) -> None:
         self._sessions = sessions
         self._ledger = ledger
@@ -55,6 +57,7 @@ class AdminService:
         self._billing = billing
         self._invites = invites
         self._auth = auth
+        self._checkpoint_key = checkpoint_key
 
     async def top_up(
         self, identity: Identity, user_id: int, amount: int, *, idempotency_key: str, note: str
@@ -125,7 +128,8 @@ class AdminService:
     async def audit(self, identity: Identity) -> AuditResult:
         check_admin(identity)
         async with counted("audit"):
-            report = await self._ledger.audit()
+            # The stored checkpoints' signatures too, as `ledgerchat audit` checks them.
+            report = await self._ledger.audit(public_key=self._checkpoint_key)
         return AuditResult(clean=report.clean, report=report.to_dict())
 
     async def disable(self, identity: Identity, user_id: int) -> UserView:
