@@ -236,6 +236,8 @@ class ModelInteractionRow(Base):
     finish_reason: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now, index=True)
     text_cleared_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    api_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    """The API key the reply was asked with (migration 0007); None for a signed-in session."""
 
 
 class AlertSettingsRow(Base):

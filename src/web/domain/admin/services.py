@@ -23,6 +23,7 @@ from web.domain.admin.schemas import (
     UserWithBalance,
 )
 from web.domain.admin.usage import AdminUsageReport, admin_usage
+from web.domain.admin.usage_keys import KeyUsageReport, admin_key_usage
 from web.domain.billing.services import BillingService
 from web.errors import PermissionDenied, ValidationFailed
 from web.ledger_calls import counted
@@ -117,6 +118,22 @@ class AdminService:
         """Usage per UTC day, user and model, with totals (web.domain.admin.usage)."""
         check_admin(identity)
         return await admin_usage(self._sessions, username=username, since=since, until=until)
+
+    async def key_usage(
+        self,
+        identity: Identity,
+        *,
+        username: str | None = None,
+        key_id: int | None = None,
+        since: dt.date | None = None,
+        until: dt.date | None = None,
+    ) -> KeyUsageReport:
+        """Usage per UTC day, API key and model, with per-key and grand totals
+        (web.domain.admin.usage_keys)."""
+        check_admin(identity)
+        return await admin_key_usage(
+            self._sessions, username=username, key_id=key_id, since=since, until=until
+        )
 
     async def users(self, identity: Identity) -> list[UserWithBalance]:
         check_admin(identity)
