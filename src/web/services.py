@@ -180,6 +180,7 @@ class Services:
         billing = BillingService(sessions, ledger)
         invites = InvitesService(sessions)
         webhook = started_webhook(settings.billing)
+        budgets = BudgetsService(sessions, ledger)
         self._started = _Started(
             db=db,
             sessions=sessions,
@@ -205,9 +206,9 @@ class Services:
                 sessions, ledger, accounts, billing, invites, settings.auth, signer.public_key
             ),
             receipts=ReceiptsService(sessions, ledger, signer),
-            alerts=AlertsService(sessions, webhook),
+            alerts=AlertsService(sessions, ledger, budgets, webhook),
             webhook=webhook,
-            budgets=BudgetsService(sessions, ledger),
+            budgets=budgets,
         )
         self._started.chat.add_settled_listener(self._started.alerts.settled)
         if self._start_background_jobs:

@@ -255,6 +255,25 @@ class AlertSettingsRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
 
 
+class AlertNoticeRow(Base):
+    """A notice an alert crossing left for the page: one per user, kind and subject (the
+    budget, for budget use), renewed by each new crossing; shown until dismissed or no longer
+    true (migration 0008)."""
+
+    __tablename__ = "alert_notices"
+    __table_args__ = (UniqueConstraint("user_id", "kind", "subject"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """`low_balance` or `budget_use`."""
+    subject: Mapped[str] = mapped_column(String(100))
+    """"" for the balance; `<budget_id>/<period>` for a budget."""
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+    dismissed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
 class BudgetLimitRow(Base):
     """A spending limit: of an API key (`key_period`, `key_lifetime`) or of a user
     (`self_cap`, set by the user; `admin_cap`, set by an admin). The ledger enforces it when a
