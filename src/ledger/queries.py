@@ -149,9 +149,7 @@ class LedgerQueries:
             now_us=to_us(self._clock()),
             grace_s=self._settings.audit_expired_hold_grace_s,
         )
-        for problem in await check_stored_checkpoints(
-            self._store.engines, public_key, account_id
-        ):
+        for problem in await check_stored_checkpoints(self._store.engines, public_key, account_id):
             report.violations.append(checkpoint_violation(problem))
         return report
 
@@ -189,8 +187,8 @@ async def audit_database(
         )
         # The signed heads: each signature by the service's key (when given) and each head
         # hash equal to the chain's hash at that sequence.
-        for problem in await check_stored_checkpoints(engines, public_key, account_id):
-            report.violations.append(checkpoint_violation(problem))
+        for checkpoint in await check_stored_checkpoints(engines, public_key, account_id):
+            report.violations.append(checkpoint_violation(checkpoint))
         return report
     finally:
         await engines.dispose()

@@ -41,6 +41,7 @@ from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.service import ChatService
 from web.domain.keys.services import ApiKeysService
 from web.domain.receipts.keys import kept_signer
+from web.domain.receipts.links import ReceiptLinks
 from web.domain.receipts.services import ReceiptsService
 from web.domain.system.schemas import Readiness
 from web.logging import get_logger
@@ -205,7 +206,12 @@ class Services:
             admin=AdminService(
                 sessions, ledger, accounts, billing, invites, settings.auth, signer.public_key
             ),
-            receipts=ReceiptsService(sessions, ledger, signer),
+            receipts=ReceiptsService(
+                sessions,
+                ledger,
+                signer,
+                ReceiptLinks(settings.auth.jwt_secret, settings.billing.receipt_link_ttl_s),
+            ),
             alerts=AlertsService(sessions, ledger, budgets, webhook),
             webhook=webhook,
             budgets=budgets,

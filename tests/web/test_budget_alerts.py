@@ -87,7 +87,9 @@ class TestBudgetUseAlerts:
             assert dismissed.status_code == 200, dismissed.text
             assert dismissed.json()["notices"] == []
             other = await signed_in(client, "someoneelse")
-            foreign = await client.post(f"/api/alerts/notices/{notice['id']}/dismiss", headers=other)
+            foreign = await client.post(
+                f"/api/alerts/notices/{notice['id']}/dismiss", headers=other
+            )
             assert foreign.status_code == 404
         assert notice["kind"] == "budget_use"
         assert (notice["budget_id"], notice["period"]) == (f"key:{key_id}", "day")

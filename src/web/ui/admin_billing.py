@@ -25,7 +25,6 @@ from web.ui.export_files import private_folder, schedule_sweep, sweep
 from web.ui.session import SessionEnded, UISession, identity
 from web.ui.text import credits_label, notice_html
 
-
 BY_USER = "user"
 BY_KEY = "key"
 
@@ -151,9 +150,7 @@ class AdminBilling:
         except ServiceError as error:
             return gr.skip(), notice_html("error", error.message)
         if isinstance(report, KeyUsageReport):
-            table = gr.Dataframe(
-                value=key_usage_table(report), headers=list(KEY_USAGE_CSV_COLUMNS)
-            )
+            table = gr.Dataframe(value=key_usage_table(report), headers=list(KEY_USAGE_CSV_COLUMNS))
         else:
             rows = [[getattr(row, c) for c in USAGE_CSV_COLUMNS] for row in report.rows]
             rows.append(

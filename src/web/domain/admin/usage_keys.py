@@ -128,15 +128,14 @@ async def admin_key_usage(
         rows = (await session.execute(query)).all()
     # Grouped here, not in SQL: day truncation differs between SQLite and PostgreSQL.
     groups: dict[tuple[str, _KeyOf, str], list[int]] = {}
-    for created_at, key, name, prefix, revoked_at, user_id, user, model, *counts in rows:
+    for created_at, key_id, key_name, prefix, revoked_at, user_id, user, model, *counts in rows:
         day = created_at.astimezone(dt.UTC).date().isoformat()
-        owner: _KeyOf = (key, name, prefix, user_id, user, revoked_at is not None)
+        owner: _KeyOf = (key_id, key_name, prefix, user_id, user, revoked_at is not None)
         _add(groups.setdefault((day, owner, model), [0, 0, 0, 0]), counts)
     per_key: dict[_KeyOf, list[int]] = {}
     usage_rows = []
     for (day, owner, model), t in sorted(groups.items(), key=_order):
-        key, name, prefix, user_id, user, _ = owner
-        usage_rows.append(KeyUsageRow(day, key, name, prefix, user_id, user, model, *t))
+        usage_rows.append(KeyUsageRow(day, *owner[:5], model, *t))
         _add(per_key.setdefault(owner, [0, 0, 0, 0]), t[1:], requests=t[0])
     keys = [KeyTotals(*owner, *t) for owner, t in sorted(per_key.items(), key=_owner_order)]
     return KeyUsageReport(

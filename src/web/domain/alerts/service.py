@@ -200,9 +200,7 @@ class AlertsService:
             log.error("alert_check_failed", request_id=done.request_id, error=str(exc))
             return
         for crossing in crossings:
-            log.info(
-                f"alert_{crossing.kind}", user_id=identity.user_id, subject=crossing.subject
-            )
+            log.info(f"alert_{crossing.kind}", user_id=identity.user_id, subject=crossing.subject)
             if self._webhook is not None:
                 self._webhook.post(
                     {
