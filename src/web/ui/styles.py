@@ -67,6 +67,7 @@ PAGE_CSS = """
    stay): New chat is the honest control, so the trash is not offered. */
 #chatbot button[aria-label="Clear"] { display: none !important; }
 #chatbot .message-wrap em:last-child { opacity: 0.75; font-size: 0.85em; }
+#chatbot .message-wrap a[href^="/api/receipts/"] { opacity: 0.75; font-size: 0.85em; }
 #model-select .lc-option-disabled { opacity: 0.45; cursor: not-allowed; pointer-events: none; }
 @media (max-width: 720px) {
   #lc-header { flex-wrap: nowrap !important; gap: 8px; padding: 0 0 4px 28px;
