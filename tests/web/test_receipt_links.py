@@ -68,4 +68,3 @@ class TestReceiptLinks:
         assert expired.status_code == 403
         assert expired.json()["error"]["details"]["reason"] == "link_expired"
         assert theirs.status_code == 404
-
