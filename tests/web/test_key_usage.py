@@ -120,8 +120,8 @@ class TestKeyUsage:
         assert rows[0][:3] == ["day", "key_id", "key_name"]
         assert "'=SUM(1)" in [row[2] for row in rows] and NO_KEY_LABEL in [r[2] for r in rows]
         assert rows[-1][0] == "total" and int(rows[-1][-1]) == report["total_credits"]
-        shown = page_table.value["data"] if isinstance(page_table.value, dict) else None
-        assert shown is not None and shown[-1][0] == "total", page_table.value
+        shown = page_table.value["data"]
+        assert shown[-1][0] == "total", page_table.value
         assert int(shown[-1][-1]) == report["total_credits"]
 
     async def test_cli_by_key(self, cli_env, make_server, make_settings, capsys):
