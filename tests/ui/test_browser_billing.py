@@ -1,7 +1,8 @@
 """Billing in a real browser against a live `ledgerchat serve`: the receipt link under a
-reply's cost line downloads a receipt that `ledgerchat verify` accepts, and a crossed
-low-balance threshold shows its notice at the top of the chat, right under the header and its
-balance, until dismissed (it stays dismissed after a reload)."""
+reply's cost line downloads a receipt that `ledgerchat verify` accepts, a crossed low-balance
+threshold shows its notice at the top of the chat, right under the header and its balance,
+until dismissed (it stays dismissed after a reload), and the admin page shows usage per API
+key with its CSV."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from playwright.sync_api import Page, expect
 
 from tests.ui.conftest import TEST_PASSWORD, LiveServer, Shots
 from tests.ui.pages import (
+    admin_signed_in,
     available_balance,
     bot_messages,
     field,
@@ -23,6 +25,7 @@ from tests.ui.pages import (
     sign_up_and_in,
     wait_for_footer,
 )
+from web.domain.admin.usage_keys import NO_KEY_LABEL
 
 pytestmark = pytest.mark.browser
 REPLY_TOKENS = 8
@@ -97,3 +100,36 @@ class TestAlertNotice:
         expect(page.locator("#lc-balance [data-available]")).to_be_visible()
         expect(notice).to_be_hidden()
         shots(page, "dismissed")
+
+
+class TestAdminUsagePerKey:
+    def test_usage_switches_to_one_line_per_api_key(
+        self,
+        page: Page,
+        shots: Shots,
+        unique_name: Callable[[str], str],
+        live_server: LiveServer,
+    ) -> None:
+        """On the admin page, "One line per: API key" shows the per-key columns with the
+        admin's own reply as a signed-in (keyless) line, and its CSV downloads."""
+        name = unique_name("keyadmin")
+        admin_signed_in(page, live_server, name)
+        page.get_by_role("tab", name="Chat").click()
+        set_sampling(page, temperature=0, max_tokens=REPLY_TOKENS)
+        send(page, "Count me")
+        wait_for_footer(page)
+        page.get_by_role("tab", name="Admin").click()
+        field(page, "usage-user").fill(name)
+        page.locator("#usage-by").get_by_text("API key").click()
+        page.locator("#usage-button").click()
+        table = page.locator("#usage-table")
+        expect(table).to_contain_text("key_name")
+        expect(table).to_contain_text(NO_KEY_LABEL)
+        expect(table).to_contain_text("total")
+        shots(page, "usage-per-key")
+        page.locator("#usage-csv-button").click()
+        with page.expect_download() as downloaded:
+            page.locator("#usage-file a").first.click()
+        csv_text = Path(downloaded.value.path()).read_text(encoding="utf-8")
+        assert csv_text.startswith("day,key_id,key_name,")
+        assert NO_KEY_LABEL in csv_text and name in csv_text
