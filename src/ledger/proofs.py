@@ -150,24 +150,35 @@ class LedgerProofs:
     async def check_checkpoints(self, public_key: Ed25519PublicKey | None) -> list[str]:
         """Problems with the stored checkpoints: a signature this key did not make (skipped
         without a key), or a head hash that is not the stored event's hash at that sequence."""
-        return await check_stored_checkpoints(self._store.engines, public_key)
+        return [p.detail for p in await check_stored_checkpoints(self._store.engines, public_key)]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointProblem:
+    """What is wrong with one stored checkpoint (the audit reports it as a violation)."""
+
+    account_id: str
+    sequence: int
+    detail: str
 
 
 async def check_stored_checkpoints(
     engines: Engines, public_key: Ed25519PublicKey | None, account_id: str | None = None
-) -> list[str]:
+) -> list[CheckpointProblem]:
     stored = await proof_reads.all_checkpoints(engines, account_id)
     hashes = await proof_reads.event_hashes_at(
         engines, [(c.account_id, c.sequence) for c in stored]
     )
-    problems: list[str] = []
+    problems: list[CheckpointProblem] = []
     for c in stored:
-        name = f"checkpoint {c.account_id}:{c.sequence}"
+        details = []
         if public_key is not None and not verify_signature(public_key, c):
-            problems.append(f"{name}: the signature is not valid for the service's public key")
+            details.append("the signature is not valid for the service's public key")
         actual = hashes.get((c.account_id, c.sequence))
         if actual is None:
-            problems.append(f"{name}: the account has no event at that sequence")
+            details.append("the account has no event at that sequence")
         elif actual != c.head_hash:
-            problems.append(f"{name}: the signed head hash is not the chain's hash there")
+            details.append("the signed head hash is not the chain's hash there")
+        name = f"checkpoint {c.account_id}:{c.sequence}"
+        problems += [CheckpointProblem(c.account_id, c.sequence, f"{name}: {d}") for d in details]
     return problems

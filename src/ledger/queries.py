@@ -26,7 +26,7 @@ from ledger.domain import (
 )
 from ledger.errors import AccountNotFound, InvalidArgument, StorageError
 from ledger.models import Balance, BudgetUse, HistoryEntry, HistoryPage, Totals
-from ledger.proofs import check_stored_checkpoints
+from ledger.proofs import CheckpointProblem, check_stored_checkpoints
 from ledger.settings import LedgerSettings
 from ledger.storage import EventStore, store_for
 from ledger.storage.budget_usage import budget_used_now
@@ -134,8 +134,12 @@ class LedgerQueries:
             raise AccountNotFound(account_id)
         return Totals.from_sums(await self._store.sums_by_type(account_id))
 
-    async def audit(self, account_id: str | None = None) -> AuditReport:
-        """Replay the log(s) and report violations and totals (see ledger.audit).
+    async def audit(
+        self, account_id: str | None = None, *, public_key: Ed25519PublicKey | None = None
+    ) -> AuditReport:
+        """Replay the log(s) and report violations and totals (see ledger.audit), and check
+        the stored checkpoints: each head hash against the chain, and with `public_key` each
+        signature too.
 
         All reads happen in one read transaction, so an audit while commands commit sees one
         consistent moment of the database."""
@@ -145,10 +149,8 @@ class LedgerQueries:
             now_us=to_us(self._clock()),
             grace_s=self._settings.audit_expired_hold_grace_s,
         )
-        # Signed heads: each head hash against the chain (signatures need the public key:
-        # `ledgerchat audit` checks them).
-        for problem in await check_stored_checkpoints(self._store.engines, None, account_id):
-            report.violations.append(Violation("checkpoint", None, None, problem))
+        for problem in await check_stored_checkpoints(self._store.engines, public_key, account_id):
+            report.violations.append(checkpoint_violation(problem))
         return report
 
 
@@ -185,8 +187,13 @@ async def audit_database(
         )
         # The signed heads: each signature by the service's key (when given) and each head
         # hash equal to the chain's hash at that sequence.
-        for problem in await check_stored_checkpoints(engines, public_key, account_id):
-            report.violations.append(Violation("checkpoint", None, None, problem))
+        for checkpoint in await check_stored_checkpoints(engines, public_key, account_id):
+            report.violations.append(checkpoint_violation(checkpoint))
         return report
     finally:
         await engines.dispose()
+
+
+def checkpoint_violation(problem: CheckpointProblem) -> Violation:
+    """A stored checkpoint's problem as an audit violation of kind `checkpoint`."""
+    return Violation("checkpoint", problem.account_id, problem.sequence, problem.detail)

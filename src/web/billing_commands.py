@@ -23,6 +23,7 @@ from web.commands import CommandError, database_options, guarded, run_with_servi
 from web.domain.admin.refunds import MAX_REASON_CHARS, RefundRequest
 from web.domain.admin.services import INTERNAL_ADMIN
 from web.domain.admin.usage import usage_csv
+from web.domain.admin.usage_keys import KeyUsageReport, key_usage_csv, key_usage_table
 from web.services import Services
 
 EXIT_REFUSED = 1
@@ -64,7 +65,19 @@ def _day(text: str) -> dt.date:
 
 
 def usage(args: argparse.Namespace) -> int:
+    if args.key is not None and args.by != "key":
+        raise CommandError("--key needs --by key")
+
     async def work(services: Services) -> str:
+        if args.by == "key":
+            keys = await services.admin.key_usage(
+                INTERNAL_ADMIN,
+                username=args.user,
+                key_id=args.key,
+                since=args.since,
+                until=args.until,
+            )
+            return _key_usage_text(keys, args.format)
         report = await services.admin.usage(
             INTERNAL_ADMIN, username=args.user, since=args.since, until=args.until
         )
@@ -91,6 +104,26 @@ def usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_usage_text(report: KeyUsageReport, output_format: str) -> str:
+    if output_format == "csv":
+        return key_usage_csv(report).rstrip("\n")
+    if output_format == "json":
+        return json.dumps(msgspec.to_builtins(report), indent=2)
+    lines = [
+        f"{'day':<10}  {'key':<24}  {'user':<16}  {'model':<20}  requests  tokens_in  "
+        "tokens_out  credits"
+    ]
+    for row in key_usage_table(report):
+        day, key_id, name, _, user, model, *counts = row
+        key = f"{key_id} {name}" if key_id not in (None, "") else str(name or "")
+        requests, prompt, completion, credits = counts
+        lines.append(
+            f"{day!s:<10}  {key[:24]:<24}  {user!s:<16}  {model!s:<20}  {requests:>8}  "
+            f"{prompt:>9}  {completion:>10}  {credits:>7}"
+        )
+    return "\n".join(lines)
+
+
 def register(subparsers: Any) -> None:
     refund_parser = subparsers.add_parser(
         "refund", help="refund all or part of one chat reply by its request id"
@@ -106,9 +139,18 @@ def register(subparsers: Any) -> None:
     refund_parser.set_defaults(handler=guarded(refund))
 
     usage_parser = subparsers.add_parser(
-        "usage", help="credits and tokens per UTC day, user and model, with totals"
+        "usage", help="credits and tokens per UTC day, user (or API key) and model, with totals"
+    )
+    usage_parser.add_argument(
+        "--by",
+        choices=("user", "key"),
+        default="user",
+        help="one line per user, or per API key (replies from a signed-in session: no key)",
     )
     usage_parser.add_argument("--user", help="one user (default: every user)")
+    usage_parser.add_argument(
+        "--key", type=int, metavar="KEY_ID", help="one API key by id (with --by key)"
+    )
     usage_parser.add_argument("--since", type=_day, help="first UTC day (default: 29 days ago)")
     usage_parser.add_argument("--until", type=_day, help="last UTC day (default: today)")
     usage_parser.add_argument("--format", choices=("table", "csv", "json"), default="table")

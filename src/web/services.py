@@ -21,7 +21,7 @@ from inference.catalog import Catalog
 from inference.router import InferenceRouter
 from ledger import Ledger, LedgerSettings
 from web import probes
-from web.background import clear_old_interaction_text, run_every, sweep_expired_holds
+from web.background import periodic_jobs, run_every
 from web.database import create_engine, session_factory, upgrade_schema
 from web.default_model import (
     DefaultModelOutcome,
@@ -41,6 +41,7 @@ from web.domain.chat.conversations import ConversationsService
 from web.domain.chat.service import ChatService
 from web.domain.keys.services import ApiKeysService
 from web.domain.receipts.keys import kept_signer
+from web.domain.receipts.links import ReceiptLinks
 from web.domain.receipts.services import ReceiptsService
 from web.domain.system.schemas import Readiness
 from web.logging import get_logger
@@ -49,9 +50,6 @@ from web.shared_state import SharedState
 
 log = get_logger(__name__)
 CLOSE_SETTLEMENTS_TIMEOUT_S = 10.0
-# State gauges are refreshed this often in the background too: under `serve --workers` the
-# process that answers /metrics reads the other processes' last values.
-GAUGE_REFRESH_INTERVAL_S = 5.0
 
 
 @dataclasses.dataclass
@@ -180,6 +178,7 @@ class Services:
         billing = BillingService(sessions, ledger)
         invites = InvitesService(sessions)
         webhook = started_webhook(settings.billing)
+        budgets = BudgetsService(sessions, ledger)
         self._started = _Started(
             db=db,
             sessions=sessions,
@@ -201,49 +200,32 @@ class Services:
                 slots=self.chat_slots,
             ),
             billing=billing,
-            admin=AdminService(sessions, ledger, accounts, billing, invites, settings.auth),
-            receipts=ReceiptsService(sessions, ledger, signer),
-            alerts=AlertsService(sessions, webhook),
+            admin=AdminService(
+                sessions, ledger, accounts, billing, invites, settings.auth, signer.public_key
+            ),
+            receipts=ReceiptsService(
+                sessions,
+                ledger,
+                signer,
+                ReceiptLinks(settings.auth.jwt_secret, settings.billing.receipt_link_ttl_s),
+            ),
+            alerts=AlertsService(sessions, ledger, budgets, webhook),
             webhook=webhook,
-            budgets=BudgetsService(sessions, ledger),
+            budgets=budgets,
         )
         self._started.chat.add_settled_listener(self._started.alerts.settled)
         if self._start_background_jobs:
-            self._jobs += [
-                asyncio.create_task(
-                    run_every(
-                        "sweep_expired_holds",
-                        settings.billing.sweep_interval_s,
-                        lambda: sweep_expired_holds(ledger),
-                    )
-                ),
-                *self._checkpoint_job(settings.billing.checkpoint_interval_s),
-                asyncio.create_task(
-                    run_every("refresh_gauges", GAUGE_REFRESH_INTERVAL_S, self._refresh_gauges)
-                ),
-                *(
-                    asyncio.create_task(run_every(name, interval_s, job))
-                    for name, interval_s, job in self.shared.renewals()
-                ),
-                asyncio.create_task(
-                    run_every(
-                        "interaction_retention",
-                        settings.chat.retention_interval_s,
-                        lambda: clear_old_interaction_text(sessions, settings.chat.retention_days),
-                    )
-                ),
-            ]
+            jobs = periodic_jobs(
+                settings,
+                ledger,
+                sessions,
+                checkpoint=self._started.receipts.checkpoint,
+                refresh_gauges=self._refresh_gauges,
+                renewals=self.shared.renewals(),
+            )
+            self._jobs += [asyncio.create_task(run_every(*job)) for job in jobs]
         self._loop = asyncio.get_running_loop()
         log.info("services_started", database=db.url.render_as_string(hide_password=True))
-
-    def _checkpoint_job(self, interval_s: float) -> list[asyncio.Task[None]]:
-        """The periodic signing of account heads (none when the interval is 0)."""
-        if interval_s <= 0:
-            return []
-        receipts = self._require().receipts
-        return [
-            asyncio.create_task(run_every("ledger_checkpoints", interval_s, receipts.checkpoint))
-        ]
 
     def _prices(self, engine: InferenceRouter, catalog_path: Path | None) -> PriceCatalog:
         """Credit prices (web's billing, not the inference catalog): every model the engine

@@ -236,6 +236,8 @@ class ModelInteractionRow(Base):
     finish_reason: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now, index=True)
     text_cleared_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    api_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    """The API key the reply was asked with (migration 0007); None for a signed-in session."""
 
 
 class AlertSettingsRow(Base):
@@ -251,6 +253,25 @@ class AlertSettingsRow(Base):
     notice: Mapped[str | None] = mapped_column(Text, nullable=True)
     notice_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class AlertNoticeRow(Base):
+    """A notice an alert crossing left for the page: one per user, kind and subject (the
+    budget, for budget use), renewed by each new crossing; shown until dismissed or no longer
+    true (migration 0008)."""
+
+    __tablename__ = "alert_notices"
+    __table_args__ = (UniqueConstraint("user_id", "kind", "subject"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """`low_balance` or `budget_use`."""
+    subject: Mapped[str] = mapped_column(String(100))
+    """"" for the balance; `<budget_id>/<period>` for a budget."""
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+    dismissed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class BudgetLimitRow(Base):

@@ -9,6 +9,8 @@ from typing import Any
 
 from playwright.sync_api import Locator, Page, expect
 
+from tests.ui.conftest import TEST_PASSWORD
+
 REPLY_TIMEOUT_MS = 120_000
 FILL_ATTEMPTS = 5
 FILL_SETTLE_S = 0.3
@@ -132,3 +134,23 @@ def open_account(page: Page) -> None:
 
 def evaluate(page: Page, script: str) -> Any:
     return page.evaluate(script)
+
+
+def admin_signed_in(page: Page, live_server: Any, name: str) -> None:
+    """Create an admin with `ledgerchat user create` on the live server (a
+    `tests.ui.conftest.LiveServer`), sign in, and open the Admin tab."""
+    created = live_server.cli(
+        "user",
+        "create",
+        name,
+        "--email",
+        f"{name}@example.com",
+        "--admin",
+        "--password-stdin",
+        stdin=TEST_PASSWORD + "\n",
+    )
+    assert created.returncode == 0, created.stderr
+    open_home(page)
+    login(page, name, TEST_PASSWORD)
+    page.get_by_role("tab", name="Admin").click()
+    expect(page.locator("#users-table")).to_contain_text(name)

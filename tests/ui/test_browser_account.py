@@ -22,10 +22,9 @@ from tests.ui.conftest import (
     Shots,
 )
 from tests.ui.pages import (
+    admin_signed_in,
     field,
-    login,
     open_account,
-    open_home,
     send,
     set_sampling,
     sign_up_and_in,
@@ -71,24 +70,6 @@ def below(page: Page, button: str, notice: str) -> float:
     shown = page.locator(notice).bounding_box()
     assert pressed is not None and shown is not None
     return shown["y"] - (pressed["y"] + pressed["height"])
-
-
-def admin_signed_in(page: Page, live_server: LiveServer, name: str) -> None:
-    created = live_server.cli(
-        "user",
-        "create",
-        name,
-        "--email",
-        f"{name}@example.com",
-        "--admin",
-        "--password-stdin",
-        stdin=TEST_PASSWORD + "\n",
-    )
-    assert created.returncode == 0, created.stderr
-    open_home(page)
-    login(page, name, TEST_PASSWORD)
-    page.get_by_role("tab", name="Admin").click()
-    expect(page.locator("#users-table")).to_contain_text(name)
 
 
 class TestHistory:

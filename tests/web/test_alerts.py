@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from tests.web.web_testing import chat, free_port, signed_in
-from web.domain.alerts.rules import balance_crossed, budget_crossed, budget_use_percent
+from web.domain.alerts.rules import (
+    BudgetFigures,
+    balance_crossed,
+    budget_crossed,
+    budget_crossing,
+    budget_use_percent,
+)
 from web.domain.alerts.webhook import WebhookNotifier
 
 DELIVERY_TIMEOUT_S = 30.0
@@ -80,6 +86,20 @@ class TestCrossing:
         assert budget_crossed(79, 80, 100, 80)
         assert not budget_crossed(80, 90, 100, 80)
         assert not budget_crossed(10, 90, 100, None)
+
+    def test_a_budget_crossing_names_the_budget_in_its_notice_and_event(self):
+        """A reply of 5 credits taking a 100-credit day cap from 77 to 82 crosses 80%: the
+        notice says which limit and how much, the event carries the figures; the same reply
+        from 82 to 87 (or with no percent set) crosses nothing."""
+        figures = BudgetFigures("user:3", "day", "self_cap", 100, 82, "your own day cap", None)
+        crossing = budget_crossing(figures, 5, 80)
+        assert crossing is not None
+        assert crossing.subject == "user:3/day"
+        assert "82% of your own day cap (82 of 100 credits)" in crossing.message
+        assert crossing.event["used"] == 82 and crossing.event["threshold_percent"] == 80
+        above = BudgetFigures("user:3", "day", "self_cap", 100, 87, "your own day cap", None)
+        assert budget_crossing(above, 5, 80) is None
+        assert budget_crossing(figures, 5, None) is None
 
 
 class TestWebhook:

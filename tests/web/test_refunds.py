@@ -208,5 +208,7 @@ class TestAdminPageRefund:
         too_much = done["cost_credits"]
         notice, _ = await page.refund(session, done["request_id"], too_much, "x", "form-2")
         assert "exceeds" in notice
-        rows, _ = await page.usage(session, "")
+        table, _ = await page.usage(session, "")
+        # The table comes with its headers (per user or per key): its value holds the rows.
+        rows = table.value["data"]
         assert rows[-1][0] == "total" and rows[-1][6] == done["cost_credits"]

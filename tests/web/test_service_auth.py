@@ -279,6 +279,8 @@ PUBLIC_ROUTES = {
     # The key that signs ledger checkpoints: public by design, so anyone can verify a receipt.
     "/api/ledger/public-key",
     "/api/ledger/public-key.pem",
+    # A receipt through its signed link: the signature is the credential (test_receipt_links).
+    "/api/receipts/{request_id:str}/file",
 }
 
 
@@ -294,6 +296,7 @@ class TestEveryRouteIsProtected:
                     continue
                 concrete = path.replace("{user_id:int}", "1").replace("{key_id:int}", "1")
                 concrete = concrete.replace("{conversation_id:str}", "x")
+                concrete = concrete.replace("{notice_id:int}", "1")
                 for method in sorted(route.methods - {"OPTIONS", "HEAD"}):
                     response = await client.request(method, concrete, json={})
                     assert response.status_code == 401, (method, path, response.status_code)

@@ -181,7 +181,7 @@ def test_options_lists_the_documented_methods(schema_server):
     with httpx.Client(base_url=server.base_url) as client:
         for path, item in document["paths"].items():
             concrete = path.replace("{key_id}", "1").replace("{user_id}", "1")
-            concrete = concrete.replace("{conversation_id}", "abc")
+            concrete = concrete.replace("{conversation_id}", "abc").replace("{notice_id}", "1")
             allow = client.options(concrete).headers.get("allow", "")
             documented = {method.upper() for method in item} | {"OPTIONS"}
             assert {m.strip() for m in allow.split(",")} == documented, path

@@ -262,6 +262,9 @@ class BillingSettings(Section):
     checkpoint_interval_s: float = Field(default=300.0, ge=0)
     """How often the service signs the head of every account that moved (a checkpoint that
     receipts are verified against); 0 signs only on demand (admin API, CLI, receipts)."""
+    receipt_link_ttl_s: int = Field(default=3600, ge=60, le=604_800)
+    """How long a signed receipt link (the page's "receipt" under each reply, POST
+    /api/receipts/{id}/link) opens its receipt without credentials (60 s to 7 days)."""
     partial_capture_on_disconnect: bool = True
     """On disconnect/Stop, capture what was generated (true) or release everything (false)."""
     max_idempotency_key_length: int = Field(default=MAX_KEY_LENGTH, gt=0)

@@ -19,6 +19,7 @@ from web.ui.account_text import (
     KEY_COLUMNS,
     SUMMARY_VIEW,
 )
+from web.ui.alerts import AlertActions
 from web.ui.frame import PageFrame
 from web.ui.session import UISession
 
@@ -28,6 +29,7 @@ class AccountTab:
 
     def __init__(self, services: Services) -> None:
         self._account = AccountActions(services)
+        self._alerts = AlertActions(services)
         with gr.Tab("Account", id="account", elem_id="account-tab") as self.tab:
             self.balance_cards = gr.HTML("", elem_id="balance-cards")
             self._build_history()
@@ -130,6 +132,24 @@ class AccountTab:
             )
             self.cap_button = gr.Button("Set cap", elem_id="set-cap", scale=1)
         self.cap_notice = gr.HTML("", elem_id="cap-notice")
+        gr.Markdown("### Alerts")
+        with gr.Row(equal_height=True):
+            self.alert_low_balance = gr.Number(
+                label="Alert when my balance falls to (credits; empty: off)",
+                value=None,
+                precision=0,
+                elem_id="alert-low-balance",
+                scale=2,
+            )
+            self.alert_budget_percent = gr.Number(
+                label="Alert when this % of a budget is used (empty: off)",
+                value=None,
+                precision=0,
+                elem_id="alert-budget-percent",
+                scale=2,
+            )
+            self.alert_button = gr.Button("Save alerts", elem_id="save-alerts", scale=1)
+        self.alert_notice = gr.HTML("", elem_id="alerts-notice")
 
     def wire(self, frame: PageFrame) -> list[Any]:
         """Connect the tab's controls. Returns the events after which the page refreshes
@@ -195,4 +215,15 @@ class AccountTab:
             ],
         ).then(lambda: "", None, self.key_create_notice)
         self.cap_button.click(account.set_cap, [session, self.cap_credits], [self.cap_notice])
-        return [newer, older, switched, exported, key_created, key_revoked]
+        self.tab.select(
+            self._alerts.thresholds,
+            [session],
+            [self.alert_low_balance, self.alert_budget_percent],
+            show_progress="hidden",
+        )
+        alerts_saved = self.alert_button.click(
+            self._alerts.save,
+            [session, self.alert_low_balance, self.alert_budget_percent],
+            [self.alert_notice],
+        )
+        return [newer, older, switched, exported, key_created, key_revoked, alerts_saved]

@@ -23,6 +23,7 @@ AUDIT_CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Account heads equal the replay", ("head_mismatch",)),
     ("Hold-expiry index equals the replay", ("hold_index_mismatch",)),
     ("Expired holds released by the sweeper", ("expired_hold_unreleased",)),
+    ("Checkpoints: signatures valid, heads on the chain", ("checkpoint",)),
 )
 OTHER_CHECK = "Other findings"
 TOTAL_NAMES = (

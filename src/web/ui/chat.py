@@ -287,6 +287,7 @@ class ChatActions:
                 release_reason=completed.release_reason,
                 request_id=completed.request_id,
                 max_tokens_shrunk_to=completed.max_tokens_shrunk_to,
+                receipt_url=self._services.receipts.links.url(completed.request_id, caller.user_id),
             )
         )
         yield (

@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from web.services import Services
+from web.ui.alerts import AlertActions
 from web.ui.chat import TEMPERATURE_MAX, TEMPERATURE_MIN, ChatActions
 from web.ui.conversations import ConversationActions
 from web.ui.frame import PageFrame, UILimits
@@ -55,6 +56,7 @@ class ChatTab:
         the tabs because a component inside `gr.Tabs` that is not a `gr.Tab` shows as one."""
         self._chat = ChatActions(services, limits.max_tokens_limit)
         self._conversations = ConversationActions(services)
+        self._alerts = AlertActions(services)
         self.conversation_id = conversation_id
         with gr.Tab("Chat", id="chat", elem_id="chat-tab"):
             with gr.Sidebar(
@@ -83,6 +85,14 @@ class ChatTab:
 
     def _build_conversation(self, limits: UILimits) -> None:
         self.viewport_width = gr.Number(value=0, visible=False, elem_id="lc-viewport-width")
+        # Alert notices (low balance, budget use) right under the header and its balance; the
+        # bar hides itself while it holds none (web.ui.styles).
+        with gr.Row(equal_height=True, elem_id="lc-alert-bar"):
+            self.alert_notice = gr.HTML("", elem_id="lc-alert-notice")
+            self.alert_dismiss = gr.Button(
+                "Dismiss", size="sm", scale=0, min_width=90, elem_id="lc-alert-dismiss"
+            )
+        self.alert_ids = gr.State([])
         with gr.Row(equal_height=True, elem_id="lc-chat-toolbar"):
             self.model_select = gr.Dropdown(
                 choices=[],
@@ -261,6 +271,12 @@ class ChatTab:
             )
         )
         self.stop_button.click(self._chat.request_stop, [session], [self.notice], queue=False)
+        self.alert_dismiss.click(
+            self._alerts.dismiss,
+            [session, self.alert_ids],
+            [self.alert_notice, self.alert_ids],
+            show_progress="hidden",
+        )
         self.model_select.change(
             self._chat.check_model,
             [self.model_select],

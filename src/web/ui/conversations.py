@@ -5,6 +5,7 @@ its answers and errors into what the sidebar and the chatbot show.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -17,19 +18,24 @@ from web.ui.chat import ChatHistory, ChatTurn
 from web.ui.session import SessionEnded, UISession, identity
 from web.ui.text import ReplyCost, escape_chat_markdown, notice_html, reply_footer
 
+ReceiptLink = Callable[[str], str]
+"""A request id -> a signed link to its receipt (for the conversation's owner)."""
 
-def history_messages(messages: list[MessageView]) -> ChatHistory:
+
+def history_messages(
+    messages: list[MessageView], receipt_link: ReceiptLink | None = None
+) -> ChatHistory:
     """Stored messages as Chatbot messages, escaped like live ones; a reply whose cost was
-    stored gets the same cost line it had when it streamed."""
+    stored gets the same cost line it had when it streamed, with a fresh receipt link."""
     return [
-        {"role": "assistant", "content": stored_reply(message)}
+        {"role": "assistant", "content": stored_reply(message, receipt_link)}
         if message.role == "assistant"
         else {"role": "user", "content": escape_chat_markdown(message.content)}
         for message in messages
     ]
 
 
-def stored_reply(message: MessageView) -> str:
+def stored_reply(message: MessageView, receipt_link: ReceiptLink | None = None) -> str:
     usage = message.usage
     if usage is None:
         # Stored before costs were kept with replies: no cost line to show.
@@ -44,6 +50,11 @@ def stored_reply(message: MessageView) -> str:
             settlement=usage.settlement,
             release_reason=usage.release_reason,
             request_id=usage.request_id,
+            receipt_url=(
+                None
+                if receipt_link is None or usage.request_id is None
+                else receipt_link(usage.request_id)
+            ),
         )
     )
     return ChatTurn(history=[], reply_text=message.content, footer=footer).render()[-1]["content"]
@@ -75,8 +86,9 @@ class ConversationActions:
             return gr.skip(), gr.skip(), gr.skip(), notice_html("error", ended.message)
         except NotFound:
             return [], None, "", notice_html("warning", "That conversation no longer exists.")
+        links = self._services.receipts.links
         return (
-            history_messages(detail.messages),
+            history_messages(detail.messages, lambda request: links.url(request, caller.user_id)),
             detail.conversation.id,
             detail.conversation.title,
             notice_html("info", ""),

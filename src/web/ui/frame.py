@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from web.services import Services
+from web.ui.alerts import AlertActions
 from web.ui.session import SessionEnded, UISession, identity
 from web.ui.signin import stored_token
 from web.ui.text import balance_html, notice_html
@@ -58,10 +59,11 @@ def build_header() -> Header:
 
 def views_update(services: Services) -> ViewsUpdate:
     """The callback behind `PageFrame.views`, bound to the services."""
+    alerts = AlertActions(services)
 
     async def views(session: UISession) -> tuple[Any, ...]:
         """Show the sign-in screen or the app. Returns (signin, app, account bar, admin tab,
-        user label, balance badge, sign-in notice, stored token)."""
+        user label, balance badge, sign-in notice, stored token, alert notices, their ids)."""
         if session.signed_in:
             try:
                 caller = await identity(session, services.accounts)
@@ -69,6 +71,7 @@ def views_update(services: Services) -> ViewsUpdate:
             except SessionEnded:
                 pass
             else:
+                notices, notice_ids = await alerts.shown(caller)
                 return (
                     gr.update(visible=False),
                     gr.update(visible=True),
@@ -78,6 +81,8 @@ def views_update(services: Services) -> ViewsUpdate:
                     balance_html(balance.available, balance.held),
                     notice_html("info", ""),
                     stored_token(session),
+                    notices,
+                    notice_ids,
                 )
         return (
             gr.update(visible=True),
@@ -88,6 +93,8 @@ def views_update(services: Services) -> ViewsUpdate:
             "",
             notice_html("warning", session.ended_reason) if session.ended_reason else "",
             "",
+            "",
+            [],
         )
 
     return views

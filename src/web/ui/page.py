@@ -61,6 +61,8 @@ def build_blocks(services: Services, limits: UILimits, *, storage_secret: str) -
                 header.balance_badge,
                 signin.notice,
                 stored_refresh_token,
+                chat.alert_notice,
+                chat.alert_ids,
             ],
         )
         # Page load: resume from browser storage, then show the right screen.

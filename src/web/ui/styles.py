@@ -51,6 +51,10 @@ PAGE_CSS = """
 #chat-notice:not(:has(.lc-notice)), #conversation-notice:not(:has(.lc-notice)) {
   display: none !important; }
 #chat-notice .lc-notice { margin: 0; }
+#lc-alert-bar:not(:has(.lc-notice)) { display: none !important; }
+#lc-alert-bar { flex-wrap: nowrap !important; gap: 8px; align-items: center; }
+#lc-alert-bar .lc-notice { margin: 2px 0; }
+#lc-alert-dismiss { flex: 0 0 auto !important; }
 #lc-chat-toolbar { flex-wrap: nowrap; gap: 8px; align-items: stretch; }
 #lc-chat-toolbar > #model-select { flex: 1 1 0 !important; min-width: 0 !important; }
 #new-chat { white-space: nowrap; flex: 0 0 auto !important; }
@@ -63,6 +67,7 @@ PAGE_CSS = """
    stay): New chat is the honest control, so the trash is not offered. */
 #chatbot button[aria-label="Clear"] { display: none !important; }
 #chatbot .message-wrap em:last-child { opacity: 0.75; font-size: 0.85em; }
+#chatbot .message-wrap a[href^="/api/receipts/"] { opacity: 0.75; font-size: 0.85em; }
 #model-select .lc-option-disabled { opacity: 0.45; cursor: not-allowed; pointer-events: none; }
 @media (max-width: 720px) {
   #lc-header { flex-wrap: nowrap !important; gap: 8px; padding: 0 0 4px 28px;

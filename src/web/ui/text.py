@@ -121,10 +121,11 @@ class ReplyCost:
     settlement: str
     release_reason: str | None = None
     request_id: str | None = None
-    """The reply's request id (its receipt is `GET /api/receipts/{request_id}`). Not linked
-    from the footer: a plain link cannot carry the page's bearer token, so it would open a
-    401; a receipt view inside the page is still to be built (docs/billing.md)."""
+    """The reply's request id (its receipt is `GET /api/receipts/{request_id}`)."""
     max_tokens_shrunk_to: int | None = None
+    receipt_url: str | None = None
+    """A signed, short-lived link to the reply's receipt (`web.domain.receipts.links`): a
+    plain `/api/receipts/...` link would not carry the page's bearer token."""
 
 
 def reply_footer(cost: ReplyCost) -> str:
@@ -143,7 +144,11 @@ def reply_footer(cost: ReplyCost) -> str:
     elif cost.settlement == "released":
         reason = escape_chat_markdown(cost.release_reason or "the reply failed")
         pieces.append(f"refunded in full ({reason})")
-    return "*" + " · ".join(pieces) + "*"
+    line = "*" + " · ".join(pieces) + "*"
+    if cost.receipt_url is not None:
+        # The service made the link: a path and a query of URL-safe characters only.
+        line += f" · [receipt]({cost.receipt_url})"
+    return line
 
 
 def notice_html(kind: str, message: str) -> str:

@@ -26,7 +26,8 @@ from web.domain.admin.schemas import (
 )
 from web.domain.admin.services import AdminService
 from web.domain.admin.usage import AdminUsageReport, usage_csv
-from web.params import RowId
+from web.domain.admin.usage_keys import KeyUsageReport, key_usage_csv
+from web.params import MAX_ROW_ID, RowId
 
 DEPENDENCIES = {**IDENTITY_DEPENDENCY, **ADMIN_DEPENDENCIES}
 
@@ -94,6 +95,31 @@ class AdminController(Controller):
                 usage_csv(report),
                 media_type="text/csv",
                 headers={"Content-Disposition": 'attachment; filename="usage.csv"'},
+            )
+        return Response(report)
+
+    @get("/usage/keys", responses=None)
+    async def key_usage(
+        self,
+        identity: NamedDependency[Identity],
+        admin_service: NamedDependency[AdminService],
+        user: Annotated[str | None, QueryParameter(min_length=1, max_length=50)] = None,
+        key: Annotated[int | None, QueryParameter(ge=1, le=MAX_ROW_ID)] = None,
+        since: FromQuery[dt.date | None] = None,
+        until: FromQuery[dt.date | None] = None,
+        output_format: Annotated[Literal["json", "csv"], QueryParameter(name="format")] = "json",
+    ) -> Response[KeyUsageReport | str]:
+        """Requests, tokens and credits per UTC day, API key and model, each key's totals and
+        the grand totals (every key, a `user`'s, or one `key`; replies from a signed-in
+        session are a line with `key_id` null); `format=csv` for a spreadsheet."""
+        report = await admin_service.key_usage(
+            identity, username=user, key_id=key, since=since, until=until
+        )
+        if output_format == "csv":
+            return Response(
+                key_usage_csv(report),
+                media_type="text/csv",
+                headers={"Content-Disposition": 'attachment; filename="usage-keys.csv"'},
             )
         return Response(report)
 

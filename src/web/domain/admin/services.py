@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger import Ledger
@@ -22,6 +23,7 @@ from web.domain.admin.schemas import (
     UserWithBalance,
 )
 from web.domain.admin.usage import AdminUsageReport, admin_usage
+from web.domain.admin.usage_keys import KeyUsageReport, admin_key_usage
 from web.domain.billing.services import BillingService
 from web.errors import PermissionDenied, ValidationFailed
 from web.ledger_calls import counted
@@ -48,6 +50,7 @@ class AdminService:
         billing: BillingService,
         invites: InvitesService,
         auth: AuthSettings,
+        checkpoint_key: Ed25519PublicKey,
     ) -> None:
         self._sessions = sessions
         self._ledger = ledger
@@ -55,6 +58,7 @@ class AdminService:
         self._billing = billing
         self._invites = invites
         self._auth = auth
+        self._checkpoint_key = checkpoint_key
 
     async def top_up(
         self, identity: Identity, user_id: int, amount: int, *, idempotency_key: str, note: str
@@ -115,6 +119,22 @@ class AdminService:
         check_admin(identity)
         return await admin_usage(self._sessions, username=username, since=since, until=until)
 
+    async def key_usage(
+        self,
+        identity: Identity,
+        *,
+        username: str | None = None,
+        key_id: int | None = None,
+        since: dt.date | None = None,
+        until: dt.date | None = None,
+    ) -> KeyUsageReport:
+        """Usage per UTC day, API key and model, with per-key and grand totals
+        (web.domain.admin.usage_keys)."""
+        check_admin(identity)
+        return await admin_key_usage(
+            self._sessions, username=username, key_id=key_id, since=since, until=until
+        )
+
     async def users(self, identity: Identity) -> list[UserWithBalance]:
         check_admin(identity)
         return [
@@ -125,7 +145,8 @@ class AdminService:
     async def audit(self, identity: Identity) -> AuditResult:
         check_admin(identity)
         async with counted("audit"):
-            report = await self._ledger.audit()
+            # The stored checkpoints' signatures too, as `ledgerchat audit` checks them.
+            report = await self._ledger.audit(public_key=self._checkpoint_key)
         return AuditResult(clean=report.clean, report=report.to_dict())
 
     async def disable(self, identity: Identity, user_id: int) -> UserView:

@@ -163,6 +163,7 @@ class TurnSettler:
                 )
         interaction = ModelInteractionRow(
             user_id=turn.identity.user_id,
+            api_key_id=turn.identity.api_key_id,
             chat_request_id=turn.request_id,
             conversation_id=turn.conversation_id,
             model_id=done.model_answered,
