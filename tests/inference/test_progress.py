@@ -65,7 +65,8 @@ class TestLoadProgress:
         tokenizer_part = STAGE_SECONDS["loading_tokenizer"] / sum(
             STAGE_SECONDS[s] for s in LOAD_STAGES
         )
-        assert progress.state().fraction == pytest.approx(after_hashing + share_left * tokenizer_part)
+        expected = after_hashing + share_left * tokenizer_part
+        assert progress.state().fraction == pytest.approx(expected)
 
     def test_percent_reaches_100_only_when_finished(self) -> None:
         """The last stage's end is 99% at most; finish() makes it 100."""

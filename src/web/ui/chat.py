@@ -41,6 +41,7 @@ from web.ui.text import (
     balance_html,
     credits_label,
     escape_chat_markdown,
+    model_loading_notice,
     model_option_label,
     model_price_line,
     notice_html,
@@ -191,6 +192,19 @@ class ChatActions:
             if model.id == model_id:
                 return model_price_line(model.display_name, price_terms(model))
         return ""
+
+    def loading_notice(self, model_id: str | None) -> tuple[str, Any]:
+        """The notice by the message box while the chosen model (else the default) is being
+        prepared and loaded, and the timer that refreshes it: ticking while it loads, stopped
+        once it is not loading. Returns (notice, timer)."""
+        wanted = model_id or self.default_model_id()
+        for model in self.models():
+            if model.id == wanted and model.loading_percent is not None:
+                notice = model_loading_notice(
+                    model.display_name, model.loading_percent, model.loading_stage
+                )
+                return notice, gr.Timer(active=True)
+        return "", gr.Timer(active=False)
 
     async def send(
         self,

@@ -48,9 +48,9 @@ PAGE_CSS = """
   flex-wrap: nowrap !important; gap: 8px; }
 #lc-chat-main > * { flex-shrink: 0; }
 #chatbot { flex: 1 1 0 !important; height: auto !important; min-height: 140px; }
-#chat-notice:not(:has(.lc-notice)), #conversation-notice:not(:has(.lc-notice)) {
-  display: none !important; }
-#chat-notice .lc-notice { margin: 0; }
+#chat-notice:not(:has(.lc-notice)), #conversation-notice:not(:has(.lc-notice)),
+#model-loading:not(:has(.lc-notice)) { display: none !important; }
+#chat-notice .lc-notice, #model-loading .lc-notice { margin: 0; }
 #lc-chat-toolbar { flex-wrap: nowrap; gap: 8px; align-items: stretch; }
 #lc-chat-toolbar > #model-select { flex: 1 1 0 !important; min-width: 0 !important; }
 #new-chat { white-space: nowrap; flex: 0 0 auto !important; }
