@@ -258,17 +258,18 @@ class ChatTab:
             [self.send_button, self.stop_button],
             show_progress="hidden",
         )
-        loading_outputs = [self.loading_notice, self.loading_timer]
+        loading_inputs = [self.model_select, self.loading_notice]
+        loading_outputs = [self.loading_notice, self.loading_timer, self.notice]
         self.loading_timer.tick(
             self._chat.loading_notice,
-            [self.model_select],
+            loading_inputs,
             loading_outputs,
             show_progress="hidden",
             queue=False,
         )
         # A chat (or a pick) may start a model's load: look again, which restarts the timer.
         after_send.then(
-            self._chat.loading_notice, [self.model_select], loading_outputs, show_progress="hidden"
+            self._chat.loading_notice, loading_inputs, loading_outputs, show_progress="hidden"
         )
         frame.refresh_views(
             after_send.then(
@@ -283,9 +284,7 @@ class ChatTab:
             self._chat.check_model,
             [self.model_select],
             [self.model_select, self.notice, self.price_line],
-        ).then(
-            self._chat.loading_notice, [self.model_select], loading_outputs, show_progress="hidden"
-        )
+        ).then(self._chat.loading_notice, loading_inputs, loading_outputs, show_progress="hidden")
         new_chat_outputs = [
             self.chatbot,
             self.conversation_id,
