@@ -15,19 +15,20 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-# Expected seconds of each stage, from a first start of the bundled 270M on this machine kind
-# (2 cores, loaded; hashing 0.4 s, parsing the GGUF 12.7 s, the tokenizer 9 s, the dequantized
-# model 13 s, saving 1.2 s, loading the converted copy ~4 s). Only their ratios matter.
+# Expected seconds of each stage: a first start of the bundled 270M through `python3 dev.py
+# serve` on this machine kind (2 cores, loaded by other work): reading the GGUF 21 s, the
+# tokenizer 9 s, the weights 32 s, saving 2 s, loading the converted copy 5-6 s; a second start
+# spent ~9 s on the tokenizer and ~5 s on the weights. Only their ratios matter.
 STAGE_SECONDS: dict[str, float] = {
-    "hashing": 0.5,
+    "hashing": 1.0,
     # Another process converting the same cache directory: no share, it cannot be estimated.
     "waiting_for_conversion": 0.0,
-    "reading_gguf": 13.0,
+    "reading_gguf": 21.0,
     "converting_tokenizer": 9.0,
-    "converting_weights": 13.0,
-    "saving": 1.5,
-    "loading_tokenizer": 2.0,
-    "loading_weights": 2.5,
+    "converting_weights": 32.0,
+    "saving": 2.0,
+    "loading_tokenizer": 4.0,
+    "loading_weights": 3.0,
 }
 STAGE_LABELS: dict[str, str] = {
     "starting": "starting",
