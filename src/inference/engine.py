@@ -23,6 +23,7 @@ from inference.errors import (
 )
 from inference.events import ModelStatus
 from inference.loading import LoadedModel, free_memory, load_model
+from inference.progress import LoadingState, LoadProgress
 from inference.requests import GenerationRequest, PreparedRequest, check_request_limits
 from inference.scheduler import ModelScheduler
 from inference.settings import InferenceSettings
@@ -43,6 +44,7 @@ class _ModelState:
         # cancelled neither stops it nor lets a second load of the same model start.
         self.load_task: asyncio.Task[LoadedModel] | None = None
         self.load_started_at: float | None = None  # time.monotonic() when load_task began
+        self.load_progress: LoadProgress | None = None  # while load_task runs
         self.loaded: LoadedModel | None = None
         self.scheduler: ModelScheduler | None = None
         self.load_error: InferenceError | None = None
@@ -99,6 +101,7 @@ class Engine:
         for state in self._states.values():
             entry = state.entry
             self._drop_if_crashed(state)
+            loading = state.load_progress.state() if state.load_progress else None
             if state.loaded is not None:
                 available, reason, how = True, None, None
             elif state.load_error is not None:
@@ -122,6 +125,8 @@ class Engine:
                     context_limit_tokens=entry.context_limit_tokens,
                     max_new_tokens_cap=entry.max_new_tokens_cap,
                     fallback_on_v1=entry.fallback_on_v1,
+                    loading_percent=None if loading is None else loading.percent,
+                    loading_stage=None if loading is None else loading.label,
                 )
             )
         return statuses
@@ -145,6 +150,12 @@ class Engine:
         if state.load_task is None or state.load_started_at is None:
             return None
         return time.monotonic() - state.load_started_at
+
+    def loading_state(self, model_id: str) -> LoadingState | None:
+        """How far the load in flight of this model has come (its preparation included);
+        None when no load is in flight."""
+        progress = self._state(model_id).load_progress
+        return None if progress is None else progress.state()
 
     async def load(self, model_id: str) -> LoadedModel:
         """Loads a model now (no fallback); raises what loading raised."""
@@ -208,6 +219,7 @@ class Engine:
             raise state.load_error
         if state.load_task is None:
             state.load_started_at = time.monotonic()
+            state.load_progress = LoadProgress()
             state.load_task = asyncio.create_task(self._load(state))
             state.load_task.add_done_callback(_retrieve_exception)
         return await asyncio.shield(state.load_task)
@@ -216,7 +228,9 @@ class Engine:
         """The one load of a model (a task of its own, see `_ModelState.load_task`)."""
         try:
             try:
-                loaded = await asyncio.to_thread(load_model, state.entry, self.settings)
+                loaded = await asyncio.to_thread(
+                    load_model, state.entry, self.settings, progress=state.load_progress
+                )
             except ModelUnavailable:
                 raise  # weights missing: checked again next time, they may be provided
             except InferenceError as exc:
@@ -241,6 +255,7 @@ class Engine:
         finally:
             state.load_task = None
             state.load_started_at = None
+            state.load_progress = None
 
     def _drop_if_crashed(self, state: _ModelState) -> None:
         """Forget a model whose scheduler thread died, so the next request loads it again

@@ -71,3 +71,8 @@ class ModelStatus:
     max_new_tokens_cap: int
     fallback_on_v1: bool = False
     """The catalog lets /v1 answer with `fallback_model_id` when this model cannot."""
+    loading_percent: int | None = None
+    """While a load of this model is in flight: how far it has come, its preparation (a GGUF
+    hashed and converted) included, 0-99; None otherwise."""
+    loading_stage: str | None = None
+    """While a load is in flight: what it is doing now ("converting: weights")."""

@@ -19,6 +19,7 @@ import torch
 from inference.catalog import CatalogEntry
 from inference.errors import InferenceError, ModelLoadFailed, OutOfMemory
 from inference.gguf_cache import ensure_converted
+from inference.progress import CONVERSION_STAGES, LOAD_STAGES, LoadProgress
 from inference.settings import InferenceSettings
 from inference.sources import resolve_weights
 from inference.text import END_OF_TURN, TokenizerAdapter
@@ -75,35 +76,54 @@ def free_memory() -> None:
 
 
 def prepare_weights(
-    entry: CatalogEntry, settings: InferenceSettings, show_progress: bool = False
+    entry: CatalogEntry,
+    settings: InferenceSettings,
+    show_progress: bool = False,
+    progress: LoadProgress | None = None,
 ) -> Path:
     """The directory `load_model` loads from: the entry's weights, a GGUF converted first
-    (once, cached). Blocking; a start may call it before loading so the slow conversion
-    happens, with its progress shown, before the service accepts chats."""
-    _progress_bars_on_terminal_only()
+    (once, cached; minutes for the bundled model on 2 cores). Blocking. `progress` is planned
+    here for the preparation and the load that follows it."""
+    _library_progress_bars(show_progress)
+    if progress is None:
+        progress = LoadProgress()
     weights = resolve_weights(entry, settings)
     if weights.suffix == ".gguf":
-        weights = ensure_converted(weights, settings.cache_dir, show_progress=show_progress)
+        progress.plan((*CONVERSION_STAGES, *LOAD_STAGES))
+        weights = ensure_converted(
+            weights, settings.cache_dir, show_progress=show_progress, progress=progress
+        )
+    else:
+        progress.plan(LOAD_STAGES)
     return weights
 
 
-def _progress_bars_on_terminal_only() -> None:
-    """transformers' own tqdm bars ("Loading weights") are noise between the JSON lines of a
-    log file or pipe: they show only when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        from transformers.utils import logging as transformers_logging
+def _library_progress_bars(show_progress: bool) -> None:
+    """transformers' own tqdm bars ("Loading weights", "Converting and de-quantizing GGUF
+    tensors") show only with `show_progress` on a terminal: in a log file or pipe they are
+    noise between the JSON lines, and `serve` shows one bar of its own for the whole load."""
+    from transformers.utils import logging as transformers_logging
 
+    if show_progress and sys.stderr.isatty():
+        transformers_logging.enable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
+    else:
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
 
 
 def load_model(
-    entry: CatalogEntry, settings: InferenceSettings, show_progress: bool = False
+    entry: CatalogEntry,
+    settings: InferenceSettings,
+    show_progress: bool = False,
+    progress: LoadProgress | None = None,
 ) -> LoadedModel:
     """Blocking; run it off the event loop. Raises ModelUnavailable, ModelLoadFailed or
-    OutOfMemory."""
+    OutOfMemory. `progress` follows the preparation (a GGUF hashed and converted) and the
+    load; it is finished when the model is loaded."""
     started = time.perf_counter()
+    if progress is None:
+        progress = LoadProgress()
     try:
-        return _load(entry, settings, show_progress, started)
+        return _load(entry, settings, show_progress, started, progress)
     except InferenceError:
         raise
     except (Exception, MemoryError) as exc:  # every failure of third-party loading code
@@ -118,7 +138,11 @@ def load_model(
 
 
 def _load(
-    entry: CatalogEntry, settings: InferenceSettings, show_progress: bool, started: float
+    entry: CatalogEntry,
+    settings: InferenceSettings,
+    show_progress: bool,
+    started: float,
+    progress: LoadProgress,
 ) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -128,14 +152,16 @@ def _load(
         torch.set_num_threads(settings.torch_threads)
     device = pick_device(entry)
     dtype = pick_dtype(entry, device)
-    weights = prepare_weights(entry, settings, show_progress)
+    weights = prepare_weights(entry, settings, show_progress, progress)
     quantization_config = None
     if entry.quantization == "bnb-int4":
         quantization_config = quantization_class(load_in_4bit=True, bnb_4bit_compute_dtype=dtype)
     elif entry.quantization == "bnb-int8":
         quantization_config = quantization_class(load_in_8bit=True)
     log.info("model_loading", model=entry.id, weights=str(weights), device=str(device))
+    progress.begin("loading_tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(weights)
+    progress.begin("loading_weights")
     model: Any = AutoModelForCausalLM.from_pretrained(
         weights,
         dtype=dtype,
@@ -152,6 +178,7 @@ def _load(
     load_s = time.perf_counter() - started
     memory_bytes = int(model.get_memory_footprint())
     log.info("model_loaded", model=entry.id, load_s=round(load_s, 2), memory_bytes=memory_bytes)
+    progress.finish()
     return LoadedModel(
         entry=entry,
         model=model,

@@ -14,6 +14,7 @@ from inference.engine import Engine, SchedulerLoad
 from inference.errors import InvalidRequest
 from inference.events import Finished, ModelStatus, StreamEvent
 from inference.loading import LoadedModel
+from inference.progress import LoadingState
 from inference.remote.backend import RemoteBackend
 from inference.remote.upstream import UrlHealth
 from inference.requests import GenerationRequest, PreparedRequest
@@ -55,6 +56,8 @@ class InferenceBackend(Protocol):
     def cancel(self, request_id: str) -> bool: ...
 
     def loading_for_s(self, model_id: str) -> float | None: ...
+
+    def loading_state(self, model_id: str) -> LoadingState | None: ...
 
 
 class InferenceRouter:
@@ -123,6 +126,11 @@ class InferenceRouter:
         """Seconds a local model's load has been in flight; None for a remote model (its
         upstream loads its own weights) and for a model not loading."""
         return None if self.is_remote(model_id) else self.local.loading_for_s(model_id)
+
+    def loading_state(self, model_id: str) -> LoadingState | None:
+        """How far a local model's load in flight has come; None for a remote model and for a
+        model not loading."""
+        return None if self.is_remote(model_id) else self.local.loading_state(model_id)
 
     def load_snapshot(self, model_id: str) -> SchedulerLoad:
         if self.is_remote(model_id):

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from inference.catalog import CatalogError
 from ledger.errors import LedgerError
-from web.default_model import DefaultModelOutcome
+from web.default_model import DefaultModelOutcome, show_load_progress
 from web.domain.accounts.tokens import SecretFileError, kept_signing_secret
 from web.errors import ServiceError
 from web.logging import configure_logging
@@ -203,12 +203,20 @@ def ready_line(url: str, outcome: DefaultModelOutcome) -> str:
     )
 
 
-async def announce_ready(services: Services, listening: asyncio.Event, url: str) -> None:
-    """Print the ready line once the default model is loaded and uvicorn listens."""
-    outcome = await services.default_model_outcome()
+async def announce_ready(
+    services: Services, listening: asyncio.Event, url: str, terminal: bool
+) -> None:
+    """Show how far the default model's preparation and load has come (a progress bar on a
+    terminal, log lines otherwise), then print the ready line once it is loaded and uvicorn
+    listens."""
+    outcome = asyncio.ensure_future(services.default_model_outcome())
+    await show_load_progress(
+        services.engine, services.settings.chat.default_model, outcome, terminal
+    )
+    result = await outcome
     await listening.wait()
-    if outcome is not None:
-        print(ready_line(url, outcome), flush=True)
+    if result is not None:
+        print(ready_line(url, result), flush=True)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -216,7 +224,8 @@ def serve(args: argparse.Namespace) -> int:
 
     The settings, the listening socket and the services (database reachable, both schemas
     upgraded, the catalog valid) are all checked before uvicorn starts, so a start-up failure
-    is one line on stderr and exit 2, before any model is loaded."""
+    is one line on stderr and exit 2. The default model is prepared and loaded in the
+    background while the port is open (a chat until then is refused with `model_loading`)."""
     import uvicorn
 
     from web.app import create_app
@@ -258,7 +267,7 @@ def serve(args: argparse.Namespace) -> int:
             except Exception as exc:
                 raise CommandError(f"the service did not start: {describe_failure(exc)}") from exc
             announcer = asyncio.create_task(
-                announce_ready(services, listening, service_url(settings))
+                announce_ready(services, listening, service_url(settings), sys.stderr.isatty())
             )
             await server.serve()
         finally:

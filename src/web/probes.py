@@ -52,6 +52,10 @@ async def readiness(
         healths = by_model[default_model]
         reachable = any(health.reachable for health in healths)
         checks["default_model"] = "ok" if reachable else describe_urls(healths)
+    elif status.loading_percent is not None:
+        checks["default_model"] = (
+            f"{default_model} is loading: {status.loading_percent}% ({status.loading_stage})"
+        )
     elif not status.loaded:
         checks["default_model"] = f"{default_model} is not loaded"
     else:
@@ -59,7 +63,8 @@ async def readiness(
     ready = all(value == "ok" for value in checks.values())
     for model_id, healths in by_model.items():
         checks[f"{REMOTE_CHECK_PREFIX}{model_id}"] = describe_urls(healths)
-    return Readiness(ready, checks)
+    loading_percent = None if status is None else status.loading_percent
+    return Readiness(ready, checks, loading_percent)
 
 
 def refresh_gauges(engine: InferenceRouter | None, active_streams: int | None) -> None:

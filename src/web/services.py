@@ -23,11 +23,7 @@ from ledger import Ledger, LedgerSettings
 from web import probes
 from web.background import periodic_jobs, run_every
 from web.database import create_engine, session_factory, upgrade_schema
-from web.default_model import (
-    DefaultModelOutcome,
-    load_default_model,
-    prepare_default_weights,
-)
+from web.default_model import DefaultModelOutcome, load_default_model, start_models
 from web.domain.accounts.invites import InvitesService
 from web.domain.accounts.registration import RegistrationService
 from web.domain.accounts.services import AccountsService
@@ -159,19 +155,14 @@ class Services:
             await db.dispose()
             raise
         if self._injected_engine is None and self._needs_models and self._start_engine:
-            preparing_since = time.perf_counter()
-            try:
-                # The slow part of a first start (a GGUF conversion, minutes) runs before the
-                # port opens, with its progress on the terminal: no chat waits silently on it.
-                await prepare_default_weights(engine, self.settings.chat.default_model)
-                await engine.start()
-            except BaseException:
-                await ledger.close()
-                await db.dispose()
-                raise
+            # In the background, so the port opens at once: the default model's preparation
+            # (a GGUF hashed and, on a first start, converted: minutes) and load, then the
+            # other models marked load_at_start. Until it is loaded a chat is refused with
+            # `model_loading`; /ready, /api/models and the page show how far it has come.
             self._default_model = asyncio.create_task(
-                load_default_model(engine, self.settings.chat.default_model, preparing_since)
+                load_default_model(engine, self.settings.chat.default_model, time.perf_counter())
             )
+            self._jobs.append(asyncio.create_task(start_models(engine, self._default_model)))
         sessions = session_factory(db)
         accounts = AccountsService(sessions, ledger, settings.auth, settings.billing)
         conversations = ConversationsService(sessions, settings.chat.conversations_page_size)

@@ -155,9 +155,9 @@ class TestFailuresBetweenForwards:
         loads: list[str] = []
         real_load = engine_mod.load_model
 
-        def counting_load(entry: Any, settings: Any) -> Any:
+        def counting_load(entry: Any, settings: Any, **options: Any) -> Any:
             loads.append(entry.id)
-            return real_load(entry, settings)
+            return real_load(entry, settings, **options)
 
         def join_fails(batch: Any, incoming: Any) -> Any:
             if batch is not None:

@@ -3,6 +3,8 @@ loads, converted again when the file changes, and served by the engine."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gguf
@@ -13,8 +15,18 @@ from structlog.testing import capture_logs
 
 from inference import Engine, InferenceSettings, load_catalog
 from inference.gguf_cache import ensure_converted, is_converted
+from inference.loading import load_model
+from inference.progress import LoadingState, LoadProgress
 from tests.inference.helpers import collect, request
-from tests.inference.tiny_gguf import tiny_gguf_model, write_tiny_gguf
+from tests.inference.tiny_gguf import (
+    conversion_lock_held,
+    tiny_gguf_catalog_entry,
+    tiny_gguf_model,
+    write_tiny_gguf,
+)
+
+# Generous: only keeps a broken test from hanging; the tests wait on events, not on time.
+WAIT_TIMEOUT_S = 120.0
 
 
 def _events(logs: list[dict[str, object]]) -> list[object]:
@@ -105,6 +117,82 @@ class TestSingleParse:
         for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
             assert (converted / name).read_bytes() == (reference / name).read_bytes(), name
         assert gguf.GGUFReader.__init__ is counting_init, "the conversion puts gguf back"
+
+
+def _gguf_entry(tmp_path: Path, gguf_path: Path) -> object:
+    catalog_path = tmp_path / "catalog.toml"
+    catalog_path.write_text(tiny_gguf_catalog_entry("tiny-gguf", gguf_path), encoding="utf-8")
+    return load_catalog(catalog_path, environ={}).get("tiny-gguf")
+
+
+class TestConversionProgress:
+    def test_a_first_load_reports_every_stage_in_order_and_never_goes_back(
+        self, tmp_path: Path
+    ) -> None:
+        """A load that converts goes through hashing, reading the GGUF, the tokenizer, the
+        weights (moved by the tensor bytes dequantized), saving, then the load of the
+        converted copy; the fraction only grows and is 1 when the model is loaded. A second
+        load (nothing to convert) skips the conversion's stages."""
+        gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf")
+        entry = _gguf_entry(tmp_path, gguf_path)
+        settings = InferenceSettings(cache_dir=tmp_path / "cache")
+        seen: list[LoadingState] = []
+        load_model(entry, settings, progress=LoadProgress(on_change=seen.append))  # type: ignore[arg-type]
+        stages = list(dict.fromkeys(state.stage for state in seen))
+        assert stages == [
+            "hashing",
+            "reading_gguf",
+            "converting_tokenizer",
+            "converting_weights",
+            "saving",
+            "loading_tokenizer",
+            "loading_weights",
+            "done",
+        ]
+        fractions = [state.fraction for state in seen]
+        assert fractions == sorted(fractions)
+        weights = [s for s in seen if s.stage == "converting_weights"]
+        assert len(weights) > 2, "the dequantized tensors move the weights stage"
+        saving = next(s for s in seen if s.stage == "saving")
+        assert weights[-1].fraction == pytest.approx(saving.fraction), "every tensor counted"
+        assert seen[-1].percent == 100 and all(s.percent < 100 for s in seen[:-1])
+
+        again: list[LoadingState] = []
+        load_model(entry, settings, progress=LoadProgress(on_change=again.append))  # type: ignore[arg-type]
+        assert list(dict.fromkeys(state.stage for state in again)) == [
+            "hashing",
+            "loading_tokenizer",
+            "loading_weights",
+            "done",
+        ]
+
+    def test_a_conversion_waits_for_the_one_in_progress(self, tmp_path: Path) -> None:
+        """While another process holds the cache directory's conversion lock, a conversion
+        waits (stage `waiting_for_conversion`) and writes nothing; once it is released the
+        conversion runs."""
+        gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf")
+        cache_dir = tmp_path / "cache"
+        waiting = threading.Event()
+
+        def on_change(state: LoadingState) -> None:
+            if state.stage == "waiting_for_conversion":
+                waiting.set()
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            with conversion_lock_held(cache_dir):
+                converting = pool.submit(
+                    ensure_converted,
+                    gguf_path,
+                    cache_dir,
+                    torch.float32,
+                    show_progress=False,
+                    progress=LoadProgress(on_change=on_change),
+                )
+                assert waiting.wait(WAIT_TIMEOUT_S), "the conversion did not wait for the lock"
+                assert not converting.done()
+                assert list(cache_dir.iterdir()) == []
+            converted = converting.result(WAIT_TIMEOUT_S)
+        assert is_converted(converted)
 
 
 class TestGgufThroughEngine:

@@ -1,9 +1,15 @@
 """Writes a tiny random Gemma 3 as a GGUF file, laid out as llama.cpp writes Gemma 3 (tensor
 names, norm weights stored as 1 + w, a SentencePiece-style token list), so the real GGUF
-conversion path of transformers runs on it in a second."""
+conversion path of transformers runs on it in a second; and holds a cache directory's conversion
+lock as another process converting into it would, so a start stays in its preparation for as
+long as a test needs."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gguf
@@ -87,6 +93,37 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@contextmanager
+def conversion_lock_held(cache_dir: Path) -> Iterator[None]:
+    """While this block runs, `cache_dir`'s conversion lock is held (an exclusive `flock` on
+    the directory, as `inference.gguf_cache` takes it): a conversion into it, in this process
+    or another, waits in its `waiting_for_conversion` stage."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(cache_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def tiny_gguf_catalog_entry(model_id: str, gguf_path: Path, extra: str = "") -> str:
+    """A catalog entry serving the GGUF at `gguf_path` (converted at its first load)."""
+    return f"""
+[[models]]
+id = "{model_id}"
+display_name = "{model_id} (tiny GGUF)"
+source = {{ kind = "gguf_file", path = "{gguf_path}" }}
+dtype = "float32"
+device = "cpu"
+context_limit_tokens = 256
+max_new_tokens_cap = 16
+price = {{ per_message_credits = 1, prompt_credits_per_1k_tokens = 50, \
+completion_credits_per_1k_tokens = 100 }}
+{extra}
+"""
 
 
 def _token_type(token: str) -> int:

@@ -1,9 +1,12 @@
-"""`ledgerchat serve` as a real child process: the ready line it prints once chat works, its
-log lines (readable on a terminal, JSON otherwise), and the signing secret it keeps in the
-data directory so that a restart keeps people signed in."""
+"""`ledgerchat serve` as a real child process: the port open while the default model is
+prepared (a GGUF converted) and loaded, its progress (a bar on a terminal, log lines
+otherwise), the ready line it prints once chat works, its log lines (readable on a terminal,
+JSON otherwise), and the signing secret it keeps in the data directory so that a restart keeps
+people signed in."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
@@ -21,6 +24,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.inference.tiny_gguf import (
+    conversion_lock_held,
+    tiny_gguf_catalog_entry,
+    write_tiny_gguf,
+)
 from tests.web.conftest import FAST_HASHING, TINY
 from tests.web.web_testing import free_port, signed_in
 from web.domain.accounts.tokens import JWT_SECRET_FILE, SecretFileError, kept_signing_secret
@@ -29,6 +37,8 @@ pytestmark = pytest.mark.slow
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
+POLL_S = 0.2
+TINY_GGUF = "tiny-gguf"
 
 
 class ServeProcess:
@@ -82,6 +92,9 @@ class ServeProcess:
                     return
                 copy.write(chunk)
                 copy.flush()
+
+    def has_printed_a_line(self) -> bool:
+        return self._ready.is_set()
 
     def wait_ready_line(self) -> str:
         assert self._ready.wait(READY_TIMEOUT_S), "no line on stdout within the deadline"
@@ -212,6 +225,100 @@ class TestServeStart:
         assert result.returncode == 2
         assert "chmod 600" in result.stderr
         assert "readable by other users (mode 0644)" in result.stderr
+
+
+@pytest.fixture
+def gguf_environ(serve_environ: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """serve_environ with a tiny GGUF as the default model, converted at the first start."""
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    catalog = tmp_path / "gguf-catalog.toml"
+    catalog.write_text(tiny_gguf_catalog_entry(TINY_GGUF, gguf_path), encoding="utf-8")
+    return {
+        **serve_environ,
+        "LEDGERCHAT_CATALOG": str(catalog),
+        "LEDGERCHAT_CHAT_DEFAULT_MODEL": TINY_GGUF,
+    }
+
+
+async def wait_for_ready_body(process: ServeProcess, wanted: str) -> dict[str, object]:
+    """Poll /ready (generous deadline) until the default model's check contains `wanted`."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last: object = None
+    async with httpx.AsyncClient(base_url=process.base_url) as client:
+        while time.monotonic() < deadline:
+            assert process.process.poll() is None, process.stderr_text()
+            try:
+                response = await client.get("/ready")
+            except httpx.TransportError as exc:  # not listening yet
+                last = exc
+            else:
+                last = response.json()
+                if wanted in str(response.json()["checks"].get("default_model")):
+                    assert response.status_code == 503
+                    return dict(response.json())
+            await asyncio.sleep(POLL_S)
+    raise AssertionError(f"/ready never said {wanted!r}; last: {last}")
+
+
+class TestFirstStartConverts:
+    async def test_port_answers_while_the_conversion_waits_and_progress_is_logged(
+        self, gguf_environ, serving, tmp_path
+    ):
+        """A first start that must convert its GGUF, held in its preparation by another
+        holder of the cache's conversion lock: /ready already answers (503, with the loading
+        percentage), and no ready line is printed. Released, it converts, loads and prints the
+        ready line; stderr (a file) has one JSON `default_model_loading` line per stage, in
+        order, with a percentage that only grows."""
+        with conversion_lock_held(Path(gguf_environ["LEDGERCHAT_INFERENCE_CACHE_DIR"])):
+            process = start(serving, gguf_environ, tmp_path)
+            body = await wait_for_ready_body(process, "waiting for another conversion")
+            assert isinstance(body["loading_percent"], int)
+            assert 0 < body["loading_percent"] < 10, body
+            assert not process.has_printed_a_line(), process.stdout_lines
+        match = READY_LINE.match(process.wait_ready_line())
+        assert match is not None, process.stdout_lines
+        assert match["model"] == TINY_GGUF
+        assert process.stop() == 0
+        progress = [
+            json.loads(line)
+            for line in process.stderr_text().splitlines()
+            if '"default_model_loading"' in line
+        ]
+        stages = [line["stage"] for line in progress]
+        assert stages[0] in ("starting", "hashing"), stages
+        assert stages[stages.index("waiting_for_conversion") :] == [
+            "waiting_for_conversion",
+            *[
+                stage
+                for stage in (
+                    "reading_gguf",
+                    "converting_tokenizer",
+                    "converting_weights",
+                    "saving",
+                    "loading_tokenizer",
+                    "loading_weights",
+                )
+                if stage in stages
+            ],
+        ], stages
+        assert "converting_weights" in stages or "saving" in stages, stages
+        percents = [line["percent"] for line in progress]
+        assert percents == sorted(percents) and percents[-1] < 100
+
+    def test_on_a_terminal_one_bar_shows_the_load_to_100_percent(
+        self, gguf_environ, serving, tmp_path
+    ):
+        """With stderr a terminal, the preparation and load show as one tqdm bar named after
+        the model, ending at 100% once loaded, before the ready line; the log's lines are
+        printed above it, readable, not JSON."""
+        process = start(serving, gguf_environ, tmp_path, tty=True)
+        assert READY_LINE.match(process.wait_ready_line()), process.stdout_lines
+        assert process.stop() == 0
+        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", process.stderr_text())
+        assert f"loading {TINY_GGUF}: 100%" in text, text
+        assert "loaded" in text
+        assert "gguf_conversion_finished" in text
+        assert not any(line.lstrip().startswith("{") for line in text.splitlines()), text
 
 
 class TestKeptSigningSecretFile:

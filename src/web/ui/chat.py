@@ -27,6 +27,7 @@ from web.domain.chat.schemas import (
 from web.domain.chat.service import ChatInput
 from web.errors import (
     CreditsExhausted,
+    ModelLoading,
     RateLimited,
     ServiceError,
     ShuttingDown,
@@ -41,6 +42,7 @@ from web.ui.text import (
     balance_html,
     credits_label,
     escape_chat_markdown,
+    model_loading_notice,
     model_option_label,
     model_price_line,
     notice_html,
@@ -136,6 +138,8 @@ def refusal_notice(error: Exception) -> str:
         )
     if isinstance(error, ModelUnavailable):
         return notice_html("error", f"That model is {NOT_INSTALLED}; nothing was charged.")
+    if isinstance(error, ModelLoading):
+        return notice_html("warning", error.message)
     if isinstance(error, ShuttingDown):
         return notice_html("warning", "The server is restarting. Try again in a moment.")
     if isinstance(error, RateLimited):
@@ -191,6 +195,26 @@ class ChatActions:
             if model.id == model_id:
                 return model_price_line(model.display_name, price_terms(model))
         return ""
+
+    def loading_notice(self, model_id: str | None, shown: str | None) -> tuple[str, Any, Any]:
+        """The notice by the message box while the chosen model (else the default) is being
+        prepared and loaded, and the timer that refreshes it: ticking while it loads, stopped
+        once it is not loading. When a loading notice was `shown` and the model is now loaded,
+        the chat notice says so (replacing a refusal sent while it loaded). Returns (loading
+        notice, timer, chat notice)."""
+        wanted = model_id or self.default_model_id()
+        for model in self.models():
+            if model.id != wanted:
+                continue
+            if model.loading_percent is not None:
+                notice = model_loading_notice(
+                    model.display_name, model.loading_percent, model.loading_stage
+                )
+                return notice, gr.Timer(active=True), gr.skip()
+            if shown and model.loaded:
+                ready = notice_html("info", f"{model.display_name} is loaded and ready.")
+                return "", gr.Timer(active=False), ready
+        return "", gr.Timer(active=False), gr.skip()
 
     async def send(
         self,

@@ -29,6 +29,8 @@ CHAT_CONCURRENCY_LIMIT = 64
 # Below this width (CSS pixels) the conversation list starts as a closed drawer; Gradio's
 # Sidebar turns into a full-width overlay at 768 px and below.
 WIDE_SCREEN_MIN_PX = 769
+# How often the page refreshes its "model loading, N%" notice while a model loads.
+LOADING_REFRESH_S = 2.0
 # The browser's width, written into a hidden Number by a js-only step (a gr.State cannot be
 # written from the browser).
 _VIEWPORT_WIDTH_JS = "() => window.innerWidth"
@@ -118,6 +120,10 @@ class ChatTab:
             placeholder="Ask anything. Each reply is paid from your credits.",
         )
         self.notice = gr.HTML("", elem_id="chat-notice")
+        # "model loading, N%" while the chosen model is prepared and loaded, refreshed by the
+        # timer, which stops itself once the model is loaded.
+        self.loading_notice = gr.HTML("", elem_id="model-loading")
+        self.loading_timer = gr.Timer(LOADING_REFRESH_S, active=True)
         with gr.Row(equal_height=True, elem_id="lc-composer"):
             self.message_box = gr.Textbox(
                 placeholder="Write a message…",
@@ -262,6 +268,19 @@ class ChatTab:
             [self.send_button, self.stop_button],
             show_progress="hidden",
         )
+        loading_inputs = [self.model_select, self.loading_notice]
+        loading_outputs = [self.loading_notice, self.loading_timer, self.notice]
+        self.loading_timer.tick(
+            self._chat.loading_notice,
+            loading_inputs,
+            loading_outputs,
+            show_progress="hidden",
+            queue=False,
+        )
+        # A chat (or a pick) may start a model's load: look again, which restarts the timer.
+        after_send.then(
+            self._chat.loading_notice, loading_inputs, loading_outputs, show_progress="hidden"
+        )
         frame.refresh_views(
             after_send.then(
                 self._conversations.refresh_conversations,
@@ -281,7 +300,7 @@ class ChatTab:
             self._chat.check_model,
             [self.model_select],
             [self.model_select, self.notice, self.price_line],
-        )
+        ).then(self._chat.loading_notice, loading_inputs, loading_outputs, show_progress="hidden")
         new_chat_outputs = [
             self.chatbot,
             self.conversation_id,

@@ -48,9 +48,9 @@ PAGE_CSS = """
   flex-wrap: nowrap !important; gap: 8px; }
 #lc-chat-main > * { flex-shrink: 0; }
 #chatbot { flex: 1 1 0 !important; height: auto !important; min-height: 140px; }
-#chat-notice:not(:has(.lc-notice)), #conversation-notice:not(:has(.lc-notice)) {
-  display: none !important; }
-#chat-notice .lc-notice { margin: 0; }
+#chat-notice:not(:has(.lc-notice)), #conversation-notice:not(:has(.lc-notice)),
+#model-loading:not(:has(.lc-notice)) { display: none !important; }
+#chat-notice .lc-notice, #model-loading .lc-notice { margin: 0; }
 #lc-alert-bar:not(:has(.lc-notice)) { display: none !important; }
 #lc-alert-bar { flex-wrap: nowrap !important; gap: 8px; align-items: center; }
 #lc-alert-bar .lc-notice { margin: 2px 0; }

@@ -151,6 +151,16 @@ def reply_footer(cost: ReplyCost) -> str:
     return line
 
 
+def model_loading_notice(display_name: str, percent: int, stage: str | None) -> str:
+    """While a model is prepared and loaded: how far, and that a chat waits for it."""
+    doing = f" ({stage})" if stage else ""
+    return notice_html(
+        "info",
+        f"{display_name}: model loading, {percent}%{doing}. Messages sent before it is "
+        "ready are refused and nothing is charged.",
+    )
+
+
 def notice_html(kind: str, message: str) -> str:
     """A banner for the chat and account pages; the message is escaped."""
     if kind not in NOTICE_KINDS:

@@ -46,6 +46,11 @@ class ModelView(msgspec.Struct):
     max_new_tokens_cap: int
     price: PriceView
     """The rates again with their rounding and a worked example (`price.example`)."""
+    loading_percent: int | None = None
+    """While a load of the model is in flight (its preparation, e.g. a GGUF conversion,
+    included): how far, 0-99; null otherwise. A chat until then gets 503 `model_loading`."""
+    loading_stage: str | None = None
+    """While it loads: what it is doing now ("converting: weights")."""
 
 
 class ChatController(Controller):
@@ -104,6 +109,8 @@ class ChatController(Controller):
                 context_limit_tokens=m.context_limit_tokens,
                 max_new_tokens_cap=m.max_new_tokens_cap,
                 price=PriceView.of(m.price),
+                loading_percent=m.loading_percent,
+                loading_stage=m.loading_stage,
             )
             for m in chat_service.models()
         ]

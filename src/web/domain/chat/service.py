@@ -171,8 +171,10 @@ class ChatService:
         loading_for_s = self._engine.loading_for_s(model_id)
         if loading_for_s is None:
             return
+        state = self._engine.loading_state(model_id)
+        done = "" if state is None else f"{state.percent}% done, "
         raise ModelLoading(
-            f"The model {model_id} is still loading (started {loading_for_s:.0f} s ago). "
+            f"The model {model_id} is still loading ({done}started {loading_for_s:.0f} s ago). "
             f"Nothing was charged; try again in {MODEL_LOADING_RETRY_AFTER_S} seconds.",
             model_id=model_id,
             retry_after_s=MODEL_LOADING_RETRY_AFTER_S,

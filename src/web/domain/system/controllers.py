@@ -23,10 +23,14 @@ async def health() -> HealthView:
 @get("/ready", tags=["system"], responses=None, dependencies=SYSTEM_DEPENDENCIES)
 async def ready(probes: NamedDependency[Probes]) -> Response[ReadyView]:
     """503 until the database answers, both schemas are current and the default model is
-    loaded."""
+    loaded; while it loads, `loading_percent` says how far it has come."""
     readiness = await probes.readiness()
     return Response(
-        ReadyView(ready=readiness.ready, checks=readiness.checks),
+        ReadyView(
+            ready=readiness.ready,
+            checks=readiness.checks,
+            loading_percent=readiness.loading_percent,
+        ),
         status_code=200 if readiness.ready else 503,
     )
 

@@ -11,6 +11,8 @@ import msgspec
 class Readiness:
     ready: bool
     checks: dict[str, str]
+    loading_percent: int | None = None
+    """While the default model is being prepared and loaded: how far (0-99)."""
 
 
 class HealthView(msgspec.Struct):
@@ -20,3 +22,6 @@ class HealthView(msgspec.Struct):
 class ReadyView(msgspec.Struct):
     ready: bool
     checks: dict[str, str]
+    loading_percent: int | None = None
+    """While the default model is being prepared (a GGUF hashed and converted) and loaded: how
+    far, 0-99; null otherwise."""
