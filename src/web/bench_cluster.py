@@ -177,12 +177,21 @@ def nginx_command(prefix: Path, conf: Path) -> list[str]:
     return [NGINX_BINARY, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
 
 
-def check_nginx_conf(prefix: Path, conf: Path) -> None:
-    """`nginx -t` on the prefix; ClusterError with nginx's words if it refuses."""
+def check_nginx_available() -> None:
+    """ClusterError unless nginx and the shipped config are there."""
     if shutil.which(NGINX_BINARY) is None:
         raise ClusterError(
-            f"nginx is not installed ({NGINX_BINARY}; Debian: apt-get install nginx)"
+            f"nginx is not installed ({NGINX_BINARY}); Debian: apt-get install nginx"
         )
+    if not SHIPPED_NGINX_CONF.is_file():
+        raise ClusterError(
+            f"{SHIPPED_NGINX_CONF} is missing: run the bench from a checkout of the repository"
+        )
+
+
+def check_nginx_conf(prefix: Path, conf: Path) -> None:
+    """`nginx -t` on the prefix; ClusterError with nginx's words if it refuses."""
+    check_nginx_available()
     checked = subprocess.run(
         [*nginx_command(prefix, conf), "-t"],
         capture_output=True,

@@ -33,7 +33,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from web.bench_cluster import ClusterError, ProcessGroups, delete_redis_prefix, drop_database
+from web.bench_cluster import (
+    ClusterError,
+    ProcessGroups,
+    check_nginx_available,
+    check_redis,
+    delete_redis_prefix,
+    drop_database,
+)
 from web.bench_report import print_runs, summary
 from web.bench_service_run import Engine, RunOptions, ScratchState, bench_one_worker_count
 
@@ -180,6 +187,10 @@ def bench_service_workers(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     try:
         with _cleanup_guard(state):
+            # What would stop a run half-way is checked before anything starts.
+            check_nginx_available()
+            if max(options.workers) > 1:
+                check_redis(options.redis_url)
             engine = Engine.start(state, options)
             for workers in options.workers:
                 runs.extend(bench_one_worker_count(state, options, engine, workers))
