@@ -44,6 +44,7 @@ from web.bench_remote import (
     upstream_stream,
     write_bench_catalog,
 )
+from web.bench_workers import add_workers_options, bench_service_workers
 from web.commands import free_port
 from web.domain.admin.services import INTERNAL_ADMIN
 from web.services import Services
@@ -58,7 +59,8 @@ BENCH_CREDITS = 1_000_000
 def register_bench(bench_subparsers: Any) -> None:
     parser = bench_subparsers.add_parser(
         "service",
-        help="SSE vs engine tokens/s, billing overhead, 8-user aggregate through HTTP",
+        help="SSE vs engine tokens/s, billing overhead, 8-user aggregate through HTTP; with "
+        "--workers: several web processes behind nginx",
         description=(__doc__ or "").split("\n\n")[0],
     )
     parser.add_argument("--model", help="model id (default: the configured default model)")
@@ -75,10 +77,13 @@ def register_bench(bench_subparsers: Any) -> None:
     parser.add_argument(
         "--engine-api-key-env", help="environment variable holding the upstream's bearer key"
     )
+    add_workers_options(parser)
     parser.set_defaults(handler=bench_service)
 
 
 def bench_service(args: argparse.Namespace) -> int:
+    if args.workers is not None:
+        return bench_service_workers(args)
     for name in ("max_tokens", "repeats", "billing_requests"):
         if getattr(args, name) < 1:
             print(f"ledgerchat bench service: --{name.replace('_', '-')} must be >= 1")

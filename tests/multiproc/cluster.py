@@ -2,23 +2,21 @@
 engine serve` (the session's tiny-model upstream), N `ledgerchat serve` processes on one fresh
 PostgreSQL database (their catalog names the engine as a remote model), and nginx in front with
 deploy/nginx/ledgerchat.conf as shipped (the test writes only its two documented include files,
-`ledgerchat/servers.conf` and `ledgerchat/listen.conf`, and a minimal nginx.conf around it).
+`ledgerchat/servers.conf` and `ledgerchat/listen.conf`, and a minimal nginx.conf around it:
+`web.bench_cluster`, which `ledgerchat bench service --workers` uses the same way).
 
 Every child runs in its own process group and is stopped (SIGTERM, then SIGKILL) by `stop()`;
 every wait polls with a generous timeout."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,15 +24,26 @@ import httpx
 
 from tests.remote.front import FAST_HASHING, KEY_ENV, REMOTE_MODEL, remote_catalog
 from tests.remote.upstreams import OFFLINE_ENV, Upstream, free_port
+from web import bench_cluster
+from web.bench_cluster import (
+    NGINX_BINARY,
+    STOP_TIMEOUT_S,
+    ClusterError,
+    check_nginx_conf,
+    nginx_command,
+    signal_group,
+    spawn,
+    stop_process,
+    wait_nginx,
+    write_nginx_prefix,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED_NGINX_CONF = REPO / "deploy" / "nginx" / "ledgerchat.conf"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX = NGINX_BINARY
 POSTGRES_ADMIN_DSN = os.environ.get(
     "LEDGERCHAT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 START_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 30.0
 JWT_SECRET = "multiproc-test-secret-long-enough-for-hs256"
 UPSTREAM_HEADER = "x-ledgerchat-upstream"
 METRICS_TOKEN = "multiproc-test-metrics-token"
@@ -42,8 +51,8 @@ LONG_REPLY_TOKENS = 400
 """A reply long enough (seconds of decoding) that a kill lands mid-stream."""
 
 
-class ClusterFailed(RuntimeError):
-    """A child process exited or did not become ready in time."""
+ClusterFailed = ClusterError
+"""A child process exited or did not become ready in time."""
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -52,34 +61,6 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout_s} s")
         time.sleep(0.2)
-
-
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signum)
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    _signal_group(process, signal.SIGTERM)
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        _signal_group(process, signal.SIGKILL)
-        process.wait(STOP_TIMEOUT_S)
-
-
-def _spawn(command: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log_file:
-        return subprocess.Popen(
-            command,
-            env=dict(env),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=log_path.parent,
-        )
 
 
 @dataclass
@@ -107,82 +88,17 @@ class WebProcess:
 
     def kill(self) -> None:
         """SIGKILL the process group: no shutdown, holds stay open."""
-        _signal_group(self.process, signal.SIGKILL)
+        signal_group(self.process, signal.SIGKILL)
         self.process.wait(STOP_TIMEOUT_S)
 
 
 def create_database() -> tuple[str, str]:
     """A fresh PostgreSQL database: (its name, its SQLAlchemy asyncpg URL)."""
-    import asyncpg
-
-    name = f"ledgerchat_mp_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
-    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return name, f"{base}/{name}"
+    return bench_cluster.create_database(POSTGRES_ADMIN_DSN, "ledgerchat_mp_")
 
 
 def drop_database(name: str) -> None:
-    import asyncpg
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
-
-
-def nginx_main_conf(prefix: Path) -> str:
-    """The smallest nginx.conf around the shipped file: this test's own pid, logs and temp
-    paths, one worker, `include ledgerchat.conf` in `http`."""
-    temp = prefix / "temp"
-    # As root nginx's workers would drop to `nobody`, who cannot read the test's private dirs.
-    user = "user root;" if os.geteuid() == 0 else ""
-    return f"""
-{user}
-worker_processes 1;
-daemon off;
-pid {prefix / "nginx.pid"};
-error_log {prefix / "error.log"} info;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {prefix / "access.log"};
-    client_body_temp_path {temp / "body"};
-    proxy_temp_path {temp / "proxy"};
-    fastcgi_temp_path {temp / "fastcgi"};
-    uwsgi_temp_path {temp / "uwsgi"};
-    scgi_temp_path {temp / "scgi"};
-    include ledgerchat.conf;
-}}
-"""
-
-
-def write_nginx_prefix(prefix: Path, listen_port: int, web_ports: list[int]) -> Path:
-    """nginx.conf, the shipped ledgerchat.conf (copied byte for byte) and its two include
-    files; returns the nginx.conf path."""
-    (prefix / "temp").mkdir(parents=True, exist_ok=True)
-    (prefix / "ledgerchat").mkdir(exist_ok=True)
-    shutil.copyfile(SHIPPED_NGINX_CONF, prefix / "ledgerchat.conf")
-    servers = "".join(
-        f"server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n" for port in web_ports
-    )
-    (prefix / "ledgerchat" / "servers.conf").write_text(servers, encoding="utf-8")
-    (prefix / "ledgerchat" / "listen.conf").write_text(
-        f"listen 127.0.0.1:{listen_port};\n", encoding="utf-8"
-    )
-    main = prefix / "nginx.conf"
-    main.write_text(nginx_main_conf(prefix), encoding="utf-8")
-    return main
+    bench_cluster.drop_database(POSTGRES_ADMIN_DSN, name)
 
 
 @dataclass
@@ -211,7 +127,7 @@ class Cluster:
         port = port or free_port()
         log_path = self.workdir / f"web-{port}.log"
         command = [sys.executable, "-m", "web.cli", "serve", "--port", str(port)]
-        web = WebProcess(port, _spawn(command, self.environ, log_path), log_path)
+        web = WebProcess(port, spawn(command, self.environ, log_path), log_path)
         return web
 
     def wait_ready(self, web: WebProcess, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -228,24 +144,9 @@ class Cluster:
     def start_nginx(self) -> None:
         prefix = self.workdir / "nginx"
         conf = write_nginx_prefix(prefix, self.nginx_port, [web.port for web in self.webs])
-        command = [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-        checked = subprocess.run(
-            [*command, "-t"], capture_output=True, text=True, timeout=60, check=False
-        )
-        if checked.returncode != 0:
-            raise ClusterFailed(f"nginx -t refused the config:\n{checked.stderr}")
-        self.nginx = _spawn(command, os.environ, prefix / "nginx.out")
-
-        def answering() -> bool:
-            assert self.nginx is not None
-            if self.nginx.poll() is not None:
-                raise ClusterFailed(f"nginx exited: {(prefix / 'error.log').read_text()}")
-            try:
-                return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answering, 60, "nginx answering /health")
+        check_nginx_conf(prefix, conf)
+        self.nginx = spawn(nginx_command(prefix, conf), os.environ, prefix / "nginx.out")
+        wait_nginx(self.nginx, prefix, self.url)
 
     def stop(self) -> None:
         if self.nginx is not None:

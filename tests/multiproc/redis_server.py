@@ -9,8 +9,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.multiproc.cluster import _spawn, stop_process, wait_until
+from tests.multiproc.cluster import wait_until
 from tests.remote.upstreams import free_port
+from web.bench_cluster import spawn, stop_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -41,7 +42,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        self.process = _spawn(command, {}, self.workdir / "redis.log")
+        self.process = spawn(command, {}, self.workdir / "redis.log")
         wait_until(self.answering, 60, f"redis-server on {self.port} answering PING")
 
     def stop(self) -> None:

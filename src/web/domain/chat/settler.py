@@ -101,6 +101,7 @@ class TurnSettler:
             settlement=settlement,
             finish_reason=decision.finish_reason,
             completion_tokens=decision.completion_tokens,
+            billing_ms=round(billing_s * 1000, 3),
         )
         for listener in self.listeners:
             try:
