@@ -46,6 +46,7 @@ from tests.ui.pages import (
     set_sampling,
     sign_up_and_in,
     wait_for_footer,
+    watch_reply,
 )
 
 pytestmark = pytest.mark.browser
@@ -117,6 +118,14 @@ class UpstreamLog:
             upstream = response.headers.get(UPSTREAM_HEADER, "")
             self.answers.append((path, upstream.split(",")[-1].strip()))
 
+    def page_loaded_after(self, mark: int) -> int:
+        """Where the page loaded after `mark` begins (its document request): requests the old
+        page still had in flight when it was reloaded are not the new page's."""
+        for index in range(mark, len(self.answers)):
+            if self.answers[index][0].split("?")[0] == "/":
+                return index
+        raise AssertionError(f"no page load after request {mark}: {self.answers[mark:]}")
+
     def since(self, start: int) -> set[str]:
         """The processes that answered from the `start`-th request on; at least one of those
         requests was a queue join (an event the page ran), so the set says where events ran."""
@@ -165,6 +174,7 @@ def expect_signed_in(page: Page) -> None:
 def chat_and_check_footer(page: Page, message: str) -> dict[str, int]:
     """Send one message; the reply grows while it streams and ends with its cost line."""
     before = bot_messages(page).count()
+    watch_reply(page)
     send(page, message)
     lengths = reply_lengths_while_streaming(page, timeout_s=120)
     footer = wait_for_footer(page)
@@ -197,6 +207,7 @@ class TestPageBehindNginx:
         page.reload()
         expect_signed_in(page)
         assert route_cookie(page) == cookie
+        mark = upstreams.page_loaded_after(mark)
         assert upstreams.since(mark) == {process}, upstreams.answers[mark:]
         expect(page.locator("#lc-balance [data-available]")).to_have_attribute(
             "data-available", str(GRANT - first["cost"])
@@ -209,5 +220,6 @@ class TestPageBehindNginx:
         expect_signed_in(page)
         set_sampling(page, 0, REPLY_TOKENS)
         second = chat_and_check_footer(page, "Hello again")
+        mark = upstreams.page_loaded_after(mark)
         assert upstreams.since(mark) == {other}, upstreams.answers[mark:]
         assert available_balance(page) == GRANT - first["cost"] - second["cost"]

@@ -112,18 +112,34 @@ def wait_for_footer(page: Page) -> dict[str, int]:
     }
 
 
+# Records the last reply's text length at every change the page makes to the chat (a
+# MutationObserver), so a fast stream is seen whole however the test's own polling is scheduled.
+_WATCH_REPLY_JS = """() => {
+  const chatbot = document.querySelector('#chatbot');
+  window.__lcReplyLengths = [];
+  if (window.__lcReplyObserver) window.__lcReplyObserver.disconnect();
+  window.__lcReplyObserver = new MutationObserver(() => {
+    const bots = chatbot.querySelectorAll('[data-testid="bot"]');
+    if (!bots.length) return;
+    const text = bots[bots.length - 1].innerText;
+    if (!text.includes('reply tokens')) window.__lcReplyLengths.push(text.length);
+  });
+  window.__lcReplyObserver.observe(
+    chatbot, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def watch_reply(page: Page) -> None:
+    """Start recording the next reply's lengths as it renders; call before `send`."""
+    page.evaluate(_WATCH_REPLY_JS)
+
+
 def reply_lengths_while_streaming(page: Page, timeout_s: float) -> list[int]:
-    """Lengths of the last reply's text sampled until its cost line appears."""
-    lengths: list[int] = []
-    deadline = time.monotonic() + timeout_s
-    last = bot_messages(page).last
-    while time.monotonic() < deadline:
-        if bot_messages(page).count():
-            text = last.inner_text()
-            if "reply tokens" in text:
-                break
-            lengths.append(len(text))
-        time.sleep(0.05)
+    """The last reply's text lengths as the page rendered them (from `watch_reply`), once its
+    cost line appears."""
+    expect(bot_messages(page).last).to_contain_text("reply tokens", timeout=timeout_s * 1000)
+    lengths: list[int] = page.evaluate("() => window.__lcReplyLengths")
+    page.evaluate("() => window.__lcReplyObserver.disconnect()")
     return lengths
 
 

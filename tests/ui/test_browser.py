@@ -44,6 +44,7 @@ from tests.ui.pages import (
     sign_up_and_in,
     user_messages,
     wait_for_footer,
+    watch_reply,
 )
 from web.settings import AuthSettings
 from web.ui.account import HISTORY_PAGE_SIZE
@@ -157,6 +158,7 @@ class TestChat:
         sign_up_and_in(page, unique_name("chat"), TEST_PASSWORD)
         balance_before = available_balance(page)
         set_sampling(page, temperature=0, max_tokens=STREAMED_REPLY_TOKENS)
+        watch_reply(page)
         send(page, "Tell me a long story")
         expect(user_messages(page).last).to_contain_text("Tell me a long story")
         lengths = reply_lengths_while_streaming(page, timeout_s=120)
