@@ -53,7 +53,7 @@ class ModelScheduler:
         queue_limit: int,
         max_batch_size: int,
         prefix_cache_bytes: int = 0,
-        prefill_chunk_tokens: int = 512,
+        prefill_chunk_tokens: int = 256,
     ) -> None:
         self._loaded = loaded
         self._prefill_chunk_tokens = prefill_chunk_tokens

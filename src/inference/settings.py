@@ -67,7 +67,7 @@ class InferenceSettings(BaseSettings):
     prefix_cache_bytes: int = Field(default=256 * 2**20, ge=0)
     """Per model, memory for finished conversations' KV caches reused by their next turn; 0: off."""
 
-    prefill_chunk_tokens: int = Field(default=512, ge=16, le=65536)
+    prefill_chunk_tokens: int = Field(default=256, ge=16, le=65536)
     """Padded prompt tokens prefilled per scheduler step (chunked prefill): a longer prompt is
     fed over several steps, between decode steps of the running batch."""
 
