@@ -1,140 +1,229 @@
-"""The running batch of one model: its KV cache, attention mask, next inputs and positions,
-and the phases that change it: `prefill` (newly admitted prompts, together), `join` (their
-cache left-padded into the running batch between decode steps), `decode_step` (one token for
-every row) and `keep_rows` (finished rows leave). The batch also keeps each row's reply
-tokens so far, for the repetition guard.
+"""The running batch of one model and the phases that change it: `start_prefill` (newly
+admitted prompts, together, left-padded) advanced chunk by chunk with `prefill_chunk` so a long
+prompt never stalls the batch for long, `join` (their cache added to the running batch between
+decode steps), `decode_step` (one token for every row) and `keep_rows` (finished rows leave).
+The batch also keeps each row's reply tokens so far, for the repetition guard.
 
-The cache is a plain `DynamicCache()` built without the model config, so every layer, the
-sliding-window ones included, keeps full length and can be padded and concatenated alike; the
-sliding window is still enforced by the attention mask the model builds from the 2-D mask.
-Rows are left-padded as `generate` pads a batch: padding sits before a row's first token, so
-distances between a row's own tokens, which the window and causal masks use, are unchanged."""
+Keys and values live in a preallocated `KVCache` (see `kv_cache.py` for the layout); the
+model runs through `BatchedModel`, which gives it per-row positions, masks built from each
+row's first column, and a cache adapter that writes in place. Rows are left-padded as
+`generate` pads a batch, so distances between a row's own tokens are unchanged."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
+from inference.kv_cache import KVCache, attention_masks, cache_for_model
 from inference.sampling import NO_TOKEN
+
+_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
+
+
+class UnsupportedModel(ValueError):
+    """The model's attention is of a kind the batch phases cannot mask."""
+
+
+class BatchedModel:
+    """A transformers causal LM run over `KVCache`s. Reads the layer layout from the config."""
+
+    def __init__(self, model: Any, device: torch.device, dtype: torch.dtype) -> None:
+        config = model.config.get_text_config()
+        window = getattr(config, "sliding_window", None)
+        declared = getattr(config, "layer_types", None)
+        layer_types = list(declared) if declared is not None else (
+            ["sliding_attention" if window else "full_attention"] * config.num_hidden_layers
+        )  # fmt: skip
+        unknown = set(layer_types) - _LAYER_TYPES
+        if unknown:
+            raise UnsupportedModel(f"attention layer types {sorted(unknown)} are not supported")
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.layer_is_sliding = [kind == "sliding_attention" for kind in layer_types]
+        self.sliding_window: int | None = window if any(self.layer_is_sliding) else None
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        self.head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        # Models with layer types take one mask per type; the others one 4-D mask.
+        self._mask_per_type = declared is not None
+        # transformers 5.x renamed the forward's `past_key_values` to `cache`.
+        self._cache_argument = (
+            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        )
+
+    def new_cache(self, rows: int, columns: int) -> KVCache:
+        return KVCache(
+            self.layer_is_sliding,
+            self.kv_heads,
+            self.head_dim,
+            self.dtype,
+            self.device,
+            rows,
+            columns,
+            self.sliding_window,
+        )
+
+    def forward(self, cache: KVCache, input_ids: torch.Tensor, column: int) -> torch.Tensor:
+        """Feeds input_ids [rows, new] at `column` of every row (their keys and values are
+        written there); returns the logits after each row's last fed token [rows, vocab]."""
+        rows, new = input_ids.shape
+        assert rows == cache.rows and column + new <= cache.column_capacity
+        full, sliding = attention_masks(cache, column, new)
+        offsets = torch.arange(column, column + new, device=self.device)  # [new]
+        # A row's positions count its own tokens; padding gets a harmless 0.
+        positions = (offsets - cache.starts[:rows].unsqueeze(1)).clamp(min=0)  # [rows, new]
+        windowed = full if sliding is None else sliding
+        mask: Any = windowed
+        if self._mask_per_type:
+            mask = {"full_attention": full, "sliding_attention": windowed}
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_argument: cache_for_model(cache, column)},
+        )
+        cache.length = max(cache.length, column + new)
+        logits: torch.Tensor = output.logits[:, -1, :]
+        return logits
 
 
 @dataclass
 class RunningBatch:
-    cache: DynamicCache
-    attention_mask: torch.Tensor  # [batch, cache_length], 0 marks left padding
+    cache: KVCache
     next_token_ids: torch.Tensor  # [batch, 1], sampled but not yet fed to the model
-    next_positions: torch.Tensor  # [batch], position id of each row's next token
     # [batch, steps]: each row's sampled reply tokens (next_token_ids included), left-padded
-    # with NO_TOKEN like the attention mask.
+    # with NO_TOKEN.
     history: torch.Tensor
 
     @property
     def size(self) -> int:
-        return int(self.attention_mask.shape[0])
+        return self.cache.rows
 
     @property
     def cache_length(self) -> int:
-        return int(self.attention_mask.shape[1])
+        return self.cache.length
+
+
+@dataclass
+class PendingPrefill:
+    """Prompts being prefilled together: their left-padded ids and the columns done so far.
+    Becomes a `RunningBatch` (`finish_prefill`) once every column went through the model."""
+
+    cache: KVCache
+    input_ids: torch.Tensor  # [rows, columns], left-padded
+    done: int  # columns already fed
+    logits: torch.Tensor | None = None  # after the last column, [rows, vocab]
+
+    @property
+    def remaining(self) -> int:
+        return int(self.input_ids.shape[1]) - self.done
+
+    @property
+    def rows(self) -> int:
+        return self.cache.rows
+
+    def reused(self, row: int) -> int:
+        """Before feeding starts: prompt tokens of `row` taken from a prefix, not fed."""
+        return max(0, self.done - int(self.cache.starts[row].item()))
+
+
+Prefix = tuple[tuple[tuple[torch.Tensor, torch.Tensor], ...], int]
+"""Known keys and values of a prompt's first tokens: (per layer [1, heads, >= n, dim], n)."""
+
+
+def start_prefill(
+    runner: BatchedModel, prompts: list[list[int]], prefixes: list[Prefix | None] | None = None
+) -> PendingPrefill:
+    """New prompts, left-padded to a common length, nothing fed yet. A prompt with a prefix
+    has those columns copied in; feeding starts at the first column some row still needs, so
+    a row whose prefix reaches further has a few known columns computed again."""
+    length = max(len(prompt) for prompt in prompts)
+    input_ids = torch.zeros(len(prompts), length, dtype=torch.long)  # [prompts, length]
+    for row, prompt in enumerate(prompts):
+        input_ids[row, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+    starts = [length - len(prompt) for prompt in prompts]
+    cache = runner.new_cache(len(prompts), length)
+    cache.rows = len(prompts)
+    cache.starts = torch.tensor(starts, dtype=torch.long, device=runner.device)
+    done = length
+    for row, prefix in enumerate(prefixes or [None] * len(prompts)):
+        start = starts[row]
+        if prefix is None:
+            done = min(done, start)
+            continue
+        layers, reused = prefix
+        assert 0 < reused < len(prompts[row])
+        for index, (keys, values) in enumerate(layers):
+            cache.keys[index][row, :, start : start + reused] = keys[0, :, :reused]
+            cache.values[index][row, :, start : start + reused] = values[0, :, :reused]
+        done = min(done, start + reused)
+    cache.length = done
+    return PendingPrefill(cache=cache, input_ids=input_ids.to(runner.device), done=done)
+
+
+def prefill_chunk(runner: BatchedModel, pending: PendingPrefill, columns: int) -> None:
+    """Feed the next `columns` columns (at least one) of the pending prompts; after the last
+    one, `pending.logits` holds each prompt's next-token logits."""
+    assert pending.remaining > 0
+    end = pending.done + max(1, min(columns, pending.remaining))
+    logits = runner.forward(pending.cache, pending.input_ids[:, pending.done : end], pending.done)
+    pending.done = end
+    if pending.remaining == 0:
+        pending.logits = logits
+
+
+def finish_prefill(pending: PendingPrefill) -> RunningBatch:
+    """The prefilled prompts as a batch of their own (next tokens still to be set)."""
+    assert pending.remaining == 0
+    rows = pending.rows
+    device = pending.input_ids.device
+    return RunningBatch(
+        cache=pending.cache,
+        next_token_ids=torch.zeros(rows, 1, dtype=torch.long, device=device),
+        history=torch.empty(rows, 0, dtype=torch.long, device=device),  # [rows, 0]
+    )
 
 
 def prefill(
-    model: Any, prompts: list[list[int]], device: torch.device
+    runner: BatchedModel, prompts: list[list[int]], chunk_columns: int | None = None
 ) -> tuple[RunningBatch, torch.Tensor]:
-    """Runs new prompts through the model together, left-padded to a common length, as a
-    batch of their own; returns it (next tokens still to be set) and the logits of each
-    prompt's last position [prompts, vocab]. One forward serves all of them: on this
-    memory-bound model that is far cheaper than one forward per prompt."""
-    length = max(len(prompt) for prompt in prompts)
-    input_ids = torch.zeros(len(prompts), length, dtype=torch.long)  # [prompts, length]
-    attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)  # [prompts, length]
-    for row, prompt in enumerate(prompts):
-        input_ids[row, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, length - len(prompt) :] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    # Positions count a row's own tokens; padding gets a harmless 0 (it is masked anyway).
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [prompts, length]
-    cache = DynamicCache()
-    output = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    lengths = torch.tensor([len(prompt) for prompt in prompts], dtype=torch.long, device=device)
-    batch = RunningBatch(
-        cache=cache,
-        attention_mask=attention_mask,
-        next_token_ids=torch.zeros(len(prompts), 1, dtype=torch.long, device=device),
-        next_positions=lengths,  # [prompts]
-        history=_empty_history(len(prompts), device),
-    )
-    logits: torch.Tensor = output.logits[:, -1, :]
-    return batch, logits
+    """All of `start_prefill`, `prefill_chunk` and `finish_prefill` at once: the batch and
+    each prompt's next-token logits [prompts, vocab]."""
+    pending = start_prefill(runner, prompts)
+    while pending.remaining:
+        prefill_chunk(runner, pending, chunk_columns or pending.remaining)
+    assert pending.logits is not None
+    return finish_prefill(pending), pending.logits
 
 
-def prefill_after_prefix(
-    model: Any,
-    prefix_layers: tuple[tuple[torch.Tensor, torch.Tensor], ...],
-    reused: int,
-    prompt: list[int],
-    device: torch.device,
-) -> tuple[RunningBatch, torch.Tensor]:
-    """Like `prefill` for one prompt whose first `reused` tokens' keys and values are known:
-    only the rest goes through the model."""
-    assert 0 < reused < len(prompt)
-    cache = DynamicCache(
-        ddp_cache_data=[(k[:, :, :reused, :], v[:, :, :reused, :]) for k, v in prefix_layers]
-    )
-    tail = torch.tensor([prompt[reused:]], dtype=torch.long, device=device)  # [1, new]
-    attention_mask = torch.ones(1, len(prompt), dtype=torch.long, device=device)  # [1, all]
-    output = model(
-        input_ids=tail,
-        attention_mask=attention_mask,
-        position_ids=torch.arange(reused, len(prompt), device=device).unsqueeze(0),  # [1, new]
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    batch = RunningBatch(
-        cache=cache,
-        attention_mask=attention_mask,
-        next_token_ids=torch.zeros(1, 1, dtype=torch.long, device=device),
-        next_positions=torch.tensor([len(prompt)], dtype=torch.long, device=device),
-        history=_empty_history(1, device),
-    )
-    logits: torch.Tensor = output.logits[:, -1, :]
-    return batch, logits
-
-
-def row_layers(batch: RunningBatch, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One row's keys and values without its left padding, per layer [1, heads, real, dim]
-    (a row's real tokens are always its last columns)."""
-    real = int(batch.attention_mask[row].sum().item())
-    start = batch.cache_length - real
-    return [
-        (layer.keys[row : row + 1, :, start:, :], layer.values[row : row + 1, :, start:, :])
-        for layer in _layers(batch.cache)
-    ]
-
-
-def join(batch: RunningBatch | None, incoming: RunningBatch) -> RunningBatch:
-    """`incoming`'s rows appended after `batch`'s, both left-padded to a common length."""
+def join(batch: RunningBatch | None, incoming: RunningBatch, row_capacity: int) -> RunningBatch:
+    """`incoming`'s rows appended after `batch`'s (a new batch of `row_capacity` rows when
+    there is none yet), both left-padded to a common length."""
     if batch is None:
-        return incoming
-    length = max(batch.cache_length, incoming.cache_length)
-    _left_pad(batch, length - batch.cache_length)
-    _left_pad(incoming, length - incoming.cache_length)
-    for layer, new_layer in zip(_layers(batch.cache), _layers(incoming.cache), strict=True):
-        layer.keys = torch.cat([layer.keys, new_layer.keys], dim=0)  # [rows, heads, len, dim]
-        layer.values = torch.cat([layer.values, new_layer.values], dim=0)
-    batch.attention_mask = torch.cat([batch.attention_mask, incoming.attention_mask], dim=0)
+        cache = incoming.cache
+        batch = RunningBatch(
+            cache=KVCache(
+                cache.layer_is_sliding,
+                cache.keys[0].shape[1],
+                cache.keys[0].shape[3],
+                cache.keys[0].dtype,
+                cache.keys[0].device,
+                row_capacity,
+                cache.length + 1,
+                cache.sliding_window,
+            ),
+            next_token_ids=incoming.next_token_ids[:0],
+            history=incoming.history[:0],
+        )
+    batch.cache.append(incoming.cache)
     batch.next_token_ids = torch.cat([batch.next_token_ids, incoming.next_token_ids], dim=0)
-    batch.next_positions = torch.cat([batch.next_positions, incoming.next_positions], dim=0)
     steps = max(batch.history.shape[1], incoming.history.shape[1])
     batch.history = torch.cat(
         [_left_pad_history(batch.history, steps), _left_pad_history(incoming.history, steps)]
@@ -142,24 +231,14 @@ def join(batch: RunningBatch | None, incoming: RunningBatch) -> RunningBatch:
     return batch
 
 
-def decode_step(model: Any, batch: RunningBatch) -> torch.Tensor:
+def decode_step(runner: BatchedModel, batch: RunningBatch) -> torch.Tensor:
     """Feeds every row's next token; returns logits [batch, vocab] for the token after it."""
-    ones = batch.attention_mask.new_ones(batch.size, 1)
-    attention_mask = torch.cat([batch.attention_mask, ones], dim=1)  # [batch, cache_length + 1]
-    output = model(
-        input_ids=batch.next_token_ids,  # [batch, 1]
-        attention_mask=attention_mask,
-        position_ids=batch.next_positions.unsqueeze(1),  # [batch, 1]
-        past_key_values=batch.cache,
-        use_cache=True,
-    )
-    batch.attention_mask = attention_mask
-    batch.next_positions = batch.next_positions + 1
-    logits: torch.Tensor = output.logits[:, -1, :]
-    return logits
+    batch.cache.reserve(1)
+    return runner.forward(batch.cache, batch.next_token_ids, batch.cache.length)
 
 
 def set_next_tokens(batch: RunningBatch, token_ids: list[int]) -> None:
+    """Each row's sampled token, fed by the next decode step."""
     batch.next_token_ids = torch.tensor(
         token_ids, dtype=torch.long, device=batch.next_token_ids.device
     ).unsqueeze(1)  # [batch, 1]
@@ -173,15 +252,9 @@ def keep_rows(batch: RunningBatch, rows: list[int]) -> RunningBatch | None:
         return None
     if rows == list(range(batch.size)):
         return batch
-    index = torch.tensor(rows, dtype=torch.long, device=batch.attention_mask.device)
-    mask = batch.attention_mask.index_select(0, index)
-    first_used = int((mask.sum(dim=0) > 0).nonzero()[0].item())
-    for layer in _layers(batch.cache):
-        layer.keys = layer.keys.index_select(0, index)[:, :, first_used:, :]
-        layer.values = layer.values.index_select(0, index)[:, :, first_used:, :]
-    batch.attention_mask = mask[:, first_used:]
+    batch.cache.keep(rows)
+    index = torch.tensor(rows, dtype=torch.long, device=batch.next_token_ids.device)
     batch.next_token_ids = batch.next_token_ids.index_select(0, index)
-    batch.next_positions = batch.next_positions.index_select(0, index)
     history = batch.history.index_select(0, index)
     used_steps = (history != NO_TOKEN).any(dim=0).nonzero()
     first_step = int(used_steps[0].item()) if used_steps.numel() else history.shape[1]
@@ -189,26 +262,9 @@ def keep_rows(batch: RunningBatch, rows: list[int]) -> RunningBatch | None:
     return batch
 
 
-def _layers(cache: DynamicCache) -> list[Any]:
-    # Typed loosely by transformers (some layer kinds hold no tensors); ours are all
-    # DynamicLayer with `keys` and `values` of shape [batch, kv_heads, length, head_dim].
-    return list(cache.layers)
-
-
-def _left_pad(batch: RunningBatch, columns: int) -> None:
-    if columns == 0:
-        return
-    for layer in _layers(batch.cache):
-        batch_size, heads, _, head_dim = layer.keys.shape
-        padding = layer.keys.new_zeros(batch_size, heads, columns, head_dim)
-        layer.keys = torch.cat([padding, layer.keys], dim=2)  # [batch, heads, columns+len, dim]
-        layer.values = torch.cat([padding, layer.values], dim=2)
-    mask_padding = batch.attention_mask.new_zeros(batch.size, columns)
-    batch.attention_mask = torch.cat([mask_padding, batch.attention_mask], dim=1)
-
-
-def _empty_history(rows: int, device: torch.device) -> torch.Tensor:
-    return torch.empty(rows, 0, dtype=torch.long, device=device)  # [rows, 0]
+def row_layers(batch: RunningBatch, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One row's keys and values without its left padding, per layer [1, heads, real, dim]."""
+    return batch.cache.row_layers(row)
 
 
 def _left_pad_history(history: torch.Tensor, steps: int) -> torch.Tensor:

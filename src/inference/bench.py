@@ -1,6 +1,8 @@
 """`ledgerchat bench inference`: load times, plain `generate` speed, and the engine's single
 stream, aggregate and time-to-first-token figures on one model, in one process and run, so
-the ratios the issue sets as targets are taken under the same conditions."""
+the ratios the issue sets as targets are taken under the same conditions. With a peer (any
+OpenAI-compatible server, `bench_peer.py`) the same load test runs against it in the same
+run, its rounds alternating with the engine's, and the ratios ours / peer are reported."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from inference.bench_peer import Peer, peer_client, run_peer_streams
 from inference.catalog import Catalog, DType
 from inference.engine import Engine
 from inference.events import Finished, TextDelta
@@ -52,6 +55,7 @@ def run_benchmark(
     rounds: int,
     dtype: DType | None,
     measure_cold: bool,
+    peer: Peer | None = None,
 ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     """(table rows, figures). Blocking; prints nothing."""
     entry = catalog.get(model_id)
@@ -75,7 +79,7 @@ def run_benchmark(
         figures["load_s_cold"] = None
         figures["load_s_cached"] = load_model(entry, settings).load_s
     figures.update(asyncio.run(_measure_engine(catalog, settings, model_id, max_new_tokens,
-                                               concurrency_levels, rounds)))  # fmt: skip
+                                               concurrency_levels, rounds, peer)))  # fmt: skip
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     single = figures["single_stream_tok_s"]
     figures["single_vs_raw"] = single / figures["raw_generate_tok_s"]
@@ -86,7 +90,19 @@ def run_benchmark(
         figures["aggregate_vs_raw_batch"] = (
             figures["aggregate_tok_s"][top] / figures["raw_batch_generate_tok_s"]
         )
+    if peer is not None:
+        _add_peer_ratios(figures)
     return _table(figures), figures
+
+
+def _add_peer_ratios(figures: dict[str, Any]) -> None:
+    """Ours / peer for the single stream and the aggregate at 8 streams (where measured)."""
+    figures["single_vs_peer"] = figures["single_stream_tok_s"] / figures["peer_single_tok_s"]
+    if "8" in figures["peer_aggregate_tok_s"]:
+        figures["peer_aggregate_tok_s_8"] = figures["peer_aggregate_tok_s"]["8"]
+        figures["aggregate_8_vs_peer"] = (
+            figures["aggregate_tok_s"]["8"] / figures["peer_aggregate_tok_s_8"]
+        )
 
 
 async def _measure_engine(
@@ -96,30 +112,43 @@ async def _measure_engine(
     max_new_tokens: int,
     concurrency_levels: tuple[int, ...],
     rounds: int,
+    peer: Peer | None,
 ) -> dict[str, Any]:
     top_level = max(concurrency_levels)
     engine = Engine(catalog, settings.model_copy(update={"max_batch_size": top_level}))
+    client = peer_client(top_level) if peer is not None else None
     try:
         loaded = await engine.load(model_id)
         # Warm-up: first calls allocate and pick kernels; they are not what a user sees later.
         await _run_streams(engine, model_id, 1, 8)
-        # Raw generate and the single stream alternate, so load from other processes on a
-        # shared machine drifts into both alike instead of biasing their ratio.
-        raw_rates, single_rates = [], []
+        if client is not None and peer is not None:
+            await run_peer_streams(client, peer, _prompts(1), 8)
+        # Raw generate, the single stream and the peer alternate, so load from other processes
+        # on a shared machine drifts into all of them alike instead of biasing their ratios.
+        raw_rates, single_rates, peer_single_rates = [], [], []
         ttft_ms: list[float] = []
+        peer_ttft_ms: list[float] = []
         for _ in range(rounds):
             raw_rates.append(_raw_generate_rate(loaded, max_new_tokens))
             finished, wall_s = await _run_streams(engine, model_id, 1, max_new_tokens)
             single_rates.append(finished[0].completion_tokens / wall_s)
             if top_level == 1:
                 ttft_ms += _first_token_times(finished)
+            if client is not None and peer is not None:
+                replies, wall_s = await run_peer_streams(client, peer, _prompts(1), max_new_tokens)
+                peer_single_rates.append(replies[0].completion_tokens / wall_s)
+                if top_level == 1:
+                    peer_ttft_ms += [r.first_token_ms for r in replies if r.first_token_ms]
         results: dict[str, Any] = {"raw_generate_tok_s": statistics.median(raw_rates)}
         aggregate: dict[str, float] = {"1": statistics.median(single_rates)}
+        peer_aggregate: dict[str, float] = {}
+        if peer_single_rates:
+            peer_aggregate["1"] = statistics.median(peer_single_rates)
         raw_batch_rates: list[float] = []
         for level in concurrency_levels:
             if level == 1:
                 continue
-            rates = []
+            rates, peer_rates = [], []
             for _ in range(rounds):
                 if level == top_level:
                     # What plain `generate` does with a batch this big, alternating as above:
@@ -129,7 +158,15 @@ async def _measure_engine(
                 rates.append(sum(item.completion_tokens for item in finished) / wall_s)
                 if level == top_level:
                     ttft_ms += _first_token_times(finished)
+                if client is not None and peer is not None:
+                    prompts = _prompts(level)
+                    replies, wall_s = await run_peer_streams(client, peer, prompts, max_new_tokens)
+                    peer_rates.append(sum(r.completion_tokens for r in replies) / wall_s)
+                    if level == top_level:
+                        peer_ttft_ms += [r.first_token_ms for r in replies if r.first_token_ms]
             aggregate[str(level)] = statistics.median(rates)
+            if peer_rates:
+                peer_aggregate[str(level)] = statistics.median(peer_rates)
         results["single_stream_tok_s"] = aggregate.get("1")
         if raw_batch_rates:
             results["raw_batch_size"] = top_level
@@ -139,9 +176,31 @@ async def _measure_engine(
         results["ttft_ms_p95"] = percentile(ttft_ms, 0.95)
         results["ttft_streams"] = top_level
         results["max_new_tokens"] = max_new_tokens
+        if peer is not None:
+            results.update(_peer_results(peer, peer_aggregate, peer_ttft_ms))
         return results
     finally:
+        if client is not None:
+            await client.aclose()
         await engine.close()
+
+
+def _peer_results(
+    peer: Peer, aggregate: dict[str, float], first_token_ms: list[float]
+) -> dict[str, Any]:
+    return {
+        "peer_url": peer.root,
+        "peer_model": peer.model,
+        "peer_single_tok_s": aggregate["1"],
+        "peer_aggregate_tok_s": aggregate,
+        "peer_ttft_ms_p50": percentile(first_token_ms, 0.50) if first_token_ms else None,
+        "peer_ttft_ms_p95": percentile(first_token_ms, 0.95) if first_token_ms else None,
+    }
+
+
+def _prompts(count: int) -> list[str]:
+    """The prompts of `count` concurrent streams, as `_bench_request` picks them."""
+    return [PROMPTS[index % len(PROMPTS)] for index in range(count)]
 
 
 def _first_token_times(finished: list[Finished]) -> list[float]:
@@ -218,9 +277,19 @@ def _table(figures: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(
             (f"aggregate @ {size} / raw batch", number(figures["aggregate_vs_raw_batch"], 2))
         )
+    streams = figures["ttft_streams"]
     rows += [
-        (f"ttft_ms_p50 @ {figures['ttft_streams']}", number(figures["ttft_ms_p50"], 0)),
-        (f"ttft_ms_p95 @ {figures['ttft_streams']}", number(figures["ttft_ms_p95"], 0)),
+        (f"ttft_ms_p50 @ {streams}", number(figures["ttft_ms_p50"], 0)),
+        (f"ttft_ms_p95 @ {streams}", number(figures["ttft_ms_p95"], 0)),
         ("peak_rss_mb", number(figures["peak_rss_mb"], 0)),
     ]
+    if "peer_url" in figures:
+        rows.append(("peer", f"{figures['peer_model']} at {figures['peer_url']}"))
+        for level, rate in figures["peer_aggregate_tok_s"].items():
+            rows.append((f"peer aggregate_tok_s @ {level}", number(rate)))
+        rows.append(("single / peer", number(figures["single_vs_peer"], 2)))
+        if "aggregate_8_vs_peer" in figures:
+            rows.append(("aggregate @ 8 / peer", number(figures["aggregate_8_vs_peer"], 2)))
+        rows.append((f"peer ttft_ms_p50 @ {streams}", number(figures["peer_ttft_ms_p50"], 0)))
+        rows.append((f"peer ttft_ms_p95 @ {streams}", number(figures["peer_ttft_ms_p95"], 0)))
     return rows

@@ -50,6 +50,15 @@ def register_bench(bench_subparsers: Any) -> None:
     bench.add_argument(
         "--skip-cold", action="store_true", help="do not time a conversion into an empty cache"
     )
+    bench.add_argument(
+        "--peer-url",
+        metavar="URL",
+        help="also load-test this OpenAI-compatible server (e.g. vLLM) in the same run",
+    )
+    bench.add_argument("--peer-model", help="model name at the peer (default: the first served)")
+    bench.add_argument(
+        "--peer-api-key-env", metavar="NAME", help="environment variable holding the peer's key"
+    )
     bench.set_defaults(handler=bench_inference)
 
 
@@ -186,6 +195,7 @@ def models_pull(args: argparse.Namespace) -> int:
 
 def bench_inference(args: argparse.Namespace) -> int:
     from inference.bench import run_benchmark
+    from inference.bench_peer import PeerError, connect_peer
 
     try:
         levels = tuple(sorted({int(part) for part in args.streams.split(",") if part.strip()}))
@@ -206,6 +216,9 @@ def bench_inference(args: argparse.Namespace) -> int:
     try:
         catalog = load_catalog(args.catalog)
         settings = InferenceSettings.from_env()
+        peer = None
+        if args.peer_url:
+            peer = connect_peer(args.peer_url, args.peer_model, args.peer_api_key_env)
         rows, figures = run_benchmark(
             catalog,
             settings,
@@ -215,8 +228,9 @@ def bench_inference(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             dtype=args.dtype,
             measure_cold=not args.skip_cold,
+            peer=peer,
         )
-    except (CatalogError, ValueError, InferenceError) as exc:
+    except (CatalogError, ValueError, InferenceError, PeerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     width = max(len(name) for name, _ in rows)

@@ -246,6 +246,7 @@ class Engine:
                 self.settings.queue_limit,
                 self.settings.max_batch_size,
                 self.settings.prefix_cache_bytes,
+                self.settings.prefill_chunk_tokens,
             )
             scheduler.start()
             state.scheduler = scheduler

@@ -7,6 +7,7 @@ attempt took), anything else into ModelLoadFailed."""
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from typing import Any
 import structlog
 import torch
 
+from inference.batching import BatchedModel
 from inference.catalog import CatalogEntry
 from inference.errors import InferenceError, ModelLoadFailed, OutOfMemory
 from inference.gguf_cache import ensure_converted
+from inference.packing import can_pack, pack_linears
 from inference.progress import CONVERSION_STAGES, LOAD_STAGES, LoadProgress
 from inference.settings import InferenceSettings
 from inference.sources import resolve_weights
@@ -42,6 +45,7 @@ class LoadedModel:
     memory_bytes: int
     load_s: float
     weights_dir: Path
+    runner: BatchedModel  # the model as the scheduler's batch phases run it
 
 
 def pick_device(entry: CatalogEntry) -> torch.device:
@@ -73,6 +77,17 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def default_torch_threads() -> int:
+    """One intra-op thread per core this process may run on, less one (at least one). Every
+    torch op splits its work evenly across the threads and waits for the slowest, so when
+    another process (or the event loop) holds one of the cores, each op waits for that thread
+    to be scheduled again: on 2 shared cores a decode step with 2 threads took 64 ms when the
+    other core was free and 500-900 ms when it was not, against ~75 ms with one thread
+    (docs/benchmarks.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
 
 
 def prepare_weights(
@@ -148,8 +163,7 @@ def _load(
 
     quantization_class: Any = BitsAndBytesConfig  # untyped constructor
 
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.torch_threads or default_torch_threads())
     device = pick_device(entry)
     dtype = pick_dtype(entry, device)
     weights = prepare_weights(entry, settings, show_progress, progress)
@@ -169,6 +183,15 @@ def _load(
         quantization_config=quantization_config,
     )
     model.eval()
+    memory_bytes = int(model.get_memory_footprint())
+    unpacked = can_pack(device, dtype, quantization_config is not None)
+    if not settings.pack_weights:
+        unpacked = "LEDGERCHAT_INFERENCE_PACK_WEIGHTS is off"
+    if unpacked is None:
+        memory_bytes += pack_linears(model, dtype)
+    else:
+        log.info("weights_not_packed", model=entry.id, reason=unpacked)
+    runner = BatchedModel(model, device, dtype)  # refuses attention it cannot batch
     adapter = TokenizerAdapter(tokenizer)
     stop_ids = set(_eos_ids(model.generation_config.eos_token_id))
     stop_ids |= set(_eos_ids(tokenizer.eos_token_id))
@@ -176,7 +199,6 @@ def _load(
     if end_of_turn is not None:
         stop_ids.add(end_of_turn)
     load_s = time.perf_counter() - started
-    memory_bytes = int(model.get_memory_footprint())
     log.info("model_loaded", model=entry.id, load_s=round(load_s, 2), memory_bytes=memory_bytes)
     progress.finish()
     return LoadedModel(
@@ -189,6 +211,7 @@ def _load(
         memory_bytes=memory_bytes,
         load_s=load_s,
         weights_dir=weights,
+        runner=runner,
     )
 
 

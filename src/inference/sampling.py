@@ -30,8 +30,7 @@ def sample_next_tokens(
 ) -> list[int]:
     """logits: [batch, vocab]. One token id per row."""
     assert logits.dim() == 2 and logits.shape[0] == len(params) == len(generators)
-    # One argmax over the whole batch serves every greedy row.
-    greedy_ids: list[int] = logits.argmax(dim=-1).tolist()
+    greedy_ids = _greedy_ids(logits)
     return [
         greedy_ids[row] if sampling.greedy else _sample_row(logits[row], sampling, generator)
         for row, (sampling, generator) in enumerate(zip(params, generators, strict=True))
@@ -46,7 +45,7 @@ def sample_each_row(
     """Like `sample_next_tokens`, but a row whose sampling fails gets its exception instead of
     a token, so that one bad row ends only its own request."""
     assert logits.dim() == 2 and logits.shape[0] == len(params) == len(generators)
-    greedy_ids: list[int] = logits.argmax(dim=-1).tolist()
+    greedy_ids = _greedy_ids(logits)
     tokens: list[int | Exception] = []
     for row, (sampling, generator) in enumerate(zip(params, generators, strict=True)):
         if sampling.greedy:
@@ -57,6 +56,14 @@ def sample_each_row(
         except Exception as exc:  # e.g. non-finite probabilities from extreme logits
             tokens.append(exc)
     return tokens
+
+
+def _greedy_ids(logits: torch.Tensor) -> list[int]:
+    """One reduction over the whole batch serves every greedy row. In float32 and as `max`:
+    on CPU an argmax over bf16 logits took 8 ms for 8 rows of the 262k vocabulary, converting
+    then `max` 3 ms (both return the first of equal maxima)."""
+    ids: list[int] = logits.float().max(dim=-1).indices.tolist()
+    return ids
 
 
 def _sample_row(
@@ -80,37 +87,39 @@ def apply_repetition_guard(
     logits: torch.Tensor, history: torch.Tensor, prompting: Prompting
 ) -> torch.Tensor:
     """logits: [batch, vocab]; history: [batch, steps], each row's reply tokens so far,
-    left-padded with NO_TOKEN. The logits with the repetition penalty and the no-repeat n-gram
-    ban applied, from each row's own reply only (never the prompt: a reply may reuse the
-    question's words and the frame's turn markers, which end it). Whole-batch tensor
-    operations: a row's result does not depend on the other rows."""
+    left-padded with NO_TOKEN. The logits (as float32) with the repetition penalty and the
+    no-repeat n-gram ban applied, from each row's own reply only (never the prompt: a reply may
+    reuse the question's words and the frame's turn markers, which end it). Sparse: only the
+    reply's own token ids are read and written, never a pass over the vocabulary, and a row's
+    result does not depend on the other rows."""
     if not prompting.guards_repetition or history.shape[1] == 0:
         return logits
-    scores = logits.float()  # [batch, vocab]
+    scores = logits.to(torch.float32, copy=True)  # [batch, vocab]
     present = history != NO_TOKEN  # [batch, steps]
-    token_ids = history.clamp(min=0)  # [batch, steps]
     if prompting.repetition_penalty != 1.0:
-        # scatter_add, not scatter: padding and real tokens may share an index, and only a
-        # sum is deterministic when indices repeat.
-        seen = torch.zeros_like(scores).scatter_add_(1, token_ids, present.float()) > 0
+        # Padding points at the row's last token (a real one unless the row has none: history
+        # is left-padded), so every write to one index writes one value: scatter_ is exact.
+        token_ids = torch.where(present, history, history[:, -1:].clamp(min=0))  # [batch, steps]
+        seen = scores.gather(1, token_ids)  # [batch, steps]
         penalty = prompting.repetition_penalty
-        penalised = torch.where(scores > 0, scores / penalty, scores * penalty)
-        scores = torch.where(seen, penalised, scores)
+        penalised = torch.where(seen > 0, seen / penalty, seen * penalty)
+        scores.scatter_(1, token_ids, torch.where(present[:, -1:], penalised, seen))
     size = prompting.no_repeat_ngram_size
     if size and history.shape[1] >= size:
-        scores = _ban_repeated_ngrams(scores, history, present, size)
+        _ban_repeated_ngrams(scores, history, present, size)
     return scores
 
 
 def _ban_repeated_ngrams(
     scores: torch.Tensor, history: torch.Tensor, present: torch.Tensor, size: int
-) -> torch.Tensor:
-    """Bans, per row, every token that would complete an n-gram already in the reply: the
-    token after each earlier occurrence of the reply's last n-1 tokens."""
+) -> None:
+    """Bans (in place), per row, every token that would complete an n-gram already in the
+    reply: the token after each earlier occurrence of the reply's last n-1 tokens."""
     windows = history.unfold(1, size, 1)  # [batch, steps - n + 1, n]
     complete = present.unfold(1, size, 1).all(dim=-1)  # [batch, steps - n + 1]
     last = history[:, history.shape[1] - (size - 1) :]  # [batch, n - 1]
     matches = (windows[:, :, :-1] == last.unsqueeze(1)).all(dim=-1) & complete
-    banned_ids = windows[:, :, -1].clamp(min=0)  # [batch, steps - n + 1]
-    banned = torch.zeros_like(scores).scatter_add_(1, banned_ids, matches.float()) > 0
-    return scores.masked_fill(banned, float("-inf"))
+    rows = torch.arange(history.shape[0], device=history.device).unsqueeze(1)  # [batch, 1]
+    banned_rows = rows.expand_as(matches)[matches]  # [bans]
+    banned_ids = windows[:, :, -1][matches]  # [bans]
+    scores[banned_rows, banned_ids] = float("-inf")

@@ -1,8 +1,11 @@
 """One scheduler thread per loaded model: continuous batching of that model's requests.
 
 Requests wait in a bounded queue. Between decode steps the thread admits waiting requests up
-to the batch limit (each is prefilled alone, then joins the running batch), drops rows that
-were cancelled or ran past their deadline, and runs one decode step for every remaining row.
+to the batch limit (prompts admitted together are prefilled together, a chunk of at most
+`prefill_chunk_tokens` per step, so a long prompt neither stalls the running rows nor the
+prompts admitted after it; see `prefilling.py`), joins each finished prefill to the running
+batch, drops rows that were cancelled or ran past their deadline, and runs one decode step for
+every remaining row.
 Each row streams its own events back to the asyncio loop through `Slot.deliver`, which must be
 thread-safe (the engine uses loop.call_soon_threadsafe). Generation never runs on the loop.
 What a sampled token does to its request (text, stop strings, limits, the final event) is
@@ -20,17 +23,18 @@ import torch
 from inference.batching import (
     RunningBatch,
     decode_step,
+    finish_prefill,
     join,
     keep_rows,
-    prefill,
-    prefill_after_prefix,
+    prefill_chunk,
     row_layers,
     set_next_tokens,
 )
 from inference.errors import EngineBusy, ModelUnavailable, OutOfMemory
 from inference.events import FinishReason
 from inference.loading import LoadedModel, free_memory, is_out_of_memory
-from inference.prefix_cache import PrefixCache, PrefixEntry
+from inference.prefilling import Prefilling, chunk_plan, plan_prefills
+from inference.prefix_cache import PrefixCache
 from inference.sampling import apply_repetition_guard, sample_each_row
 from inference.slots import Row, Slot, accept_token, finish, token_or_pad
 
@@ -38,9 +42,6 @@ log = structlog.get_logger(__name__)
 
 # How long an idle scheduler sleeps before re-checking its queue even without a wake-up.
 _IDLE_POLL_S = 1.0
-# Prompts admitted together are prefilled in one forward while their padded size stays under
-# this many tokens; longer ones go alone so one long prompt does not pad many short ones.
-MAX_PREFILL_GROUP_TOKENS = 2048
 
 
 class ModelScheduler:
@@ -52,8 +53,10 @@ class ModelScheduler:
         queue_limit: int,
         max_batch_size: int,
         prefix_cache_bytes: int = 0,
+        prefill_chunk_tokens: int = 256,
     ) -> None:
         self._loaded = loaded
+        self._prefill_chunk_tokens = prefill_chunk_tokens
         self._prefix_cache = PrefixCache(prefix_cache_bytes)
         self._queue_limit = queue_limit
         self._max_batch_size = max_batch_size
@@ -62,6 +65,8 @@ class ModelScheduler:
         self._stopping = False
         self._rows: list[Row] = []
         self._batch: RunningBatch | None = None
+        # Admitted prompts whose prefill is under way (chunk by chunk), oldest first.
+        self._prefilling: list[Prefilling] = []
         # Slots taken off the queue this step and not yet in the batch; only the thread
         # touches them, but they must still get their Finished if a step or the thread fails.
         self._admitting: list[Slot] = []
@@ -116,8 +121,9 @@ class ModelScheduler:
 
     @property
     def running_count(self) -> int:
-        """Rows in the running batch (read without a lock: a snapshot for metrics)."""
-        return len(self._rows)
+        """Admitted requests: rows in the running batch and prompts being prefilled (read
+        without a lock: a snapshot for metrics)."""
+        return len(self._rows) + sum(len(item.rows) for item in list(self._prefilling))
 
     def _run(self) -> None:
         try:
@@ -129,6 +135,7 @@ class ModelScheduler:
             text = f"scheduler crashed: {exc!r}"
             for slot in self._admitting:
                 self._finish(slot, "error", None, None, text)
+            self._fail_prefilling("error", text, None)
             self._fail_all("error", text, None)
             raise
         finally:
@@ -139,6 +146,7 @@ class ModelScheduler:
             for slot in self._admitting:
                 self._finish(slot, "cancelled", None)
             self._admitting = []
+            self._fail_prefilling("cancelled", None, None)
             for row in self._rows:
                 self._finish(row.slot, "cancelled", row)
             self._rows = []
@@ -153,9 +161,10 @@ class ModelScheduler:
                     return
                 expired = self._take_expired_waiting()
                 admitted: list[Slot] = []
-                while self._waiting and len(self._rows) + len(admitted) < self._max_batch_size:
+                occupied = len(self._rows) + sum(len(item.rows) for item in self._prefilling)
+                while self._waiting and occupied + len(admitted) < self._max_batch_size:
                     admitted.append(self._waiting.popleft())
-                if not admitted and not self._rows and not expired:
+                if not admitted and not self._rows and not self._prefilling and not expired:
                     self._condition.wait(_IDLE_POLL_S)
                     continue
             self._admitting = admitted + [slot for slot, _ in expired]
@@ -166,29 +175,19 @@ class ModelScheduler:
             self._admitting = []
 
     def _step(self, expired: list[tuple[Slot, FinishReason]], admitted: list[Slot]) -> None:
-        """Finish what ended, admit what was taken off the queue, run one decode step."""
+        """Finish what ended, start prefilling what was admitted, advance the prefills by one
+        budget of tokens (joining those that finish), run one decode step."""
         for slot, reason in expired:
             self._finish(slot, reason, None)
         self._drop_ended_rows()
-        for slots, prefix in self._plan_prefills(self._admissible(admitted)):
-            self._admit(slots, prefix)
+        self._drop_ended_prefills()
+        for members in plan_prefills(self._admissible(admitted), self._prefix_cache):
+            self._prefilling.append(Prefilling.start(self._loaded, members))
+        self._admitting = []
+        for item, columns in chunk_plan(self._prefilling, self._prefill_chunk_tokens):
+            self._advance(item, columns)
         if self._rows:
             self._decode()
-
-    def _plan_prefills(
-        self, slots: list[Slot]
-    ) -> list[tuple[list[Slot], tuple[PrefixEntry, int] | None]]:
-        """The prefill forwards that admit `slots`, in order: each slot whose prompt starts with
-        a cached prefix alone after that prefix, then the others in padded groups."""
-        after_prefix: list[tuple[list[Slot], tuple[PrefixEntry, int] | None]] = []
-        plain = []
-        for slot in slots:
-            match = self._prefix_cache.longest_match(slot.prompt_ids)
-            if match is None:
-                plain.append(slot)
-            else:
-                after_prefix.append(([slot], match))
-        return after_prefix + [(group, None) for group in _prefill_groups(plain)]
 
     def _fail_step(self, exc: BaseException) -> None:
         """A failure outside a forward (joining caches, trimming the batch, ...) may leave the
@@ -199,6 +198,7 @@ class ModelScheduler:
         text = f"{type(exc).__name__}: {exc}"
         for slot in self._admitting:
             self._finish(slot, "error", None, error, text)
+        self._fail_prefilling("error", text, error)
         self._fail_all("error", text, error)
 
     def _take_expired_waiting(self) -> list[tuple[Slot, FinishReason]]:
@@ -238,47 +238,58 @@ class ModelScheduler:
                 wanted.append(slot)
         return wanted
 
-    def _admit(self, slots: list[Slot], prefix: tuple[PrefixEntry, int] | None = None) -> None:
-        """Prefill `slots` together (or one slot after a cached prefix), emit their first
-        tokens, and join the still-running ones to the batch."""
-        loaded = self._loaded
-        rows = [Row(slot, loaded) for slot in slots]
+    def _drop_ended_prefills(self) -> None:
+        """Prompts cancelled or past their deadline while prefilling end now; a group none of
+        whose requests is still wanted stops prefilling."""
+        now = time.monotonic()
+        for item in self._prefilling:
+            for row in item.rows:
+                if row.slot.cancel_requested:
+                    self._finish(row.slot, "cancelled", row)
+                elif now >= row.slot.deadline_at:
+                    self._finish(row.slot, "timeout", row)
+        self._prefilling = [item for item in self._prefilling if item.wanted]
+
+    def _advance(self, item: Prefilling, columns: int) -> None:
+        """Feed `columns` more columns of a prefill; when it is complete, emit its first
+        tokens and join its still-running rows to the batch."""
+        rows = item.rows
         try:
-            if prefix is None:
-                prompts = [slot.prompt_ids for slot in slots]
-                incoming, logits = prefill(loaded.model, prompts, loaded.device)
-            else:
-                (slot,) = slots
-                entry, reused = prefix
-                incoming, logits = prefill_after_prefix(
-                    loaded.model, entry.layers, reused, slot.prompt_ids, loaded.device
-                )
-                slot.reused_prompt_tokens = reused
+            prefill_chunk(self._loaded.runner, item.prefill, columns)
+            logits = item.prefill.logits
+            if logits is None:
+                return
             first_tokens = sample_each_row(
-                logits, [slot.sampling for slot in slots], [row.generator for row in rows]
+                logits, [row.slot.sampling for row in rows], [row.generator for row in rows]
             )
         except (Exception, MemoryError) as exc:  # a failed forward ends these requests only
-            log.exception("generation_failed", model=self.model_id, prefill_rows=len(slots))
+            log.exception("generation_failed", model=self.model_id, prefill_rows=len(rows))
+            self._prefilling.remove(item)
             error = _as_out_of_memory(exc, self.model_id, "prefilling for")
-            for slot in slots:
-                self._finish(slot, "error", None, error, f"{type(exc).__name__}: {exc}")
+            for row in rows:
+                self._finish(row.slot, "error", row, error, f"{type(exc).__name__}: {exc}")
             return
         self._fail_unsampled(rows, first_tokens)
+        incoming = finish_prefill(item.prefill)
         set_next_tokens(incoming, [token_or_pad(token) for token in first_tokens])
         still_running = [
             index
             for index, (row, token_id) in enumerate(zip(rows, first_tokens, strict=True))
-            if not isinstance(token_id, Exception) and not self._accept_token(row, token_id)
+            if not row.slot.finished
+            and not isinstance(token_id, Exception)
+            and not self._accept_token(row, token_id)
         ]
         remaining = keep_rows(incoming, still_running)
         if remaining is not None:
-            self._batch = join(self._batch, remaining)
+            self._batch = join(self._batch, remaining, self._max_batch_size)
             self._rows += [rows[index] for index in still_running]
+        # Only now: should joining fail, the step's failure handling still finds its rows.
+        self._prefilling.remove(item)
 
     def _decode(self) -> None:
         assert self._batch is not None and self._batch.size == len(self._rows)
         try:
-            logits = decode_step(self._loaded.model, self._batch)  # [batch, vocab]
+            logits = decode_step(self._loaded.runner, self._batch)  # [batch, vocab]
             logits = apply_repetition_guard(
                 logits, self._batch.history, self._loaded.entry.prompting
             )
@@ -340,6 +351,14 @@ class ModelScheduler:
         assert layers[0][0].shape[2] == len(fed_ids), "row cache out of step with its tokens"
         self._prefix_cache.store(fed_ids, layers)
 
+    def _fail_prefilling(
+        self, reason: FinishReason, error_text: str | None, error: OutOfMemory | None
+    ) -> None:
+        for item in self._prefilling:
+            for row in item.rows:
+                self._finish(row.slot, reason, row, error, error_text)
+        self._prefilling = []
+
     def _fail_all(
         self, reason: FinishReason, error_text: str | None, error: OutOfMemory | None
     ) -> None:
@@ -365,20 +384,3 @@ def _as_out_of_memory(error: BaseException, model_id: str, during: str) -> OutOf
         return None
     free_memory()
     return OutOfMemory(model_id, during)
-
-
-def _prefill_groups(slots: list[Slot]) -> list[list[Slot]]:
-    """Consecutive slots whose left-padded prompts fit MAX_PREFILL_GROUP_TOKENS together."""
-    groups: list[list[Slot]] = []
-    current: list[Slot] = []
-    longest = 0
-    for slot in slots:
-        length = max(longest, len(slot.prompt_ids))
-        if current and length * (len(current) + 1) > MAX_PREFILL_GROUP_TOKENS:
-            groups.append(current)
-            current, length = [], len(slot.prompt_ids)
-        current.append(slot)
-        longest = length
-    if current:
-        groups.append(current)
-    return groups

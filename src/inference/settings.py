@@ -113,8 +113,17 @@ class InferenceSettings(EnvSettings):
     prefix_cache_bytes: int = Field(default=256 * 2**20, ge=0)
     """Per model, memory for finished conversations' KV caches reused by their next turn; 0: off."""
 
+    prefill_chunk_tokens: int = Field(default=256, ge=16, le=65536)
+    """Padded prompt tokens prefilled per scheduler step (chunked prefill): a longer prompt is
+    fed over several steps, between decode steps of the running batch."""
+
+    pack_weights: bool = True
+    """On CPU, prepack linear weights for oneDNN at load (faster decode; a model whose output
+    layer shares the token embedding keeps one extra copy of it: +335 MB for the 270M)."""
+
     torch_threads: int | None = Field(default=None, ge=1)
-    """torch intra-op threads; None leaves torch's default (one per core)."""
+    """torch intra-op threads; None: one per core this process may use, less one (at least
+    one), which leaves a core to the event loop and to other processes."""
 
 
 def _one_line(exc: ValidationError, prefix: str) -> str:

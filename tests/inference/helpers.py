@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -57,18 +58,22 @@ async def collect(events: AsyncIterator[StreamEvent]) -> tuple[str, Finished]:
     return text, finished
 
 
-def reference_greedy_ids(engine: Engine, req: GenerationRequest) -> list[int]:
+def reference_greedy_ids(
+    engine: Engine, req: GenerationRequest, model: Any | None = None
+) -> list[int]:
     """What plain transformers `generate` produces for the request, greedy, one at a time, in
     the model's prompt frame with its repetition guard, cut after the token that completes
-    one of the model's stop strings (as the engine stops there)."""
+    one of the model's stop strings (as the engine stops there). `model`: another copy of the
+    weights to generate with (default: the engine's loaded model)."""
     loaded = engine.loaded_model(req.model_id)
     assert loaded is not None
+    model = loaded.model if model is None else model
     prompting = loaded.entry.prompting
     prompt_ids = encode_prompt(loaded.tokenizer, req.messages, prompting)
     assert req.sampling.max_new_tokens is not None
     guard = _RepetitionGuard(prompting, len(prompt_ids))
     with torch.inference_mode():
-        output = loaded.model.generate(
+        output = model.generate(
             torch.tensor([prompt_ids]),
             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
             max_new_tokens=req.sampling.max_new_tokens,

@@ -1,6 +1,6 @@
-"""The batch phases on the tiny model: grouped left-padded prefill, joining a running batch,
-decoding, and rows leaving must give every row its own single-request logits (to float
-tolerance) and hence its own greedy tokens."""
+"""The batch phases on the tiny model: grouped left-padded prefill (whole or in chunks),
+joining a running batch, decoding, rows leaving and the cache growing must give every row its
+own single-request logits (to float tolerance) and hence its own greedy tokens."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from inference import Catalog, InferenceSettings
 from inference.batching import (
     RunningBatch,
     decode_step,
+    finish_prefill,
     join,
     keep_rows,
     prefill,
-    prefill_after_prefix,
+    prefill_chunk,
     row_layers,
     set_next_tokens,
+    start_prefill,
 )
+from inference.kv_cache import COLUMN_BLOCK
 from inference.loading import LoadedModel, load_model
 from tests.inference.conftest import TINY
 
@@ -30,6 +33,7 @@ PROMPTS = [
 ]
 STEPS = 12
 LOGIT_TOLERANCE = 1e-4
+ROWS = 4  # the running batch's row capacity in these tests
 
 
 @pytest.fixture
@@ -73,14 +77,20 @@ class Recorder:
             assert torch.allclose(mine, theirs, atol=LOGIT_TOLERANCE), (mine - theirs).abs().max()
 
 
-def start(loaded: LoadedModel, prompts: list[list[int]], rows: list[Recorder]) -> RunningBatch:
-    batch, logits = prefill(loaded.model, prompts, loaded.device)
-    set_next_tokens(batch, [row.add(logits[index]) for index, row in enumerate(rows)])
-    return batch
+def start(
+    loaded: LoadedModel,
+    prompts: list[list[int]],
+    rows: list[Recorder],
+    chunk_columns: int | None = None,
+) -> RunningBatch:
+    """Prompts prefilled together (in chunks of `chunk_columns`), as a running batch."""
+    incoming, logits = prefill(loaded.runner, prompts, chunk_columns)
+    set_next_tokens(incoming, [row.add(logits[index]) for index, row in enumerate(rows)])
+    return join(None, incoming, ROWS)
 
 
 def step(loaded: LoadedModel, batch: RunningBatch, rows: list[Recorder]) -> None:
-    logits = decode_step(loaded.model, batch)
+    logits = decode_step(loaded.runner, batch)
     set_next_tokens(batch, [row.add(logits[index]) for index, row in enumerate(rows)])
 
 
@@ -104,7 +114,9 @@ class TestBatchPhases:
             batch = start(tiny_loaded, PROMPTS[:2], [short, medium])
             for _ in range(3):
                 step(tiny_loaded, batch, [short, medium])
-            batch = join(batch, start(tiny_loaded, PROMPTS[3:], [long]))
+            incoming, logits = prefill(tiny_loaded.runner, PROMPTS[3:])
+            set_next_tokens(incoming, [long.add(logits[0])])
+            batch = join(batch, incoming, ROWS)
             for _ in range(4):
                 step(tiny_loaded, batch, [short, medium, long])
             width_before = batch.cache_length
@@ -116,6 +128,35 @@ class TestBatchPhases:
         medium.check_against(Alone(tiny_loaded, PROMPTS[1], len(medium.tokens)))
         long.check_against(Alone(tiny_loaded, PROMPTS[3], len(long.tokens)))
 
+    def test_chunked_prefill_matches_alone(self, tiny_loaded: LoadedModel) -> None:
+        """Prompts fed 3 columns per forward (chunks straddle the padding and the sliding
+        window of 8) give the logits and tokens each gets alone."""
+        rows = [Recorder() for _ in PROMPTS]
+        with torch.inference_mode():
+            batch = start(tiny_loaded, PROMPTS, rows, chunk_columns=3)
+            for _ in range(STEPS - 1):
+                step(tiny_loaded, batch, rows)
+        for row, prompt in zip(rows, PROMPTS, strict=True):
+            row.check_against(Alone(tiny_loaded, prompt, STEPS))
+
+    def test_cache_growth_and_a_short_row_joining_a_long_one(
+        self, tiny_loaded: LoadedModel
+    ) -> None:
+        """A row whose prompt fills the first allocation makes the cache grow while decoding;
+        a short prompt joining it gets a long left padding. Both keep their own logits."""
+        long_prompt = [2] + [40 + index % 50 for index in range(COLUMN_BLOCK - 3)]
+        long, short = Recorder(), Recorder()
+        with torch.inference_mode():
+            batch = start(tiny_loaded, [long_prompt], [long])
+            incoming, logits = prefill(tiny_loaded.runner, PROMPTS[:1])
+            set_next_tokens(incoming, [short.add(logits[0])])
+            batch = join(batch, incoming, ROWS)
+            for _ in range(STEPS):
+                step(tiny_loaded, batch, [long, short])
+            assert batch.cache.column_capacity > COLUMN_BLOCK  # it grew
+        long.check_against(Alone(tiny_loaded, long_prompt, len(long.tokens)))
+        short.check_against(Alone(tiny_loaded, PROMPTS[0], len(short.tokens)))
+
 
 class TestPrefixPhases:
     def test_prefill_after_prefix_matches_full_prefill(self, tiny_loaded: LoadedModel) -> None:
@@ -125,19 +166,44 @@ class TestPrefixPhases:
         reused = 10
         with torch.inference_mode():
             # The source row is padded in its batch: row_layers must strip that padding.
-            source, _ = prefill(tiny_loaded.model, [shorter, prompt], tiny_loaded.device)
+            source, _ = prefill(tiny_loaded.runner, [shorter, prompt])
             layers = row_layers(source, 1)
             assert layers[0][0].shape[2] == len(prompt)
             assert row_layers(source, 0)[0][0].shape[2] == len(shorter)
             full_rows, partial_rows = [Recorder()], [Recorder()]
             full = start(tiny_loaded, [prompt], full_rows)
-            partial, logits = prefill_after_prefix(
-                tiny_loaded.model, tuple(layers), reused, prompt, tiny_loaded.device
-            )
-            set_next_tokens(partial, [partial_rows[0].add(logits[0])])
+            pending = start_prefill(tiny_loaded.runner, [prompt], [(tuple(layers), reused)])
+            prefill_chunk(tiny_loaded.runner, pending, len(prompt))
+            assert pending.logits is not None
+            partial = finish_prefill(pending)
+            set_next_tokens(partial, [partial_rows[0].add(pending.logits[0])])
             for _ in range(STEPS):
                 step(tiny_loaded, full, full_rows)
                 step(tiny_loaded, partial, partial_rows)
         assert partial_rows[0].tokens == full_rows[0].tokens
         for mine, theirs in zip(partial_rows[0].logits, full_rows[0].logits, strict=True):
             assert torch.allclose(mine, theirs, atol=LOGIT_TOLERANCE)
+
+    def test_prefixed_and_plain_prompts_prefilled_together(self, tiny_loaded: LoadedModel) -> None:
+        """A prompt after its cached prefix and a prompt without one, in one left-padded
+        group: the first is fed only from where the second needs columns, and both get the
+        logits they get alone."""
+        plain, prefixed = PROMPTS[2], PROMPTS[3]
+        reused = 14  # the prefixed row's tail is shorter than the plain prompt
+        rows = [Recorder(), Recorder()]
+        with torch.inference_mode():
+            source, _ = prefill(tiny_loaded.runner, [prefixed])
+            layers = tuple(row_layers(source, 0))
+            pending = start_prefill(tiny_loaded.runner, [plain, prefixed], [None, (layers, reused)])
+            assert pending.reused(0) == 0
+            assert pending.reused(1) == len(prefixed) - len(plain) < reused
+            prefill_chunk(tiny_loaded.runner, pending, 4)
+            while pending.logits is None:
+                prefill_chunk(tiny_loaded.runner, pending, 4)
+            incoming = finish_prefill(pending)
+            set_next_tokens(incoming, [row.add(pending.logits[i]) for i, row in enumerate(rows)])
+            batch = join(None, incoming, ROWS)
+            for _ in range(STEPS - 1):
+                step(tiny_loaded, batch, rows)
+        rows[0].check_against(Alone(tiny_loaded, plain, STEPS))
+        rows[1].check_against(Alone(tiny_loaded, prefixed, STEPS))

@@ -119,6 +119,24 @@ class TestBatching:
             assert finished.completion_tokens == len(reference)
             assert text == expected_text(engine, TINY, reference)
 
+    async def test_chunked_prefill_alongside_decoding_rows(
+        self, make_engine: EngineFactory
+    ) -> None:
+        """With 16-token prefill chunks, a long prompt admitted while short requests decode
+        is fed over several steps between their decode steps; every request still produces
+        exactly its single-request greedy output."""
+        engine = make_engine(max_batch_size=4, prefill_chunk_tokens=16)
+        await engine.load(TINY)
+        long_text = " ".join(PROMPTS)  # well over 16 tokens
+        requests = [request(TINY, text, max_new_tokens=12) for text in (*PROMPTS[:2], long_text)]
+        expected = [reference_greedy_ids(engine, req) for req in requests]
+        short = [asyncio.create_task(collect(engine.stream(req))) for req in requests[:2]]
+        await asyncio.sleep(0.02)
+        results = [*await asyncio.gather(*short, collect(engine.stream(requests[2])))]
+        for (text, finished), reference in zip(results, expected, strict=True):
+            assert finished.completion_tokens == len(reference)
+            assert text == expected_text(engine, TINY, reference)
+
     async def test_batch_serves_all_within_limit(self, make_engine: EngineFactory) -> None:
         """With max_batch_size 2, six concurrent requests all finish; none waits forever."""
         engine = make_engine(max_batch_size=2, queue_limit=8)

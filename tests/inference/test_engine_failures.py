@@ -101,10 +101,10 @@ class TestFailuresBetweenForwards:
         scheduler = scheduler_of(engine)
         real_join = sched_mod.join
 
-        def join_fails_second_time(batch: Any, incoming: Any) -> Any:
+        def join_fails_second_time(batch: Any, incoming: Any, *rest: Any) -> Any:
             if batch is not None:  # joining into a running batch
                 raise RuntimeError(OOM)
-            return real_join(batch, incoming)
+            return real_join(batch, incoming, *rest)
 
         monkeypatch.setattr(sched_mod, "join", join_fails_second_time)
         first, (second,) = await hold_batch_then_queue(
@@ -159,10 +159,10 @@ class TestFailuresBetweenForwards:
             loads.append(entry.id)
             return real_load(entry, settings, **options)
 
-        def join_fails(batch: Any, incoming: Any) -> Any:
+        def join_fails(batch: Any, incoming: Any, *rest: Any) -> Any:
             if batch is not None:
                 raise RuntimeError(OOM)
-            return real_join(batch, incoming)
+            return real_join(batch, incoming, *rest)
 
         def handler_fails(self: Any, exc: BaseException) -> None:
             raise RuntimeError("the error handler broke too") from exc
