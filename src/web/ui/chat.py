@@ -285,6 +285,15 @@ class ChatActions:
                 elif isinstance(event, ChatCompleted):
                     completed = event
         if stopped:
+            # Said here, in the reply's own ordered stream, not by the Stop click's answer:
+            # that answer could reach the page after "Stopped" and leave "Stopping…" on screen.
+            yield (
+                turn.render(),
+                gr.skip(),
+                notice_html("info", "Stopping…"),
+                gr.skip(),
+                conversation_id,
+            )
             # Closing the stream settled it (billed what was generated): stop() gives that
             # settled outcome.
             completed = await prepared.stop()
@@ -326,9 +335,9 @@ class ChatActions:
         balance = await self._services.billing.balance(caller)
         return balance_html(balance.available, balance.held)
 
-    def request_stop(self, session: UISession) -> str:
+    def request_stop(self, session: UISession) -> None:
+        """Ask the streaming reply to stop; it shows "Stopping…" and then "Stopped" itself."""
         session.stop_requested = True
-        return notice_html("info", "Stopping…")
 
     def check_model(self, model_id: str) -> tuple[Any, str, str]:
         """Unavailable models stay listed but cannot be chosen: fall back to the default.

@@ -289,7 +289,7 @@ class ChatTab:
                 show_progress="hidden",
             )
         )
-        self.stop_button.click(self._chat.request_stop, [session], [self.notice], queue=False)
+        self.stop_button.click(self._chat.request_stop, [session], None, queue=False)
         self.alert_dismiss.click(
             self._alerts.dismiss,
             [session, self.alert_ids],
