@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from typing import Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from web.domain.billing.services import MAX_USAGE_DAYS, csv_cell
@@ -64,6 +65,28 @@ def usage_window(since: dt.date | None, until: dt.date | None) -> tuple[dt.date,
     return since, until
 
 
+def interactions_between(since: dt.date, until: dt.date, *columns: Any) -> Select[Any]:
+    """`columns` of every reply stored in [since, until] (whole UTC days), joined to its user."""
+    start = dt.datetime.combine(since, dt.time(), dt.UTC)
+    end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
+    return (
+        select(*columns)
+        .join(UserRow, UserRow.id == ModelInteractionRow.user_id)
+        .where(ModelInteractionRow.created_at >= start, ModelInteractionRow.created_at < end)
+    )
+
+
+async def only_user(session: AsyncSession, query: Select[Any], username: str | None) -> Select[Any]:
+    """`query` narrowed to `username`'s replies (unchanged when None); an unknown user is
+    NotFound."""
+    if username is None:
+        return query
+    user_id = await session.scalar(select(UserRow.id).where(UserRow.username == username))
+    if user_id is None:
+        raise NotFound(f"no user {username!r}", field="user")
+    return query.where(ModelInteractionRow.user_id == user_id)
+
+
 async def admin_usage(
     sessions: async_sessionmaker[AsyncSession],
     *,
@@ -73,27 +96,19 @@ async def admin_usage(
 ) -> AdminUsageReport:
     """Every user's (or `username`'s) usage per UTC day and model; the caller checked admin."""
     since, until = usage_window(since, until)
-    start = dt.datetime.combine(since, dt.time(), dt.UTC)
-    end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
-    query = (
-        select(
-            ModelInteractionRow.created_at,
-            ModelInteractionRow.user_id,
-            UserRow.username,
-            ModelInteractionRow.model_id,
-            ModelInteractionRow.prompt_tokens,
-            ModelInteractionRow.completion_tokens,
-            ModelInteractionRow.credits_charged,
-        )
-        .join(UserRow, UserRow.id == ModelInteractionRow.user_id)
-        .where(ModelInteractionRow.created_at >= start, ModelInteractionRow.created_at < end)
+    query = interactions_between(
+        since,
+        until,
+        ModelInteractionRow.created_at,
+        ModelInteractionRow.user_id,
+        UserRow.username,
+        ModelInteractionRow.model_id,
+        ModelInteractionRow.prompt_tokens,
+        ModelInteractionRow.completion_tokens,
+        ModelInteractionRow.credits_charged,
     )
     async with sessions() as session:
-        if username is not None:
-            user_id = await session.scalar(select(UserRow.id).where(UserRow.username == username))
-            if user_id is None:
-                raise NotFound(f"no user {username!r}", field="user")
-            query = query.where(ModelInteractionRow.user_id == user_id)
+        query = await only_user(session, query, username)
         rows = (await session.execute(query)).all()
     # Grouped here, not in SQL: day truncation differs between SQLite and PostgreSQL.
     groups: dict[tuple[str, str, int, str], list[int]] = {}

@@ -14,10 +14,9 @@ import datetime as dt
 import io
 
 import msgspec
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from web.domain.admin.usage import usage_window
+from web.domain.admin.usage import interactions_between, only_user, usage_window
 from web.domain.billing.services import csv_cell
 from web.errors import NotFound
 from web.tables import ApiKeyRow, ModelInteractionRow, UserRow
@@ -95,32 +94,23 @@ async def admin_key_usage(
     """Usage per UTC day, API key and model (every key, a user's, or one); the caller checked
     admin. An unknown `username` or `key_id` is NotFound."""
     since, until = usage_window(since, until)
-    start = dt.datetime.combine(since, dt.time(), dt.UTC)
-    end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
-    query = (
-        select(
-            ModelInteractionRow.created_at,
-            ModelInteractionRow.api_key_id,
-            ApiKeyRow.name,
-            ApiKeyRow.prefix,
-            ApiKeyRow.revoked_at,
-            ModelInteractionRow.user_id,
-            UserRow.username,
-            ModelInteractionRow.model_id,
-            ModelInteractionRow.prompt_tokens,
-            ModelInteractionRow.completion_tokens,
-            ModelInteractionRow.credits_charged,
-        )
-        .join(UserRow, UserRow.id == ModelInteractionRow.user_id)
-        .outerjoin(ApiKeyRow, ApiKeyRow.id == ModelInteractionRow.api_key_id)
-        .where(ModelInteractionRow.created_at >= start, ModelInteractionRow.created_at < end)
-    )
+    query = interactions_between(
+        since,
+        until,
+        ModelInteractionRow.created_at,
+        ModelInteractionRow.api_key_id,
+        ApiKeyRow.name,
+        ApiKeyRow.prefix,
+        ApiKeyRow.revoked_at,
+        ModelInteractionRow.user_id,
+        UserRow.username,
+        ModelInteractionRow.model_id,
+        ModelInteractionRow.prompt_tokens,
+        ModelInteractionRow.completion_tokens,
+        ModelInteractionRow.credits_charged,
+    ).outerjoin(ApiKeyRow, ApiKeyRow.id == ModelInteractionRow.api_key_id)
     async with sessions() as session:
-        if username is not None:
-            user_id = await session.scalar(select(UserRow.id).where(UserRow.username == username))
-            if user_id is None:
-                raise NotFound(f"no user {username!r}", field="user")
-            query = query.where(ModelInteractionRow.user_id == user_id)
+        query = await only_user(session, query, username)
         if key_id is not None:
             if await session.get(ApiKeyRow, key_id) is None:
                 raise NotFound(f"no API key {key_id}", field="key")
