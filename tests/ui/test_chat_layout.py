@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.ui.conftest import TEST_PASSWORD, Shots
+from tests.ui.conftest import TEST_PASSWORD, TINY_MAX_NEW_TOKENS_CAP, Shots
 from tests.ui.pages import (
     REPLY_TIMEOUT_MS,
     bot_messages,
@@ -32,12 +32,13 @@ from tests.ui.pages import (
 pytestmark = pytest.mark.browser
 
 SHORT_REPLY_TOKENS = 24
-# Long enough to watch the reply stream and press Stop before it ends.
-LONG_REPLY_TOKENS = 600
+# As long as the server allows: time to watch the reply stream and press Stop before it ends.
+LONG_REPLY_TOKENS = TINY_MAX_NEW_TOKENS_CAP
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 COMPOSER = ("#chat-input textarea", "#send-button", "#stop-button")
 DRAWER_OPEN = re.compile(r"\bopen\b")
+DRAWER_WIDTH_PX = 280  # web.ui.chat_tab's gr.Sidebar width
 
 
 def assert_in_view_without_scrolling(page: Page, viewport: dict[str, int], what: str) -> None:
@@ -98,6 +99,31 @@ class TestLayout:
         assert_in_view_without_scrolling(page, viewport, "with a notice")
         expect(page.locator("#chat-notice")).to_be_in_viewport()
 
+    def test_account_tab_is_not_pushed_aside_by_the_chat_drawer(
+        self, page: Page, shots: Shots, unique_name: Callable[[str], str]
+    ) -> None:
+        """On a laptop the conversation drawer is open beside the chat; the Account tab, which
+        has no drawer, starts at the page's left edge, not after a blank drawer-wide column, and
+        the chat is beside the drawer again on the way back, even after a resize."""
+        page.set_viewport_size(LAPTOP)
+        sign_up_and_in(page, unique_name("wide"), TEST_PASSWORD)
+        expect(page.locator("#lc-sidebar")).to_have_class(DRAWER_OPEN)
+        beside_drawer = "() => document.querySelector('#lc-chat-main').getBoundingClientRect().x"
+        page.wait_for_function(f"() => ({beside_drawer})() >= {DRAWER_WIDTH_PX}")
+        page.get_by_role("tab", name="Account").click()
+        expect(page.locator(".lc-cards")).to_be_visible()
+        page.wait_for_function(
+            "() => document.querySelector('.lc-cards').getBoundingClientRect().x"
+            f" < {DRAWER_WIDTH_PX // 2}"
+        )
+        shots(page, "account-full-width")
+        # A window resized while the drawer is hidden with its tab must not leave it covering
+        # the chat afterwards.
+        page.set_viewport_size({**LAPTOP, "width": LAPTOP["width"] - 40})
+        page.set_viewport_size(LAPTOP)
+        page.get_by_role("tab", name="Chat").click()
+        page.wait_for_function(f"() => ({beside_drawer})() >= {DRAWER_WIDTH_PX}")
+
     def test_conversation_list_is_a_drawer_on_a_phone(
         self, page: Page, shots: Shots, unique_name: Callable[[str], str]
     ) -> None:
@@ -144,8 +170,10 @@ class TestStreamingControls:
         expect(send_button).to_be_disabled()
         expect(stop_button).to_be_enabled()
         expect(held).to_contain_text("held")
-        shots(page, "streaming")
+        # Stop at once: a screenshot first (over a second on a loaded machine) gave the reply
+        # time to finish, leaving nothing to stop.
         stop_button.click()
+        shots(page, "stopping")
         wait_for_footer(page)
         expect(send_button).to_be_enabled()
         expect(stop_button).to_be_disabled()

@@ -34,6 +34,13 @@ LOADING_REFRESH_S = 2.0
 # The browser's width, written into a hidden Number by a js-only step (a gr.State cannot be
 # written from the browser).
 _VIEWPORT_WIDTH_JS = "() => window.innerWidth"
+# Gradio measures how far an open drawer pushes the page on load and on window resizes; a resize
+# while another tab shows measures the hidden drawer as 0 px wide, and back on this tab the drawer
+# would cover the chat. A resize event once the tab is laid out again measures it afresh.
+_REMEASURE_DRAWER_JS = (
+    "() => { requestAnimationFrame(() => requestAnimationFrame("
+    "() => window.dispatchEvent(new Event('resize')))); }"
+)
 
 
 def _is_wide(viewport_width: Any) -> bool:
@@ -60,7 +67,7 @@ class ChatTab:
         self._conversations = ConversationActions(services)
         self._alerts = AlertActions(services)
         self.conversation_id = conversation_id
-        with gr.Tab("Chat", id="chat", elem_id="chat-tab"):
+        with gr.Tab("Chat", id="chat", elem_id="chat-tab") as self.tab:
             with gr.Sidebar(
                 open=False, width=280, label="Conversations", elem_id="lc-sidebar"
             ) as self.sidebar:
@@ -309,6 +316,7 @@ class ChatTab:
             self.notice,
         ]
         self.new_chat_button.click(self._new_chat, None, new_chat_outputs)
+        self.tab.select(None, None, None, js=_REMEASURE_DRAWER_JS)
         # The Chatbot's own trash button is hidden (web.ui.styles); should it be pressed
         # anyway, it starts a new chat rather than only blanking the screen.
         self.chatbot.clear(self._new_chat, None, new_chat_outputs)

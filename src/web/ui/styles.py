@@ -93,6 +93,12 @@ PAGE_CSS = """
 }
 """
 
+# The conversation drawer lives in the Chat tab, but Gradio pads the whole page for an open
+# drawer whatever tab shows: on the Account and Admin tabs that left a blank 280 px column.
+PAGE_CSS += """
+.sidebar-parent:has(#chat-tab[style*="display: none"]) { padding-left: 0 !important; }
+"""
+
 # The account and admin pages' tables (prices, audit) and narrow-screen history.
 PAGE_CSS += """
 .lc-table-wrap { max-width: 100%; overflow-x: auto; }
