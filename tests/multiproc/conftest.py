@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,23 +53,36 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory,
     postgres_unavailable_reason: str | None,
 ) -> Iterator[Cluster]:
+    with running_cluster(
+        tmp_path_factory.mktemp("multiproc"),
+        engine_upstream,
+        redis_server,
+        postgres_unavailable_reason,
+        LEDGERCHAT_RATE_LIMIT_CHAT_PER_USER_PER_MINUTE=str(CHATS_PER_MINUTE),
+        LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS=str(GRANT),
+        LEDGERCHAT_BILLING_HOLD_TTL_S=HOLD_TTL_S,
+        LEDGERCHAT_BILLING_SWEEP_INTERVAL_S="1",
+    ) as started:
+        yield started
+
+
+@contextmanager
+def running_cluster(
+    folder: Path,
+    upstream: Upstream,
+    redis_server: RedisServer,
+    postgres_unavailable_reason: str | None,
+    **environ: str,
+) -> Iterator[Cluster]:
+    """`WORKERS` web processes behind nginx on a fresh PostgreSQL database (dropped after),
+    reaching `upstream`; the test is skipped when PostgreSQL or nginx is missing."""
     if postgres_unavailable_reason is not None:
         pytest.skip(postgres_unavailable_reason)
     if shutil.which(NGINX) is None and not Path(NGINX).exists():
         pytest.skip("nginx is not installed (Debian: apt-get install nginx)")
     name, url = create_database()
     try:
-        started = start_cluster(
-            tmp_path_factory.mktemp("multiproc"),
-            engine_upstream,
-            url,
-            redis_server.url,
-            WORKERS,
-            LEDGERCHAT_RATE_LIMIT_CHAT_PER_USER_PER_MINUTE=str(CHATS_PER_MINUTE),
-            LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS=str(GRANT),
-            LEDGERCHAT_BILLING_HOLD_TTL_S=HOLD_TTL_S,
-            LEDGERCHAT_BILLING_SWEEP_INTERVAL_S="1",
-        )
+        started = start_cluster(folder, upstream, url, redis_server.url, WORKERS, **environ)
         try:
             yield started
         finally:

@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Page, Response, expect
 
-from tests.multiproc.cluster import (
-    NGINX,
-    UPSTREAM_HEADER,
-    Cluster,
-    create_database,
-    drop_database,
-    start_cluster,
-)
+from tests.multiproc.cluster import UPSTREAM_HEADER, Cluster
+from tests.multiproc.conftest import running_cluster
 from tests.multiproc.redis_server import RedisServer
 from tests.remote.upstreams import Upstream, start_engine_upstream
 from tests.ui.conftest import (
@@ -52,7 +44,6 @@ from tests.ui.pages import (
 pytestmark = pytest.mark.browser
 __all__ = ["browser", "chromium_executable"]  # fixtures from tests/ui, used here by name
 
-WORKERS = 3
 GRANT = 100
 REPLY_TOKENS = 200
 ROUTE_COOKIE = "ledgerchat_route"
@@ -79,31 +70,19 @@ def ui_cluster(
     tmp_path_factory: pytest.TempPathFactory,
     postgres_unavailable_reason: str | None,
 ) -> Iterator[Cluster]:
-    if postgres_unavailable_reason is not None:
-        pytest.skip(postgres_unavailable_reason)
-    if shutil.which(NGINX) is None and not Path(NGINX).exists():
-        pytest.skip("nginx is not installed (Debian: apt-get install nginx)")
-    name, url = create_database()
-    try:
-        started = start_cluster(
-            tmp_path_factory.mktemp("multiproc-ui"),
-            visible_engine,
-            url,
-            redis_server.url,
-            WORKERS,
-            LEDGERCHAT_UI_ENABLED="true",
-            LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS=str(GRANT),
-            LEDGERCHAT_CHAT_DEFAULT_MAX_TOKENS=str(REPLY_TOKENS),
-            # Every browser request comes from 127.0.0.1 (nginx passes it on).
-            LEDGERCHAT_RATE_LIMIT_PER_ADDRESS_PER_MINUTE="100000",
-            GRADIO_ANALYTICS_ENABLED="False",
-        )
-        try:
-            yield started
-        finally:
-            started.stop()
-    finally:
-        drop_database(name)
+    with running_cluster(
+        tmp_path_factory.mktemp("multiproc-ui"),
+        visible_engine,
+        redis_server,
+        postgres_unavailable_reason,
+        LEDGERCHAT_UI_ENABLED="true",
+        LEDGERCHAT_BILLING_SIGNUP_GRANT_CREDITS=str(GRANT),
+        LEDGERCHAT_CHAT_DEFAULT_MAX_TOKENS=str(REPLY_TOKENS),
+        # Every browser request comes from 127.0.0.1 (nginx passes it on).
+        LEDGERCHAT_RATE_LIMIT_PER_ADDRESS_PER_MINUTE="100000",
+        GRADIO_ANALYTICS_ENABLED="False",
+    ) as started:
+        yield started
 
 
 class UpstreamLog:
