@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from tests.web.conftest import TINY
 from tests.web.web_testing import chat, hold_streams_open, signed_in, sse_events
@@ -80,6 +81,25 @@ class TestHoldTimePrice:
         assert done["price_version"] == held_price.version
         assert done["cost_credits"] == expected
         assert (capture["price_version"], -capture["amount"]) == (held_price.version, expected)
+
+
+class TestBillingTimeByPhase:
+    async def test_chat_settled_splits_billing_ms_into_its_phases(self, db_server: Any) -> None:
+        """The `chat_settled` line carries `billing_phases_ms`: the claim, budgets and hold
+        before generation, the capture or release and the two record writes after it; each
+        is a part of `billing_ms`, so together they never exceed it."""
+        async with db_server.client() as client:
+            headers = await signed_in(client, "phased")
+            with capture_logs() as logs:
+                status, _, _ = await chat(client, headers, "hello", sampling={"max_tokens": 4})
+        assert status == 200
+        settled = [line for line in logs if line["event"] == "chat_settled"]
+        assert len(settled) == 1
+        phases = settled[0]["billing_phases_ms"]
+        assert set(phases) == {"claim", "budgets", "hold", "resolve", "exchange", "outcome"}
+        assert all(value >= 0 for value in phases.values())
+        # Each phase is rounded to a microsecond on its own.
+        assert sum(phases.values()) <= settled[0]["billing_ms"] + 0.01
 
 
 class TestHoldMetadata:

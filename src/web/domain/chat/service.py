@@ -155,6 +155,7 @@ class ChatService:
             raise
         turn.slot = slot
         turn.billing_s += claim_s
+        turn.billing_phases_ms["claim"] = round(claim_s * 1000, 3)
         return PreparedChat(self._streams, turn)
 
     async def _check_rate(self, identity: Identity) -> None:
@@ -233,6 +234,7 @@ class ChatService:
         price = model.price
         hold_started = time.perf_counter()
         budgets = await self._budgets.for_chat(identity)
+        budgets_s = time.perf_counter() - hold_started
         shrunk_to = None
         if chat_input.shrink_to_affordable:
             prepared, shrunk_to = await self._fit_to_affordable(identity, budgets, price, prepared)
@@ -259,6 +261,8 @@ class ChatService:
             billing_s=time.perf_counter() - hold_started,
             max_tokens_shrunk_to=shrunk_to,
         )
+        turn.billing_phases_ms["budgets"] = round(budgets_s * 1000, 3)
+        turn.billing_phases_ms["hold"] = round((turn.billing_s - budgets_s) * 1000, 3)
         try:
             if time.perf_counter() - claimed_at > self._billing.hold_ttl_s * SLOW_PREPARE_FRACTION:
                 await self._claims.mark_hold_placed(request_id)

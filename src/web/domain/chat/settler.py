@@ -66,6 +66,8 @@ class TurnSettler:
         decision = decide_settlement(end, price, turn.hold_credits, self._partial_capture)
         settle_started = time.perf_counter()
         settlement, release_reason, balance = await self._resolve_hold(turn, decision)
+        phases = turn.billing_phases_ms
+        phases["resolve"] = _ms_since(settle_started)
         cost = decision.capture_credits if settlement != "released" else 0
         if settlement == "captured" and decision.finish_reason == "cancelled":
             settlement = "partially_captured"
@@ -102,6 +104,7 @@ class TurnSettler:
             finish_reason=decision.finish_reason,
             completion_tokens=decision.completion_tokens,
             billing_ms=round(billing_s * 1000, 3),
+            billing_phases_ms=phases,
         )
         for listener in self.listeners:
             try:
@@ -143,6 +146,7 @@ class TurnSettler:
 
     async def _record(self, turn: Turn, text: str, done: ChatCompleted, processing_ms: int) -> None:
         chat_input = turn.chat_input
+        exchange_started = time.perf_counter()
         if turn.conversation_id is not None and chat_input.message is not None:
             try:
                 await self._conversations.append_exchange(
@@ -162,6 +166,8 @@ class TurnSettler:
                     conversation_id=turn.conversation_id,
                     error=str(exc),
                 )
+        turn.billing_phases_ms["exchange"] = _ms_since(exchange_started)
+        outcome_started = time.perf_counter()
         interaction = ModelInteractionRow(
             user_id=turn.identity.user_id,
             api_key_id=turn.identity.api_key_id,
@@ -177,6 +183,11 @@ class TurnSettler:
             finish_reason=done.finish_reason,
         )
         await self._claims.store_outcome(turn.request_id, interaction, done, text)
+        turn.billing_phases_ms["outcome"] = _ms_since(outcome_started)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _count(decision: Settlement, cost: int, settlement: SettlementKind, elapsed_s: float) -> None:

@@ -91,6 +91,9 @@ class Turn:
     started_at: float
     billing_s: float = 0.0
     """Time spent on billing (claim, hold, capture or release, records)."""
+    billing_phases_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    """`billing_s` by phase (claim, budgets, hold, resolve, exchange, outcome), logged with
+    `chat_settled`: which part of the billing time a slow chat spent where."""
     max_tokens_shrunk_to: int | None = None
     """The completion limit was lowered to this to fit the balance or a budget."""
     reply: Reply = dataclasses.field(default_factory=Reply)
