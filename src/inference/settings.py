@@ -122,8 +122,8 @@ class InferenceSettings(EnvSettings):
     layer shares the token embedding keeps one extra copy of it: +335 MB for the 270M)."""
 
     torch_threads: int | None = Field(default=None, ge=1)
-    """torch intra-op threads; None: one per core this process may use, less one (at least
-    one), which leaves a core to the event loop and to other processes."""
+    """torch intra-op threads, fixed; None: each decode step picks one per core this process
+    may use or one less, by the times of recent steps (fewer when other processes hold a core)."""
 
 
 def _one_line(exc: ValidationError, prefix: str) -> str:
