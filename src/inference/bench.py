@@ -77,7 +77,7 @@ def run_benchmark(
                            rounds, measure_cold, peer, peer_pause)  # fmt: skip
     finally:
         if peer_pause is not None:
-            peer_pause.continue_all()
+            peer_pause.restore()
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     single = figures["single_stream_tok_s"]
     figures["single_vs_raw"] = single / figures["raw_generate_tok_s"]

@@ -220,15 +220,17 @@ def bench_inference(args: argparse.Namespace) -> int:
     if not 1 <= args.rounds <= MAX_BENCH_ROUNDS:
         print(f"error: --rounds must be 1..{MAX_BENCH_ROUNDS}", file=sys.stderr)
         return 2
+    peer_pause: PeerPause | None = None
     try:
         catalog = load_catalog(args.catalog)
         settings = InferenceSettings.from_env()
+        if args.peer_pid is not None and not args.peer_url:
+            raise ValueError("--peer-pid needs --peer-url")
+        # First: a peer stopped by hand runs again before it is asked for its models.
+        peer_pause = PeerPause(args.peer_pid) if args.peer_pid is not None else None
         peer = None
         if args.peer_url:
             peer = connect_peer(args.peer_url, args.peer_model, args.peer_api_key_env)
-        if args.peer_pid is not None and peer is None:
-            raise ValueError("--peer-pid needs --peer-url")
-        peer_pause = PeerPause(args.peer_pid) if args.peer_pid is not None else None
         rows, figures = run_benchmark(
             catalog,
             settings,
@@ -242,6 +244,8 @@ def bench_inference(args: argparse.Namespace) -> int:
             peer_pause=peer_pause,
         )
     except (CatalogError, ValueError, InferenceError, PeerError, PeerPauseError) as exc:
+        if peer_pause is not None:
+            peer_pause.restore()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     width = max(len(name) for name, _ in rows)

@@ -49,14 +49,30 @@ def _children(pid: int) -> list[int]:
     return children
 
 
+def is_stopped(pid: int) -> bool:
+    """True when the process is stopped by a signal (state T in /proc)."""
+    try:
+        text = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] == "T"
+
+
 class PeerPause:
     """Stops and continues one process tree, read afresh at each stop (a server may start
-    workers late). `continue_all` is safe to call at any time, also twice."""
+    workers late). `continue_all` is safe to call at any time, also twice.
+
+    A peer found stopped (an idle vLLM stopped by hand so that it does not busy-poll) is
+    continued at once, so that it can be reached, and `restore` stops it again at the end."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._stopped: list[int] = []
-        process_tree(pid)  # fails early when there is no such process
+        tree = process_tree(pid)  # fails early when there is no such process
+        self.found_stopped = is_stopped(pid)
+        if self.found_stopped:
+            self._stopped = tree
+            self.continue_all()
 
     @property
     def stopped(self) -> bool:
@@ -84,3 +100,10 @@ class PeerPause:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 continue
+
+    def restore(self) -> None:
+        """Leave the peer as it was found: running, or stopped."""
+        if self.found_stopped:
+            self.stop_all()
+        else:
+            self.continue_all()

@@ -317,7 +317,10 @@ class ModelScheduler:
             self._fail_all("error", f"{type(exc).__name__}: {exc}", error)
             return
         if self._governor is not None:  # the ids are on the CPU: the step's work is done
+            chosen = self._governor.current
             self._governor.record(threads, rows, time.perf_counter() - started)
+            if self._governor.current != chosen:
+                log.info("torch_threads_changed", model=self.model_id, threads=threads, rows=rows)
         self._fail_unsampled(self._rows, token_ids)
         set_next_tokens(self._batch, [token_or_pad(token) for token in token_ids])
         for row, token_id in zip(self._rows, token_ids, strict=True):
