@@ -119,7 +119,8 @@ class InferenceSettings(EnvSettings):
 
     pack_weights: bool = True
     """On CPU, prepack linear weights for oneDNN at load (faster decode; a model whose output
-    layer shares the token embedding keeps one extra copy of it: +335 MB for the 270M)."""
+    layer shares the token embedding keeps one extra copy of it: +335 MB for the 270M; bf16 on
+    a CPU without bf16 instructions keeps a float32 copy of every layer: +1.07 GB)."""
 
     torch_threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads, fixed; None: each decode step picks one per core this process
