@@ -248,7 +248,7 @@ class Engine:
                 self.settings.max_batch_size,
                 self.settings.prefix_cache_bytes,
                 self.settings.prefill_chunk_tokens,
-                governor_for(loaded.device.type, self.settings.torch_threads),
+                governor_for(loaded.device.type, self.settings.torch_threads, loaded.memory_bytes),
             )
             scheduler.start()
             state.scheduler = scheduler

@@ -35,7 +35,9 @@ ABORT_FACTOR = 2.0
 # Steps this much slower than when the count was chosen (same batch size) call for a probe.
 SLOWDOWN_FACTOR = 1.5
 # Below this a step is mostly Python and op dispatch, which more threads cannot speed up.
-MIN_PROBED_STEP_S = 0.015
+MIN_PROBED_STEP_S = 0.030
+# Models with fewer bytes of weights keep the fewer threads (the 270M has 536 MB in bf16).
+MIN_GOVERNED_BYTES = 64 * 2**20
 
 
 def usable_cores() -> int:
@@ -155,11 +157,14 @@ def _median(samples: deque[tuple[int, float]] | list[tuple[int, float]]) -> floa
     return statistics.median(seconds for _, seconds in samples)
 
 
-def governor_for(device_type: str, fixed_threads: int | None) -> ThreadGovernor | None:
+def governor_for(
+    device_type: str, fixed_threads: int | None, weight_bytes: int
+) -> ThreadGovernor | None:
     """The governor of a model's scheduler: on CPU, unless the operator fixed the count
-    (LEDGERCHAT_INFERENCE_TORCH_THREADS) or there is one core; elsewhere torch's threads only
-    launch work."""
-    if device_type != "cpu" or fixed_threads is not None:
+    (LEDGERCHAT_INFERENCE_TORCH_THREADS), there is one core, or the model is too small for
+    threads to matter (a test model: a second thread's wake-ups only cost there); elsewhere
+    torch's threads only launch work."""
+    if device_type != "cpu" or fixed_threads is not None or weight_bytes < MIN_GOVERNED_BYTES:
         return None
     choice = ThreadChoice.for_cores(usable_cores())
     return None if choice.fewer == choice.more else ThreadGovernor(choice)

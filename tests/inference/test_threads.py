@@ -97,6 +97,8 @@ class TestThreadGovernor:
         assert used == [1] * 300
 
     def test_no_governor_off_cpu_or_with_a_fixed_count(self) -> None:
-        """A CUDA model or an operator's fixed LEDGERCHAT_INFERENCE_TORCH_THREADS: none."""
-        assert governor_for("cuda", None) is None
-        assert governor_for("cpu", 2) is None
+        """A CUDA model, an operator's fixed LEDGERCHAT_INFERENCE_TORCH_THREADS or a model
+        of a few megabytes: none."""
+        assert governor_for("cuda", None, 2**30) is None
+        assert governor_for("cpu", 2, 2**30) is None
+        assert governor_for("cpu", None, 2**20) is None
