@@ -2,7 +2,8 @@
 stream, aggregate and time-to-first-token figures on one model, in one process and run, so
 the ratios the issue sets as targets are taken under the same conditions. With a peer (any
 OpenAI-compatible server, `bench_peer.py`) the same load test runs against it in the same
-run, its rounds alternating with the engine's, and the ratios ours / peer are reported."""
+run, its rounds alternating with the engine's, and the ratios ours / peer are reported; with
+the peer's process id as well it is stopped during the engine's rounds (`peer_pause.py`)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from typing import Any
 
 import torch
 
-from inference.bench_peer import Peer, peer_client, run_peer_streams
-from inference.catalog import Catalog, DType
+from inference.bench_peer import Peer, PeerReply, peer_client, run_peer_streams
+from inference.catalog import Catalog, CatalogEntry, DType
 from inference.engine import Engine
 from inference.events import Finished, TextDelta
 from inference.loading import load_model
+from inference.peer_pause import PeerPause
 from inference.requests import ChatMessage, GenerationRequest, SamplingParams
 from inference.settings import InferenceSettings
 from inference.text import encode_prompt
@@ -56,6 +58,7 @@ def run_benchmark(
     dtype: DType | None,
     measure_cold: bool,
     peer: Peer | None = None,
+    peer_pause: PeerPause | None = None,
 ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     """(table rows, figures). Blocking; prints nothing."""
     entry = catalog.get(model_id)
@@ -67,19 +70,14 @@ def run_benchmark(
         entry, prompting=replace(entry.prompting, prompt_format="chat", stop_strings=())
     )
     catalog = Catalog(tuple(entry if e.id == model_id else e for e in catalog))
-    figures: dict[str, Any] = {"model": model_id, "dtype": entry.dtype}
-    if measure_cold:
-        # A fresh cache directory makes the first load convert a GGUF source from scratch.
-        with tempfile.TemporaryDirectory(prefix="ledgerchat-bench-") as cold_dir:
-            cold_settings = settings.model_copy(update={"cache_dir": Path(cold_dir)})
-            figures["load_s_cold"] = load_model(entry, cold_settings).load_s
-            figures["load_s_cached"] = load_model(entry, cold_settings).load_s
-    else:
-        load_model(entry, settings)  # make sure the cache is warm
-        figures["load_s_cold"] = None
-        figures["load_s_cached"] = load_model(entry, settings).load_s
-    figures.update(asyncio.run(_measure_engine(catalog, settings, model_id, max_new_tokens,
-                                               concurrency_levels, rounds, peer)))  # fmt: skip
+    if peer_pause is not None:
+        peer_pause.stop_all()  # the loads and every engine round run without the peer
+    try:
+        figures = _measure(catalog, settings, entry, max_new_tokens, concurrency_levels,
+                           rounds, measure_cold, peer, peer_pause)  # fmt: skip
+    finally:
+        if peer_pause is not None:
+            peer_pause.restore()
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     single = figures["single_stream_tok_s"]
     figures["single_vs_raw"] = single / figures["raw_generate_tok_s"]
@@ -93,6 +91,36 @@ def run_benchmark(
     if peer is not None:
         _add_peer_ratios(figures)
     return _table(figures), figures
+
+
+def _measure(
+    catalog: Catalog,
+    settings: InferenceSettings,
+    entry: CatalogEntry,
+    max_new_tokens: int,
+    concurrency_levels: tuple[int, ...],
+    rounds: int,
+    measure_cold: bool,
+    peer: Peer | None,
+    peer_pause: PeerPause | None,
+) -> dict[str, Any]:
+    """The load times, then the engine's (and the peer's) rounds."""
+    figures: dict[str, Any] = {"model": entry.id, "dtype": entry.dtype}
+    if measure_cold:
+        # A fresh cache directory makes the first load convert a GGUF source from scratch.
+        with tempfile.TemporaryDirectory(prefix="ledgerchat-bench-") as cold_dir:
+            cold_settings = settings.model_copy(update={"cache_dir": Path(cold_dir)})
+            figures["load_s_cold"] = load_model(entry, cold_settings).load_s
+            figures["load_s_cached"] = load_model(entry, cold_settings).load_s
+    else:
+        load_model(entry, settings)  # make sure the cache is warm
+        figures["load_s_cold"] = None
+        figures["load_s_cached"] = load_model(entry, settings).load_s
+    engine_figures = _measure_engine(
+        catalog, settings, entry.id, max_new_tokens, concurrency_levels, rounds, peer, peer_pause
+    )
+    figures.update(asyncio.run(engine_figures))
+    return figures
 
 
 def _add_peer_ratios(figures: dict[str, Any]) -> None:
@@ -113,16 +141,29 @@ async def _measure_engine(
     concurrency_levels: tuple[int, ...],
     rounds: int,
     peer: Peer | None,
+    peer_pause: PeerPause | None,
 ) -> dict[str, Any]:
     top_level = max(concurrency_levels)
     engine = Engine(catalog, settings.model_copy(update={"max_batch_size": top_level}))
     client = peer_client(top_level) if peer is not None else None
+
+    async def peer_streams(prompts: list[str], tokens: int) -> tuple[list[PeerReply], float]:
+        """One round of the peer, which runs only during its own rounds when paused."""
+        assert client is not None and peer is not None
+        if peer_pause is not None:
+            peer_pause.continue_all()
+        try:
+            return await run_peer_streams(client, peer, prompts, tokens)
+        finally:
+            if peer_pause is not None:
+                peer_pause.stop_all()
+
     try:
         loaded = await engine.load(model_id)
         # Warm-up: first calls allocate and pick kernels; they are not what a user sees later.
         await _run_streams(engine, model_id, 1, 8)
         if client is not None and peer is not None:
-            await run_peer_streams(client, peer, _prompts(1), 8)
+            await peer_streams(_prompts(1), 8)
         # Raw generate, the single stream and the peer alternate, so load from other processes
         # on a shared machine drifts into all of them alike instead of biasing their ratios.
         raw_rates, single_rates, peer_single_rates = [], [], []
@@ -135,7 +176,7 @@ async def _measure_engine(
             if top_level == 1:
                 ttft_ms += _first_token_times(finished)
             if client is not None and peer is not None:
-                replies, wall_s = await run_peer_streams(client, peer, _prompts(1), max_new_tokens)
+                replies, wall_s = await peer_streams(_prompts(1), max_new_tokens)
                 peer_single_rates.append(replies[0].completion_tokens / wall_s)
                 if top_level == 1:
                     peer_ttft_ms += [r.first_token_ms for r in replies if r.first_token_ms]
@@ -160,7 +201,7 @@ async def _measure_engine(
                     ttft_ms += _first_token_times(finished)
                 if client is not None and peer is not None:
                     prompts = _prompts(level)
-                    replies, wall_s = await run_peer_streams(client, peer, prompts, max_new_tokens)
+                    replies, wall_s = await peer_streams(prompts, max_new_tokens)
                     peer_rates.append(sum(r.completion_tokens for r in replies) / wall_s)
                     if level == top_level:
                         peer_ttft_ms += [r.first_token_ms for r in replies if r.first_token_ms]

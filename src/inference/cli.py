@@ -59,6 +59,12 @@ def register_bench(bench_subparsers: Any) -> None:
     bench.add_argument(
         "--peer-api-key-env", metavar="NAME", help="environment variable holding the peer's key"
     )
+    bench.add_argument(
+        "--peer-pid",
+        type=int,
+        metavar="PID",
+        help="the peer server's process: stopped (with its children) during the engine's rounds",
+    )
     bench.set_defaults(handler=bench_inference)
 
 
@@ -196,6 +202,7 @@ def models_pull(args: argparse.Namespace) -> int:
 def bench_inference(args: argparse.Namespace) -> int:
     from inference.bench import run_benchmark
     from inference.bench_peer import PeerError, connect_peer
+    from inference.peer_pause import PeerPause, PeerPauseError
 
     try:
         levels = tuple(sorted({int(part) for part in args.streams.split(",") if part.strip()}))
@@ -213,9 +220,14 @@ def bench_inference(args: argparse.Namespace) -> int:
     if not 1 <= args.rounds <= MAX_BENCH_ROUNDS:
         print(f"error: --rounds must be 1..{MAX_BENCH_ROUNDS}", file=sys.stderr)
         return 2
+    peer_pause: PeerPause | None = None
     try:
         catalog = load_catalog(args.catalog)
         settings = InferenceSettings.from_env()
+        if args.peer_pid is not None and not args.peer_url:
+            raise ValueError("--peer-pid needs --peer-url")
+        # First: a peer stopped by hand runs again before it is asked for its models.
+        peer_pause = PeerPause(args.peer_pid) if args.peer_pid is not None else None
         peer = None
         if args.peer_url:
             peer = connect_peer(args.peer_url, args.peer_model, args.peer_api_key_env)
@@ -229,8 +241,11 @@ def bench_inference(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             measure_cold=not args.skip_cold,
             peer=peer,
+            peer_pause=peer_pause,
         )
-    except (CatalogError, ValueError, InferenceError, PeerError) as exc:
+    except (CatalogError, ValueError, InferenceError, PeerError, PeerPauseError) as exc:
+        if peer_pause is not None:
+            peer_pause.restore()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     width = max(len(name) for name, _ in rows)

@@ -30,6 +30,7 @@ from inference.settings import InferenceSettings
 from inference.sources import check_availability
 from inference.stream import GenerationStream
 from inference.text import encode_prompt
+from inference.threads import governor_for
 
 log = structlog.get_logger(__name__)
 
@@ -247,6 +248,7 @@ class Engine:
                 self.settings.max_batch_size,
                 self.settings.prefix_cache_bytes,
                 self.settings.prefill_chunk_tokens,
+                governor_for(loaded.device.type, self.settings.torch_threads, loaded.memory_bytes),
             )
             scheduler.start()
             state.scheduler = scheduler

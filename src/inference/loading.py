@@ -7,7 +7,6 @@ attempt took), anything else into ModelLoadFailed."""
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from inference.progress import CONVERSION_STAGES, LOAD_STAGES, LoadProgress
 from inference.settings import InferenceSettings
 from inference.sources import resolve_weights
 from inference.text import END_OF_TURN, TokenizerAdapter
+from inference.threads import ThreadChoice, usable_cores
 
 log = structlog.get_logger(__name__)
 
@@ -80,14 +80,10 @@ def free_memory() -> None:
 
 
 def default_torch_threads() -> int:
-    """One intra-op thread per core this process may run on, less one (at least one). Every
-    torch op splits its work evenly across the threads and waits for the slowest, so when
-    another process (or the event loop) holds one of the cores, each op waits for that thread
-    to be scheduled again: on 2 shared cores a decode step with 2 threads took 64 ms when the
-    other core was free and 500-900 ms when it was not, against ~75 ms with one thread
-    (docs/benchmarks.md)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
+    """One intra-op thread per core this process may run on, less one (at least one): the
+    count a model starts with; its scheduler's `ThreadGovernor` then moves between that and
+    one per core as the steps' times say (`threads.py`)."""
+    return ThreadChoice.for_cores(usable_cores()).fewer
 
 
 def prepare_weights(

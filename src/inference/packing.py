@@ -8,8 +8,15 @@ machine kind, and its 262k-vocabulary output layer about twice as fast at 8 rows
 
 Every `nn.Linear` of the model is replaced, its plain weight freed; a weight shared with
 another module (the output layer tied to the token embedding) is packed as a copy, the only
-extra memory (`pack_linears` returns its size). Packing is skipped, with a log line, where
-it does not apply (not CPU, no oneDNN, another dtype, a quantized model) or fails its check."""
+extra memory (`pack_linears` returns its size).
+
+A CPU without bf16 instructions (AVX2 only: oneDNN refuses to pack bf16 there) gets
+`DualLinear` instead: torch's plain bf16 matmul reads the weights once per row there, fine for
+one or two rows (decode is bound by memory reads) but ~2x slower than float32 from 3 rows on
+(8-row steps, prefill). Each layer keeps its bf16 weight for few rows and a packed float32 copy
+for more: +4 bytes per parameter (+1.07 GB for the 270M). Packing is skipped, with a log
+line, where it does not apply (not CPU, no oneDNN, another dtype, a quantized model) or
+fails its check."""
 
 from __future__ import annotations
 
@@ -24,6 +31,10 @@ log = structlog.get_logger(__name__)
 _PACKED_DTYPES = (torch.bfloat16, torch.float32)
 # Rows the packed layout is tuned for (decode of a small batch); any row count works.
 _ROWS_HINT = 8
+# DualLinear computes up to this many rows from its bf16 weight, more from its float32 copy
+# (the 262k-vocabulary output layer on AVX2: 48 ms bf16 vs 97 ms packed float32 at 1 row,
+# 320 vs 141 ms at 8 rows, one thread; docs/benchmarks.md).
+DUAL_MAX_BF16_ROWS = 2
 # Packed and plain results of the check must agree this closely (relative to their scale).
 _CHECK_TOLERANCE = {torch.bfloat16: 2e-2, torch.float32: 1e-4}
 
@@ -49,6 +60,49 @@ class PackedLinear(nn.Module):
         return output.view(*inputs.shape[:-1], self.out_features)
 
 
+class DualLinear(nn.Module):
+    """`nn.Linear` in bf16 for up to DUAL_MAX_BF16_ROWS rows, from a packed float32 copy of
+    its weight for more (the result rounded back to bf16)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        # Kept as a plain attribute: it may be shared (the tied embedding), and is not saved.
+        self.weight = linear.weight.detach()
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), False)
+        self.float_bias = None if self.bias is None else self.bias.float()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.float(), _ROWS_HINT)
+        self.packed_bytes = self.weight.nelement() * 4
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        rows = inputs.reshape(-1, self.in_features)  # [tokens, in]
+        if rows.shape[0] <= DUAL_MAX_BF16_ROWS:
+            output = nn.functional.linear(rows, self.weight, self.bias)  # [tokens, out]
+        else:
+            output = torch.ops.mkldnn._linear_pointwise(
+                rows.float(), self.packed, self.float_bias, "none", [], ""
+            ).to(inputs.dtype)  # [tokens, out]
+        return output.view(*inputs.shape[:-1], self.out_features)
+
+
+def packing_kind(dtype: torch.dtype) -> type[PackedLinear] | type[DualLinear] | None:
+    """What replaces the model's linear layers on this CPU: packed weights of `dtype`, or for
+    bf16 where oneDNN cannot pack it (no bf16 instructions) the dual layer; None: neither."""
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), _ROWS_HINT)
+        return PackedLinear
+    except RuntimeError:
+        pass
+    if dtype != torch.bfloat16:
+        return None
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8), _ROWS_HINT)
+    except RuntimeError:
+        return None
+    return DualLinear
+
+
 def can_pack(device: torch.device, dtype: torch.dtype, quantized: bool) -> str | None:
     """None when packing applies, else why not."""
     if device.type != "cpu":
@@ -67,12 +121,16 @@ def pack_linears(model: nn.Module, dtype: torch.dtype) -> int:
     copies of shared weights (the rest replaces plain weights). On any failure the model is
     left as it was and 0 returned: packing only saves time."""
     shared = _shared_weights(model)
-    replacements: list[tuple[nn.Module, str, PackedLinear]] = []
+    kind = packing_kind(dtype)
+    if kind is None:
+        log.warning("weight_packing_skipped", reason=f"oneDNN cannot pack {dtype} on this CPU")
+        return 0
+    replacements: list[tuple[nn.Module, str, PackedLinear | DualLinear]] = []
     try:
         for parent in model.modules():
             for name, child in parent.named_children():
                 if type(child) is nn.Linear and child.weight.dtype == dtype:
-                    replacements.append((parent, name, PackedLinear(child)))
+                    replacements.append((parent, name, kind(child)))
         if replacements:
             parent, name, packed = replacements[0]
             _check(getattr(parent, name), packed, dtype)
@@ -82,10 +140,10 @@ def pack_linears(model: nn.Module, dtype: torch.dtype) -> int:
     extra = 0
     for parent, name, packed in replacements:
         weight = getattr(parent, name).weight
-        if id(weight) in shared:
+        if id(weight) in shared or kind is DualLinear:
             extra += packed.packed_bytes
         setattr(parent, name, packed)
-    log.info("weights_packed", layers=len(replacements), extra_bytes=extra)
+    log.info("weights_packed", kind=kind.__name__, layers=len(replacements), extra_bytes=extra)
     return extra
 
 
@@ -98,7 +156,7 @@ def _shared_weights(model: nn.Module) -> set[int]:
     return {key for key, count in users.items() if count > 1}
 
 
-def _check(plain: Any, packed: PackedLinear, dtype: torch.dtype) -> None:
+def _check(plain: Any, packed: PackedLinear | DualLinear, dtype: torch.dtype) -> None:
     """The packed layer must give the plain layer's result on a random input."""
     with torch.inference_mode():
         inputs = torch.randn(3, packed.in_features, generator=torch.Generator().manual_seed(0))

@@ -37,6 +37,7 @@ from inference.prefilling import Prefilling, chunk_plan, plan_prefills
 from inference.prefix_cache import PrefixCache
 from inference.sampling import apply_repetition_guard, sample_each_row
 from inference.slots import Row, Slot, accept_token, finish, token_or_pad
+from inference.threads import ThreadGovernor
 
 log = structlog.get_logger(__name__)
 
@@ -54,8 +55,11 @@ class ModelScheduler:
         max_batch_size: int,
         prefix_cache_bytes: int = 0,
         prefill_chunk_tokens: int = 256,
+        governor: ThreadGovernor | None = None,
     ) -> None:
         self._loaded = loaded
+        # Chooses the torch thread count of each decode step (None: the count is fixed).
+        self._governor = governor
         self._prefill_chunk_tokens = prefill_chunk_tokens
         self._prefix_cache = PrefixCache(prefix_cache_bytes)
         self._queue_limit = queue_limit
@@ -184,6 +188,8 @@ class ModelScheduler:
         for members in plan_prefills(self._admissible(admitted), self._prefix_cache):
             self._prefilling.append(Prefilling.start(self._loaded, members))
         self._admitting = []
+        if self._prefilling and self._governor is not None:
+            _use_threads(self._governor.current)
         for item, columns in chunk_plan(self._prefilling, self._prefill_chunk_tokens):
             self._advance(item, columns)
         if self._rows:
@@ -288,6 +294,12 @@ class ModelScheduler:
 
     def _decode(self) -> None:
         assert self._batch is not None and self._batch.size == len(self._rows)
+        rows = len(self._rows)
+        threads = 0
+        if self._governor is not None:
+            threads = self._governor.threads_for_step(rows)
+            _use_threads(threads)
+        started = time.perf_counter()
         try:
             logits = decode_step(self._loaded.runner, self._batch)  # [batch, vocab]
             logits = apply_repetition_guard(
@@ -304,6 +316,11 @@ class ModelScheduler:
             error = _as_out_of_memory(exc, self.model_id, "generating with")
             self._fail_all("error", f"{type(exc).__name__}: {exc}", error)
             return
+        if self._governor is not None:  # the ids are on the CPU: the step's work is done
+            chosen = self._governor.current
+            self._governor.record(threads, rows, time.perf_counter() - started)
+            if self._governor.current != chosen:
+                log.info("torch_threads_changed", model=self.model_id, threads=threads, rows=rows)
         self._fail_unsampled(self._rows, token_ids)
         set_next_tokens(self._batch, [token_or_pad(token) for token in token_ids])
         for row, token_id in zip(self._rows, token_ids, strict=True):
@@ -376,6 +393,11 @@ class ModelScheduler:
         error_text: str | None = None,
     ) -> None:
         finish(slot, reason, row, error, error_text)
+
+
+def _use_threads(threads: int) -> None:
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _as_out_of_memory(error: BaseException, model_id: str, during: str) -> OutOfMemory | None:

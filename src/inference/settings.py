@@ -119,11 +119,12 @@ class InferenceSettings(EnvSettings):
 
     pack_weights: bool = True
     """On CPU, prepack linear weights for oneDNN at load (faster decode; a model whose output
-    layer shares the token embedding keeps one extra copy of it: +335 MB for the 270M)."""
+    layer shares the token embedding keeps one extra copy of it: +335 MB for the 270M; bf16 on
+    a CPU without bf16 instructions keeps a float32 copy of every layer: +1.07 GB)."""
 
     torch_threads: int | None = Field(default=None, ge=1)
-    """torch intra-op threads; None: one per core this process may use, less one (at least
-    one), which leaves a core to the event loop and to other processes."""
+    """torch intra-op threads, fixed; None: each decode step picks one per core this process
+    may use or one less, by the times of recent steps (fewer when other processes hold a core)."""
 
 
 def _one_line(exc: ValidationError, prefix: str) -> str:
