@@ -17,7 +17,12 @@ pytestmark = pytest.mark.real_model
 
 
 @pytest.fixture
-async def real_engine(no_catalog_env: None) -> AsyncIterator[Engine]:
+async def real_engine(
+    no_catalog_env: None, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Engine]:
+    # Threads fixed (no governor): its switches between 1 and 2 threads could change the float
+    # summation order between two runs, and this test compares texts exactly.
+    monkeypatch.setenv("LEDGERCHAT_INFERENCE_TORCH_THREADS", "1")
     engine = Engine(load_catalog(environ={}), InferenceSettings.from_env())
     await engine.load(MODEL)
     yield engine
