@@ -27,6 +27,10 @@ from inference.peer_pause import PeerPause
 from inference.requests import ChatMessage, GenerationRequest, SamplingParams
 from inference.settings import InferenceSettings
 from inference.text import encode_prompt
+from inference.threads import FIRST_PROBE_AFTER_STEPS, PROBE_STEPS
+
+# Decode steps of the warm-up stream: the thread governor's first probe ends within them.
+WARM_UP_TOKENS = FIRST_PROBE_AFTER_STEPS + PROBE_STEPS + 4
 
 # Varied prompts so concurrent streams are not identical rows.
 PROMPTS = (
@@ -160,8 +164,9 @@ async def _measure_engine(
 
     try:
         loaded = await engine.load(model_id)
-        # Warm-up: first calls allocate and pick kernels; they are not what a user sees later.
-        await _run_streams(engine, model_id, 1, 8)
+        # Warm-up: first calls allocate and pick kernels, and the thread governor makes its
+        # first choice (WARM_UP_TOKENS decode steps); a running server is past all of that.
+        await _run_streams(engine, model_id, 1, WARM_UP_TOKENS)
         if client is not None and peer is not None:
             await peer_streams(_prompts(1), 8)
         # Raw generate, the single stream and the peer alternate, so load from other processes

@@ -19,6 +19,7 @@ import torch
 from inference.batching import BatchedModel
 from inference.catalog import CatalogEntry
 from inference.errors import InferenceError, ModelLoadFailed, OutOfMemory
+from inference.fusing import fuse_norms
 from inference.gguf_cache import ensure_converted
 from inference.packing import can_pack, pack_linears
 from inference.progress import CONVERSION_STAGES, LOAD_STAGES, LoadProgress
@@ -180,6 +181,7 @@ def _load(
     )
     model.eval()
     memory_bytes = int(model.get_memory_footprint())
+    fuse_norms(model)
     unpacked = can_pack(device, dtype, quantization_config is not None)
     if not settings.pack_weights:
         unpacked = "LEDGERCHAT_INFERENCE_PACK_WEIGHTS is off"

@@ -43,6 +43,11 @@ log = structlog.get_logger(__name__)
 
 # How long an idle scheduler sleeps before re-checking its queue even without a wake-up.
 _IDLE_POLL_S = 1.0
+# An idle engine's first admission waits while requests keep arriving (each within
+# ARRIVAL_GAP_S of the last, ADMISSION_WINDOW_S at most), so that requests sent together share
+# one prefill forward instead of queueing behind the first one's (docs/benchmarks.md).
+ARRIVAL_GAP_S = 0.005
+ADMISSION_WINDOW_S = 0.025
 
 
 class ModelScheduler:
@@ -168,6 +173,8 @@ class ModelScheduler:
                 occupied = len(self._rows) + sum(len(item.rows) for item in self._prefilling)
                 while self._waiting and occupied + len(admitted) < self._max_batch_size:
                     admitted.append(self._waiting.popleft())
+                if admitted and not self._rows and not self._prefilling:
+                    self._gather_arrivals(admitted)
                 if not admitted and not self._rows and not self._prefilling and not expired:
                     self._condition.wait(_IDLE_POLL_S)
                     continue
@@ -177,6 +184,19 @@ class ModelScheduler:
             except (Exception, MemoryError) as exc:  # ends the step's requests, not the thread
                 self._fail_step(exc)
             self._admitting = []
+
+    def _gather_arrivals(self, admitted: list[Slot]) -> None:
+        """Called idle, lock held: admit requests arriving right behind `admitted`."""
+        deadline = time.monotonic() + ADMISSION_WINDOW_S
+        while len(admitted) < self._max_batch_size and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._condition.wait(min(left, ARRIVAL_GAP_S))
+            if not self._waiting:
+                return
+            while self._waiting and len(admitted) < self._max_batch_size:
+                admitted.append(self._waiting.popleft())
 
     def _step(self, expired: list[tuple[Slot, FinishReason]], admitted: list[Slot]) -> None:
         """Finish what ended, start prefilling what was admitted, advance the prefills by one

@@ -16,6 +16,8 @@ from inference import (
     PromptTooLong,
     TextDelta,
 )
+from inference import scheduler as scheduler_module
+from inference.batching import BatchedModel, PendingPrefill
 from inference.text import encode_prompt
 from tests.inference.conftest import (
     TINY,
@@ -135,6 +137,36 @@ class TestBatching:
         results = [*await asyncio.gather(*short, collect(engine.stream(requests[2])))]
         for (text, finished), reference in zip(results, expected, strict=True):
             assert finished.completion_tokens == len(reference)
+            assert text == expected_text(engine, TINY, reference)
+
+    async def test_requests_sent_together_share_one_prefill(
+        self, make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An idle engine admits requests that arrive one after another, each within the
+        arrival gap of the last, together: one prefill forward for all of them rather than the
+        first one alone and the others behind it. The gap is widened here so that the test
+        does not depend on how fast it submits; the window ends once the batch is full."""
+        monkeypatch.setattr(scheduler_module, "ARRIVAL_GAP_S", 5.0)
+        monkeypatch.setattr(scheduler_module, "ADMISSION_WINDOW_S", 60.0)
+        fed_rows: list[int] = []
+        real_chunk = scheduler_module.prefill_chunk
+
+        def counting_chunk(runner: BatchedModel, pending: PendingPrefill, columns: int) -> None:
+            fed_rows.append(pending.rows)
+            real_chunk(runner, pending, columns)
+
+        monkeypatch.setattr(scheduler_module, "prefill_chunk", counting_chunk)
+        engine = make_engine(max_batch_size=3, queue_limit=8)
+        await engine.load(TINY)
+        requests = [request(TINY, text, max_new_tokens=4) for text in ("hello", "short", "hi")]
+        expected = [reference_greedy_ids(engine, req) for req in requests]
+        tasks = []
+        for req in requests:
+            tasks.append(asyncio.create_task(collect(engine.stream(req))))
+            await asyncio.sleep(0.05)  # arrivals 50 ms apart: within the widened gap
+        results = await asyncio.gather(*tasks)
+        assert fed_rows == [3]
+        for (text, _), reference in zip(results, expected, strict=True):
             assert text == expected_text(engine, TINY, reference)
 
     async def test_batch_serves_all_within_limit(self, make_engine: EngineFactory) -> None:
