@@ -96,28 +96,34 @@ def chat_budgets(identity: Identity, rows: list[BudgetLimitRow]) -> ChatBudgets:
     return ChatBudgets(tuple(budgets), names)
 
 
+async def limit_rows(session: AsyncSession, identity: Identity) -> list[BudgetLimitRow]:
+    """The limit rows of `identity`'s user and, when it came with one, its API key."""
+    condition = and_(
+        BudgetLimitRow.subject == "user", BudgetLimitRow.subject_id == identity.user_id
+    )
+    if identity.api_key_id is not None:
+        condition = or_(
+            condition,
+            and_(BudgetLimitRow.subject == "key", BudgetLimitRow.subject_id == identity.api_key_id),
+        )
+    return list(await session.scalars(select(BudgetLimitRow).where(condition)))
+
+
 class BudgetsService:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], ledger: Ledger) -> None:
         self._sessions = sessions
         self._ledger = ledger
 
     async def _rows(self, identity: Identity) -> list[BudgetLimitRow]:
-        condition = and_(
-            BudgetLimitRow.subject == "user", BudgetLimitRow.subject_id == identity.user_id
-        )
-        if identity.api_key_id is not None:
-            condition = or_(
-                condition,
-                and_(
-                    BudgetLimitRow.subject == "key",
-                    BudgetLimitRow.subject_id == identity.api_key_id,
-                ),
-            )
         async with self._sessions() as session:
-            return list(await session.scalars(select(BudgetLimitRow).where(condition)))
+            return await limit_rows(session, identity)
 
     async def for_chat(self, identity: Identity) -> ChatBudgets:
         return chat_budgets(identity, await self._rows(identity))
+
+    async def for_chat_in(self, session: AsyncSession, identity: Identity) -> ChatBudgets:
+        """`for_chat` read in the caller's session (a chat's claim shares its transaction)."""
+        return chat_budgets(identity, await limit_rows(session, identity))
 
     async def left_credits(self, identity: Identity, budgets: ChatBudgets) -> int | None:
         """The least any limited budget has left now (None: no limit applies)."""

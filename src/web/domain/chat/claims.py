@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import delete, select, update
@@ -39,6 +40,7 @@ CLOCK_SLACK_S = 5.0
 """Tolerance between the web and ledger clocks when searching the ledger for a claim's hold."""
 TRACE_PAGES_MAX = 50
 _FINISH_OF_RELEASE = {"failed": "error", "timeout": "timeout"}
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,16 +87,23 @@ class ChatClaims:
         self._default_model = default_model
 
     async def claim(
-        self, identity: Identity, chat_input: ChatInput, key: str
-    ) -> str | list[ChatEvent]:
-        """The new request's id, or the replayed events of an earlier attempt with this key.
-        Raises IdempotencyKeyReused or RequestInProgress."""
+        self,
+        identity: Identity,
+        chat_input: ChatInput,
+        key: str,
+        read: Callable[[AsyncSession], Awaitable[T]],
+    ) -> tuple[str, T] | list[ChatEvent]:
+        """The new request's id with what `read` read in the claim's own transaction (the
+        chat's budgets: one session and commit instead of two), or the replayed events of an
+        earlier attempt with this key. Raises IdempotencyKeyReused or RequestInProgress."""
         fingerprint = chat_input.fingerprint()
         for attempts_left in range(CLAIM_ATTEMPTS, 0, -1):
             request_id = str(uuid.uuid4())
-            inserted, existing = await self._insert_or_read(identity, key, fingerprint, request_id)
-            if inserted:
-                return request_id
+            inserted, existing = await self._insert_or_read(
+                identity, key, fingerprint, request_id, read
+            )
+            if inserted is not None:
+                return request_id, inserted[0]
             if existing is None:
                 # Deleted between our insert and read: an earlier attempt was refused (402...).
                 if attempts_left > 1:
@@ -114,10 +123,16 @@ class ChatClaims:
         raise RequestInProgress("a request with this Idempotency-Key is still running")
 
     async def _insert_or_read(
-        self, identity: Identity, key: str, fingerprint: str, request_id: str
-    ) -> tuple[bool, ChatRequestRow | None]:
-        """(True, None) when the row was inserted; else (False, the existing row or None if
-        it vanished meanwhile)."""
+        self,
+        identity: Identity,
+        key: str,
+        fingerprint: str,
+        request_id: str,
+        read: Callable[[AsyncSession], Awaitable[T]],
+    ) -> tuple[tuple[T] | None, ChatRequestRow | None]:
+        """((what `read` read,), None) when the row was inserted (and `read` ran in the same
+        transaction, after the insert); else (None, the existing row or None if it vanished
+        meanwhile)."""
         async with self._sessions() as session:
             session.add(
                 ChatRequestRow(
@@ -129,8 +144,11 @@ class ChatClaims:
                 )
             )
             try:
+                # The INSERT first: a duplicate key fails here, before anything is read.
+                await session.flush()
+                value = await read(session)
                 await session.commit()
-                return True, None
+                return (value,), None
             except IntegrityError:
                 await session.rollback()
             existing = await session.scalar(
@@ -139,7 +157,7 @@ class ChatClaims:
                     ChatRequestRow.idempotency_key == key,
                 )
             )
-        return False, existing
+        return None, existing
 
     async def _resolve_stale(
         self, identity: Identity, chat_input: ChatInput, claim: ChatRequestRow
@@ -293,15 +311,48 @@ class ChatClaims:
             raise RequestInProgress("a retry with this Idempotency-Key took over this request")
 
     async def store_outcome(
-        self, request_id: str, interaction: ModelInteractionRow, done: ChatCompleted, text: str
-    ) -> None:
-        """Record the interaction and the claim's outcome (what a retry replays), at once."""
+        self,
+        request_id: str,
+        interaction: ModelInteractionRow,
+        done: ChatCompleted,
+        text: str,
+        exchange: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    ) -> Exception | None:
+        """Record the interaction and the claim's outcome (what a retry replays), at once, and
+        with them what `exchange` writes (the conversation's messages), in one transaction.
+
+        Credit has moved by now, so the outcome is stored whatever happens to the exchange:
+        when `exchange` raises (the conversation was deleted mid-stream: NotFound), its writes
+        are rolled back, the outcome is stored on its own, and that error is returned. A
+        failure to store the outcome itself is raised."""
         outcome = msgspec.json.encode({"done": done, "text": text}).decode()
+        exchange_error: Exception | None = None
+        if exchange is not None:
+            try:
+                async with self._sessions() as session:
+                    try:
+                        await exchange(session)
+                    except Exception as exc:
+                        exchange_error = exc
+                        raise
+                    await self._add_outcome(session, request_id, interaction, outcome)
+                    await session.commit()
+                    return None
+            except Exception:
+                if exchange_error is None:
+                    raise
         async with self._sessions() as session:
-            session.add(interaction)
-            await session.execute(
-                update(ChatRequestRow)
-                .where(ChatRequestRow.id == request_id)
-                .values(status=STATUS_DONE, outcome_json=outcome, updated_at=utc_now())
-            )
+            await self._add_outcome(session, request_id, interaction, outcome)
             await session.commit()
+        return exchange_error
+
+    @staticmethod
+    async def _add_outcome(
+        session: AsyncSession, request_id: str, interaction: ModelInteractionRow, outcome: str
+    ) -> None:
+        session.add(interaction)
+        await session.execute(
+            update(ChatRequestRow)
+            .where(ChatRequestRow.id == request_id)
+            .values(status=STATUS_DONE, outcome_json=outcome, updated_at=utc_now())
+        )

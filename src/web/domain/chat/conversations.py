@@ -177,23 +177,40 @@ class ConversationsService:
     ) -> None:
         """Store one exchange; `usage` (what the reply cost) is kept with the reply so a
         reopened conversation shows its cost line."""
+        async with self._sessions() as session:
+            await self.add_exchange(
+                session, identity, conversation_id, user_text, answer_text, model_id, usage
+            )
+            await session.commit()
+
+    async def add_exchange(
+        self,
+        session: AsyncSession,
+        identity: Identity,
+        conversation_id: str,
+        user_text: str,
+        answer_text: str,
+        model_id: str,
+        usage: MessageUsage | None = None,
+    ) -> None:
+        """`append_exchange` in the caller's transaction, not committed; its rows are flushed,
+        so a failure (NotFound, a constraint) is raised here, before the caller commits."""
         if usage is not None and usage.cost_credits < 0:
             raise ValidationFailed("a reply's cost cannot be negative", field="usage")
-        async with self._sessions() as session:
-            row = await self._owned(session, identity, conversation_id)
-            session.add(MessageRow(conversation_id=conversation_id, role="user", content=user_text))
-            if answer_text:
-                session.add(
-                    MessageRow(
-                        conversation_id=conversation_id,
-                        role="assistant",
-                        content=answer_text,
-                        model_id=model_id,
-                        **_usage_columns(usage),
-                    )
+        row = await self._owned(session, identity, conversation_id)
+        session.add(MessageRow(conversation_id=conversation_id, role="user", content=user_text))
+        if answer_text:
+            session.add(
+                MessageRow(
+                    conversation_id=conversation_id,
+                    role="assistant",
+                    content=answer_text,
+                    model_id=model_id,
+                    **_usage_columns(usage),
                 )
-            row.updated_at = utc_now()
-            await session.commit()
+            )
+        row.updated_at = utc_now()
+        await session.flush()
 
 
 def _usage_columns(usage: MessageUsage | None) -> dict[str, object]:

@@ -142,20 +142,36 @@ class ChatService:
     ) -> PreparedChat:
         key = chat_input.idempotency_key or f"auto-{uuid.uuid4()}"
         claim_started = time.perf_counter()
-        claimed = await self._claims.claim(identity, chat_input, key)
+        budgets_s = 0.0
+
+        async def read_budgets(session: AsyncSession) -> ChatBudgets:
+            nonlocal budgets_s
+            started = time.perf_counter()
+            try:
+                return await self._budgets.for_chat_in(session, identity)
+            finally:
+                budgets_s = time.perf_counter() - started
+
+        # The budgets are read in the claim's transaction: one session and commit, not two.
+        claimed = await self._claims.claim(identity, chat_input, key, read_budgets)
         if isinstance(claimed, list):
             if slot is not None:
                 slot.release()
             return PreparedChat(self._streams, None, replay=claimed)
+        request_id, budgets = claimed
         claim_s = time.perf_counter() - claim_started
         try:
-            turn = await self._start(identity, chat_input, model, claimed, claim_started)
+            turn = await self._start(
+                identity, chat_input, model, request_id, budgets, claim_started
+            )
         except BaseException:
-            await self._claims.unclaim(claimed)
+            await self._claims.unclaim(request_id)
             raise
         turn.slot = slot
         turn.billing_s += claim_s
-        turn.billing_phases_ms["claim"] = round(claim_s * 1000, 3)
+        # The budgets read, inside the claim's transaction, is logged as a phase of its own.
+        turn.billing_phases_ms["claim"] = round((claim_s - budgets_s) * 1000, 3)
+        turn.billing_phases_ms["budgets"] = round(budgets_s * 1000, 3)
         return PreparedChat(self._streams, turn)
 
     async def _check_rate(self, identity: Identity) -> None:
@@ -207,6 +223,7 @@ class ChatService:
         chat_input: ChatInput,
         model: PricedModel,
         request_id: str,
+        budgets: ChatBudgets,
         claimed_at: float,
     ) -> Turn:
         conversation_id, messages = await self._context(identity, chat_input)
@@ -233,8 +250,6 @@ class ChatService:
             model = self.find_model(prepared.model_id)
         price = model.price
         hold_started = time.perf_counter()
-        budgets = await self._budgets.for_chat(identity)
-        budgets_s = time.perf_counter() - hold_started
         shrunk_to = None
         if chat_input.shrink_to_affordable:
             prepared, shrunk_to = await self._fit_to_affordable(identity, budgets, price, prepared)
@@ -261,8 +276,7 @@ class ChatService:
             billing_s=time.perf_counter() - hold_started,
             max_tokens_shrunk_to=shrunk_to,
         )
-        turn.billing_phases_ms["budgets"] = round(budgets_s * 1000, 3)
-        turn.billing_phases_ms["hold"] = round((turn.billing_s - budgets_s) * 1000, 3)
+        turn.billing_phases_ms["hold"] = round(turn.billing_s * 1000, 3)
         try:
             if time.perf_counter() - claimed_at > self._billing.hold_ttl_s * SLOW_PREPARE_FRACTION:
                 await self._claims.mark_hold_placed(request_id)

@@ -9,7 +9,9 @@ import collections
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from inference.events import Finished, TextDelta
 from ledger.errors import HoldAlreadyResolved, HoldExpired
@@ -145,34 +147,39 @@ class TurnSettler:
             return "released", "expired", await self._holds.balance(turn.identity)
 
     async def _record(self, turn: Turn, text: str, done: ChatCompleted, processing_ms: int) -> None:
+        """The conversation's messages, the interaction and the claim's outcome, in one
+        transaction (`ChatClaims.store_outcome`, which stores the outcome alone when the
+        messages fail)."""
         chat_input = turn.chat_input
+        phases = turn.billing_phases_ms
         exchange_started = time.perf_counter()
-        if turn.conversation_id is not None and chat_input.message is not None:
-            try:
-                await self._conversations.append_exchange(
-                    turn.identity,
-                    turn.conversation_id,
-                    chat_input.message,
-                    text,
-                    done.model_answered,
-                    usage=MessageUsage.of(done),
-                )
-            except Exception as exc:
-                # Credit has moved: the outcome below must be stored whatever happened to the
-                # conversation (deleted mid-stream: NotFound), or a retry would charge again.
-                log.warning(
-                    "chat_exchange_not_stored",
-                    request_id=turn.request_id,
-                    conversation_id=turn.conversation_id,
-                    error=str(exc),
-                )
-        turn.billing_phases_ms["exchange"] = _ms_since(exchange_started)
-        outcome_started = time.perf_counter()
+        phases["exchange"] = 0.0
+        exchange: Callable[[AsyncSession], Awaitable[None]] | None = None
+        message = chat_input.message
+        conversation_id = turn.conversation_id
+        if conversation_id is not None and message is not None:
+
+            async def write_exchange(session: AsyncSession) -> None:
+                try:
+                    await self._conversations.add_exchange(
+                        session,
+                        turn.identity,
+                        conversation_id,
+                        message,
+                        text,
+                        done.model_answered,
+                        usage=MessageUsage.of(done),
+                    )
+                finally:
+                    phases["exchange"] = _ms_since(exchange_started)
+
+            exchange = write_exchange
+
         interaction = ModelInteractionRow(
             user_id=turn.identity.user_id,
             api_key_id=turn.identity.api_key_id,
             chat_request_id=turn.request_id,
-            conversation_id=turn.conversation_id,
+            conversation_id=conversation_id,
             model_id=done.model_answered,
             prompt=turn.prompt_text,
             response=text,
@@ -182,8 +189,18 @@ class TurnSettler:
             processing_ms=processing_ms,
             finish_reason=done.finish_reason,
         )
-        await self._claims.store_outcome(turn.request_id, interaction, done, text)
-        turn.billing_phases_ms["outcome"] = _ms_since(outcome_started)
+        exchange_error = await self._claims.store_outcome(
+            turn.request_id, interaction, done, text, exchange
+        )
+        # "exchange" is the messages' part of the shared transaction, "outcome" the rest.
+        phases["outcome"] = round(_ms_since(exchange_started) - phases["exchange"], 3)
+        if exchange_error is not None:
+            log.warning(
+                "chat_exchange_not_stored",
+                request_id=turn.request_id,
+                conversation_id=conversation_id,
+                error=str(exchange_error),
+            )
 
 
 def _ms_since(started: float) -> float:

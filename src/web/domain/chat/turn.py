@@ -93,7 +93,8 @@ class Turn:
     """Time spent on billing (claim, hold, capture or release, records)."""
     billing_phases_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     """`billing_s` by phase (claim, budgets, hold, resolve, exchange, outcome), logged with
-    `chat_settled`: which part of the billing time a slow chat spent where."""
+    `chat_settled`: which part of the billing time a slow chat spent where. The budgets are
+    read inside the claim's transaction, and the exchange and outcome share one."""
     max_tokens_shrunk_to: int | None = None
     """The completion limit was lowered to this to fit the balance or a budget."""
     reply: Reply = dataclasses.field(default_factory=Reply)
