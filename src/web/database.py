@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 VERSION_TABLE = "web_alembic_version"
@@ -22,9 +20,6 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # pg_advisory_xact_lock key of the web migrations (the ledger's uses its own key): processes
 # starting together on one PostgreSQL database take turns instead of racing on CREATE TABLE.
 MIGRATION_LOCK_ID = 0x6C63_7765_6200  # "lcweb"
-PING_IDLE_S = 5.0
-"""A pooled PostgreSQL connection idle longer than this is pinged before it is used again."""
-_IDLE_SINCE = "ledgerchat_idle_since"
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -42,34 +37,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             cursor.close()
 
         return engine
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
-    _ping_idle_connections(engine)
-    return engine
-
-
-def _ping_idle_connections(engine: AsyncEngine, idle_s: float = PING_IDLE_S) -> None:
-    """SQLAlchemy's `pool_pre_ping`, but only for connections that sat in the pool longer
-    than `idle_s`. On asyncpg each ping is three round trips (BEGIN, `;`, ROLLBACK), and a
-    chat checks out several connections: pinging each checkout was a good part of a chat's
-    web-process CPU (issue 12, docs/benchmarks.md). A ping that fails invalidates the pool,
-    as the pre-ping does, and the checkout gets a fresh connection. A connection used within
-    `idle_s` is taken as alive: if the database restarted in that window, the statement that
-    meets the dead connection fails (and SQLAlchemy then invalidates the pool), which the
-    pre-ping would have caught only when the restart ended before the checkout."""
-
-    @event.listens_for(engine.sync_engine, "checkin")
-    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
-        record.info[_IDLE_SINCE] = time.monotonic()
-
-    @event.listens_for(engine.sync_engine, "checkout")
-    def _checking_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        idle_since = record.info.get(_IDLE_SINCE)
-        if idle_since is None or time.monotonic() - idle_since <= idle_s:
-            return  # new (info is cleared when a connection is replaced), or used just now
-        try:
-            engine.dialect.do_ping(dbapi_connection)
-        except Exception as exc:
-            raise InvalidatePoolError(f"ping of an idle pooled connection failed: {exc}") from exc
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
