@@ -166,23 +166,6 @@ class ConversationsService:
             )
         return [message_view(row) for row in reversed(rows)]
 
-    async def append_exchange(
-        self,
-        identity: Identity,
-        conversation_id: str,
-        user_text: str,
-        answer_text: str,
-        model_id: str,
-        usage: MessageUsage | None = None,
-    ) -> None:
-        """Store one exchange; `usage` (what the reply cost) is kept with the reply so a
-        reopened conversation shows its cost line."""
-        async with self._sessions() as session:
-            await self.add_exchange(
-                session, identity, conversation_id, user_text, answer_text, model_id, usage
-            )
-            await session.commit()
-
     async def add_exchange(
         self,
         session: AsyncSession,
@@ -193,8 +176,10 @@ class ConversationsService:
         model_id: str,
         usage: MessageUsage | None = None,
     ) -> None:
-        """`append_exchange` in the caller's transaction, not committed; its rows are flushed,
-        so a failure (NotFound, a constraint) is raised here, before the caller commits."""
+        """Store one exchange in the caller's transaction, not committed; `usage` (what the
+        reply cost) is kept with the reply so a reopened conversation shows its cost line.
+        The rows are flushed, so a failure (NotFound, a constraint) is raised here, before
+        the caller commits."""
         if usage is not None and usage.cost_credits < 0:
             raise ValidationFailed("a reply's cost cannot be negative", field="usage")
         row = await self._owned(session, identity, conversation_id)
