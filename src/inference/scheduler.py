@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 
 import structlog
 import torch
 
+from inference.admission import WaitingQueue
 from inference.batching import (
     RunningBatch,
     decode_step,
@@ -30,7 +30,7 @@ from inference.batching import (
     row_layers,
     set_next_tokens,
 )
-from inference.errors import EngineBusy, ModelUnavailable, OutOfMemory
+from inference.errors import OutOfMemory
 from inference.events import FinishReason
 from inference.loading import LoadedModel, free_memory, is_out_of_memory
 from inference.prefilling import Prefilling, chunk_plan, plan_prefills
@@ -40,14 +40,6 @@ from inference.slots import Row, Slot, accept_token, finish, token_or_pad
 from inference.threads import ThreadGovernor
 
 log = structlog.get_logger(__name__)
-
-# How long an idle scheduler sleeps before re-checking its queue even without a wake-up.
-_IDLE_POLL_S = 1.0
-# An idle engine's first admission waits while requests keep arriving (each within
-# ARRIVAL_GAP_S of the last, ADMISSION_WINDOW_S at most), so that requests sent together share
-# one prefill forward instead of queueing behind the first one's (docs/benchmarks.md).
-ARRIVAL_GAP_S = 0.005
-ADMISSION_WINDOW_S = 0.025
 
 
 class ModelScheduler:
@@ -67,11 +59,8 @@ class ModelScheduler:
         self._governor = governor
         self._prefill_chunk_tokens = prefill_chunk_tokens
         self._prefix_cache = PrefixCache(prefix_cache_bytes)
-        self._queue_limit = queue_limit
         self._max_batch_size = max_batch_size
-        self._condition = threading.Condition()
-        self._waiting: deque[Slot] = deque()
-        self._stopping = False
+        self._queue = WaitingQueue(loaded.entry.id, queue_limit)
         self._rows: list[Row] = []
         self._batch: RunningBatch | None = None
         # Admitted prompts whose prefill is under way (chunk by chunk), oldest first.
@@ -93,27 +82,15 @@ class ModelScheduler:
 
     def submit(self, slot: Slot) -> None:
         """Queue a request; EngineBusy at once when the waiting queue is full."""
-        with self._condition:
-            if self._stopping:
-                raise ModelUnavailable(self.model_id, "the engine is shutting down")
-            if len(self._waiting) >= self._queue_limit:
-                raise EngineBusy(
-                    f"model {self.model_id!r} has {len(self._waiting)} requests waiting "
-                    f"(limit {self._queue_limit}); try again shortly"
-                )
-            self._waiting.append(slot)
-            self._condition.notify()
+        self._queue.put(slot)
 
     def cancel(self, slot: Slot) -> None:
         """Ask for the request to end; it finishes within one decode step."""
         slot.cancel_requested = True
-        with self._condition:
-            self._condition.notify()
+        self._queue.wake()
 
     def stop(self) -> None:
-        with self._condition:
-            self._stopping = True
-            self._condition.notify()
+        self._queue.stop()
 
     def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
@@ -125,8 +102,7 @@ class ModelScheduler:
 
     @property
     def waiting_count(self) -> int:
-        with self._condition:
-            return len(self._waiting)
+        return len(self._queue)
 
     @property
     def running_count(self) -> int:
@@ -148,10 +124,7 @@ class ModelScheduler:
             self._fail_all("error", text, None)
             raise
         finally:
-            with self._condition:
-                self._stopping = True
-                leftovers = list(self._waiting)
-                self._waiting.clear()
+            leftovers = self._queue.close()
             for slot in self._admitting:
                 self._finish(slot, "cancelled", None)
             self._admitting = []
@@ -165,38 +138,19 @@ class ModelScheduler:
 
     def _loop(self) -> None:
         while True:
-            with self._condition:
-                if self._stopping:
-                    return
-                expired = self._take_expired_waiting()
-                admitted: list[Slot] = []
-                occupied = len(self._rows) + sum(len(item.rows) for item in self._prefilling)
-                while self._waiting and occupied + len(admitted) < self._max_batch_size:
-                    admitted.append(self._waiting.popleft())
-                if admitted and not self._rows and not self._prefilling:
-                    self._gather_arrivals(admitted)
-                if not admitted and not self._rows and not self._prefilling and not expired:
-                    self._condition.wait(_IDLE_POLL_S)
-                    continue
+            occupied = len(self._rows) + sum(len(item.rows) for item in self._prefilling)
+            taken = self._queue.take(self._max_batch_size - occupied, idle=occupied == 0)
+            if taken is None:
+                return
+            expired, admitted = taken
+            if not admitted and not expired and occupied == 0:
+                continue
             self._admitting = admitted + [slot for slot, _ in expired]
             try:
                 self._step(expired, admitted)
             except (Exception, MemoryError) as exc:  # ends the step's requests, not the thread
                 self._fail_step(exc)
             self._admitting = []
-
-    def _gather_arrivals(self, admitted: list[Slot]) -> None:
-        """Called idle, lock held: admit requests arriving right behind `admitted`."""
-        deadline = time.monotonic() + ADMISSION_WINDOW_S
-        while len(admitted) < self._max_batch_size and not self._stopping:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._condition.wait(min(left, ARRIVAL_GAP_S))
-            if not self._waiting:
-                return
-            while self._waiting and len(admitted) < self._max_batch_size:
-                admitted.append(self._waiting.popleft())
 
     def _step(self, expired: list[tuple[Slot, FinishReason]], admitted: list[Slot]) -> None:
         """Finish what ended, start prefilling what was admitted, advance the prefills by one
@@ -226,20 +180,6 @@ class ModelScheduler:
             self._finish(slot, "error", None, error, text)
         self._fail_prefilling("error", text, error)
         self._fail_all("error", text, error)
-
-    def _take_expired_waiting(self) -> list[tuple[Slot, FinishReason]]:
-        now = time.monotonic()
-        expired: list[tuple[Slot, FinishReason]] = []
-        kept: deque[Slot] = deque()
-        for slot in self._waiting:
-            if slot.cancel_requested:
-                expired.append((slot, "cancelled"))
-            elif now >= slot.deadline_at:
-                expired.append((slot, "timeout"))
-            else:
-                kept.append(slot)
-        self._waiting = kept
-        return expired
 
     def _drop_ended_rows(self) -> None:
         now = time.monotonic()

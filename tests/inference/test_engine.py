@@ -15,6 +15,7 @@ from inference import (
     ModelUnavailable,
     PromptTooLong,
     TextDelta,
+    admission,
 )
 from inference import scheduler as scheduler_module
 from inference.batching import BatchedModel, PendingPrefill
@@ -146,8 +147,8 @@ class TestBatching:
         arrival gap of the last, together: one prefill forward for all of them rather than the
         first one alone and the others behind it. The gap is widened here so that the test
         does not depend on how fast it submits; the window ends once the batch is full."""
-        monkeypatch.setattr(scheduler_module, "ARRIVAL_GAP_S", 5.0)
-        monkeypatch.setattr(scheduler_module, "ADMISSION_WINDOW_S", 60.0)
+        monkeypatch.setattr(admission, "ARRIVAL_GAP_S", 5.0)
+        monkeypatch.setattr(admission, "ADMISSION_WINDOW_S", 60.0)
         fed_rows: list[int] = []
         real_chunk = scheduler_module.prefill_chunk
 
