@@ -10,9 +10,10 @@ Every `nn.Linear` of the model is replaced, its plain weight freed; a weight sha
 another module (the output layer tied to the token embedding) is packed as a copy, the only
 extra memory (`pack_linears` returns its size).
 
-A CPU without bf16 instructions (AVX2 only: oneDNN refuses to pack bf16 there) gets
-`DualLinear` instead: torch's plain bf16 matmul reads the weights once per row there, fine for
-one or two rows (decode is bound by memory reads) but ~2x slower than float32 from 3 rows on
+A CPU without bf16 instructions gets `DualLinear` instead. On AVX2 only, oneDNN refuses to
+pack bf16; on AVX-512 without AVX512-BF16 or AMX it packs bf16 but emulates it, converting
+every weight to float32 on every call. Either way torch's bf16 matmul there is fine for one
+row (decode is bound by memory reads) but about 2x slower than float32 from a few rows on
 (8-row steps, prefill). Each layer keeps its bf16 weight for few rows and a packed float32 copy
 for more: +4 bytes per parameter (+1.07 GB for the 270M). Packing is skipped, with a log
 line, where it does not apply (not CPU, no oneDNN, another dtype, a quantized model) or
@@ -20,6 +21,7 @@ fails its check."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -31,10 +33,15 @@ log = structlog.get_logger(__name__)
 _PACKED_DTYPES = (torch.bfloat16, torch.float32)
 # Rows the packed layout is tuned for (decode of a small batch); any row count works.
 _ROWS_HINT = 8
-# DualLinear computes up to this many rows from its bf16 weight, more from its float32 copy
-# (the 262k-vocabulary output layer on AVX2: 48 ms bf16 vs 97 ms packed float32 at 1 row,
-# 320 vs 141 ms at 8 rows, one thread; docs/benchmarks.md).
-DUAL_MAX_BF16_ROWS = 2
+# DualLinear computes up to this many rows from its bf16 weight, more from its float32 copy.
+# The 262k-vocabulary output layer, one thread (docs/benchmarks.md): on AVX2, 48 ms bf16 vs
+# 97 ms packed float32 at 1 row and 320 vs 141 ms at 8 rows; on AVX-512 without bf16
+# instructions, 52 vs 73 ms at 1 row but already 82 vs 75 ms at 2 rows (2 threads: 67 vs
+# 50 ms), so there one row only.
+DUAL_MAX_BF16_ROWS = {"AVX2": 2, "AVX512": 1}
+# /proc/cpuinfo flags of instructions that compute bf16 natively (oneDNN's fast bf16 paths).
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+_CPUINFO = Path("/proc/cpuinfo")
 # Packed and plain results of the check must agree this closely (relative to their scale).
 _CHECK_TOLERANCE = {torch.bfloat16: 2e-2, torch.float32: 1e-4}
 
@@ -61,11 +68,17 @@ class PackedLinear(nn.Module):
 
 
 class DualLinear(nn.Module):
-    """`nn.Linear` in bf16 for up to DUAL_MAX_BF16_ROWS rows, from a packed float32 copy of
-    its weight for more (the result rounded back to bf16)."""
+    """`nn.Linear` in bf16 for up to `max_bf16_rows` rows (DUAL_MAX_BF16_ROWS for this CPU's
+    vector instructions), from a packed float32 copy of its weight for more (the result rounded
+    back to bf16)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, max_bf16_rows: int | None = None) -> None:
         super().__init__()
+        self.max_bf16_rows = (
+            max_bf16_rows
+            if max_bf16_rows is not None
+            else DUAL_MAX_BF16_ROWS.get(torch.backends.cpu.get_cpu_capability(), 1)
+        )
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         # Kept as a plain attribute: it may be shared (the tied embedding), and is not saved.
@@ -77,7 +90,7 @@ class DualLinear(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         rows = inputs.reshape(-1, self.in_features)  # [tokens, in]
-        if rows.shape[0] <= DUAL_MAX_BF16_ROWS:
+        if rows.shape[0] <= self.max_bf16_rows:
             output = nn.functional.linear(rows, self.weight, self.bias)  # [tokens, out]
         else:
             output = torch.ops.mkldnn._linear_pointwise(
@@ -86,14 +99,30 @@ class DualLinear(nn.Module):
         return output.view(*inputs.shape[:-1], self.out_features)
 
 
+def cpu_has_native_bf16(cpuinfo: Path = _CPUINFO) -> bool | None:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX), from the flags in
+    /proc/cpuinfo; None where there is no such file to read (not Linux)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return not NATIVE_BF16_FLAGS.isdisjoint(line.partition(":")[2].split())
+    return None
+
+
 def packing_kind(dtype: torch.dtype) -> type[PackedLinear] | type[DualLinear] | None:
     """What replaces the model's linear layers on this CPU: packed weights of `dtype`, or for
-    bf16 where oneDNN cannot pack it (no bf16 instructions) the dual layer; None: neither."""
-    try:
-        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), _ROWS_HINT)
-        return PackedLinear
-    except RuntimeError:
-        pass
+    bf16 on a CPU without bf16 instructions (oneDNN refuses to pack it, or would emulate it)
+    the dual layer; None: neither."""
+    emulated = dtype == torch.bfloat16 and cpu_has_native_bf16() is False
+    if not emulated:
+        try:
+            torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), _ROWS_HINT)
+            return PackedLinear
+        except RuntimeError:
+            pass
     if dtype != torch.bfloat16:
         return None
     try:
