@@ -23,6 +23,7 @@ from inference.fusing import fuse_norms
 from inference.gguf_cache import ensure_converted
 from inference.packing import can_pack, pack_linears
 from inference.progress import CONVERSION_STAGES, LOAD_STAGES, LoadProgress
+from inference.screening import int8_screen_pays, screen_output_layer
 from inference.settings import InferenceSettings
 from inference.sources import resolve_weights
 from inference.text import END_OF_TURN, TokenizerAdapter
@@ -185,6 +186,8 @@ def _load(
     unpacked = can_pack(device, dtype, quantization_config is not None)
     if not settings.pack_weights:
         unpacked = "LEDGERCHAT_INFERENCE_PACK_WEIGHTS is off"
+    if unpacked is None and settings.screen_output_layer and int8_screen_pays():
+        memory_bytes += screen_output_layer(model)  # before packing: its exact layer is packed
     if unpacked is None:
         memory_bytes += pack_linears(model, dtype)
     else:
