@@ -4,15 +4,15 @@ Everything here starts real processes: marked `live`, `slow` and `postgres`."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests import debian
 from tests.multiproc.cluster import NGINX, Cluster, create_database, drop_database, start_cluster
-from tests.multiproc.redis_server import RedisServer, redis_available, start_redis
+from tests.multiproc.redis_server import REDIS_SERVER, RedisServer, start_redis
 from tests.remote.upstreams import Upstream, engine_upstream, tiny_gemma_dir
 
 __all__ = ["engine_upstream", "tiny_gemma_dir"]
@@ -37,8 +37,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="package")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """This package's own redis-server (the Redis-down test stops and restarts it)."""
-    if not redis_available():
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    debian.require("redis-server", Path(REDIS_SERVER))
     server = start_redis(tmp_path_factory.mktemp("redis"))
     try:
         yield server
@@ -75,11 +74,11 @@ def running_cluster(
     **environ: str,
 ) -> Iterator[Cluster]:
     """`WORKERS` web processes behind nginx on a fresh PostgreSQL database (dropped after),
-    reaching `upstream`; the test is skipped when PostgreSQL or nginx is missing."""
+    reaching `upstream`; nginx is installed from Debian's packages when missing (tests/debian.py),
+    and the test is skipped when PostgreSQL is missing."""
     if postgres_unavailable_reason is not None:
-        pytest.skip(postgres_unavailable_reason)
-    if shutil.which(NGINX) is None and not Path(NGINX).exists():
-        pytest.skip("nginx is not installed (Debian: apt-get install nginx)")
+        debian.skip_or_fail(postgres_unavailable_reason)
+    debian.require("nginx", Path(NGINX))
     name, url = create_database()
     try:
         started = start_cluster(folder, upstream, url, redis_server.url, WORKERS, **environ)

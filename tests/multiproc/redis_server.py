@@ -16,10 +16,6 @@ from web.bench_cluster import spawn, stop_process
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def redis_available() -> bool:
-    return Path(REDIS_SERVER).exists()
-
-
 @dataclass
 class RedisServer:
     workdir: Path

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,12 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from tests import debian
 from tests.multiproc.cluster import NGINX, POSTGRES_ADMIN_DSN, REPO, wait_until
 from tests.remote.upstreams import OFFLINE_ENV, engine_catalog
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(NGINX) is None and not Path(NGINX).exists(), reason="nginx is not installed"
-)
+
+@pytest.fixture(autouse=True)
+def nginx_installed() -> None:
+    debian.require("nginx", Path(NGINX))
+
 
 MARKER = "BENCH_TEST_MARKER"
 """Not LEDGERCHAT_*: the bench leaves those out of the web processes' environment."""

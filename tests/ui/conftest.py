@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests import debian
 from tests.inference import tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-APT_TIMEOUT_S = 900
 SERVER_READY_TIMEOUT_S = 180
 SERVER_STOP_TIMEOUT_S = 20
 STEP_TIMEOUT_MS = 30_000
@@ -61,40 +61,9 @@ PREMIUM_PER_MESSAGE_CREDITS = SIGNUP_GRANT_CREDITS * 5
 TEST_PASSWORD = "correct-horse-42"
 
 
-def _ci() -> bool:
-    return os.environ.get("CI") == "true"
-
-
-def _skip_or_fail(reason: str) -> None:
-    if _ci():
-        pytest.fail(f"CI=true requires the browser tests to run: {reason}")
-    pytest.skip(reason)
-
-
-def _install_chromium() -> str | None:
-    """apt-get install chromium (root only); None on success, else the reason it failed."""
-    if os.geteuid() != 0:
-        return "chromium is missing and installing it needs root (apt-get install chromium)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-        try:
-            done = subprocess.run(
-                command, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"{' '.join(command)} failed: {exc!r}"
-        if done.returncode != 0:
-            return f"{' '.join(command)} exited {done.returncode}: {done.stderr[-500:]}"
-    return None if CHROMIUM_PATH.exists() else "apt-get finished but /usr/bin/chromium is absent"
-
-
 @pytest.fixture(scope="session")
 def chromium_executable() -> Path:
-    if not CHROMIUM_PATH.exists():
-        reason = _install_chromium()
-        if reason is not None:
-            _skip_or_fail(reason)
-    return CHROMIUM_PATH
+    return debian.require("chromium", CHROMIUM_PATH)
 
 
 def save_visible_tiny_gemma(directory: Path) -> Path:
@@ -317,7 +286,7 @@ def browser(chromium_executable: Path) -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:  # the dev extra is missing
-        _skip_or_fail(f"playwright is not installed: {exc}")
+        debian.skip_or_fail(f"playwright is not installed: {exc}")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=str(chromium_executable), args=CHROMIUM_FLAGS, headless=True
